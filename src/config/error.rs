@@ -1,0 +1,134 @@
+//! Why a configuration was refused: always the file, and where inside it.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// A configuration that cannot be used; the running config, if any, stays in place.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A file or directory could not be read.
+    #[error("{path}: cannot read: {source}", path = path.display())]
+    Read {
+        /// What was being read.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+    /// A directory holds no domain files.
+    #[error("{path}: no *.yaml or *.yml files in directory", path = path.display())]
+    NoFiles {
+        /// The directory.
+        path: PathBuf,
+    },
+    /// A file is not a valid domain.
+    #[error("{path}: {problem}", path = path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        problem: Problem,
+    },
+    /// Two files define the same domain.
+    #[error("{path}: duplicate domain '{domain}' (already defined in {first})",
+        path = path.display(), first = first.display())]
+    DuplicateDomain {
+        /// The second file.
+        path: PathBuf,
+        /// The domain name.
+        domain: String,
+        /// The file that defined it first.
+        first: PathBuf,
+    },
+}
+
+/// What is wrong inside one domain file; `at` is a path like `descriptors[0].descriptors[2]`.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Problem {
+    /// Not YAML, or not the expected shape (unknown field, wrong type...).
+    #[error("{0}")]
+    Syntax(String),
+    /// The file has no `domain`, or an empty one.
+    #[error("missing or empty 'domain'")]
+    MissingDomain,
+    /// A descriptor without a key.
+    #[error("{at}: missing or empty 'key'")]
+    MissingKey {
+        /// Location.
+        at: String,
+    },
+    /// A unit name that is not second/minute/hour/day/week/month/year.
+    #[error(
+        "{at}.rate_limit: unknown unit '{unit}' (expected second, minute, hour, day, week, month or year)"
+    )]
+    UnknownUnit {
+        /// Location.
+        at: String,
+        /// The unit as written.
+        unit: String,
+    },
+    /// A limited rate_limit without a unit.
+    #[error("{at}.rate_limit: missing 'unit'")]
+    MissingUnit {
+        /// Location.
+        at: String,
+    },
+    /// A limited rate_limit without requests_per_unit.
+    #[error("{at}.rate_limit: missing 'requests_per_unit' (write 0 to block everything)")]
+    MissingRequestsPerUnit {
+        /// Location.
+        at: String,
+    },
+    /// `unlimited: true` together with a unit or a count.
+    #[error("{at}.rate_limit: 'unlimited: true' cannot also set 'unit' or 'requests_per_unit'")]
+    UnlimitedWithLimit {
+        /// Location.
+        at: String,
+    },
+    /// Two siblings with the same key and value.
+    #[error("{at}: duplicate descriptor key '{key}'{value} at the same level",
+        value = value.as_deref().map(|v| format!(" value '{v}'")).unwrap_or_default())]
+    DuplicateDescriptor {
+        /// Location of the second one.
+        at: String,
+        /// The key.
+        key: String,
+        /// The value, if any.
+        value: Option<String>,
+    },
+    /// `replaces` names a limit that no rule in the domain carries.
+    #[error("{at}.replaces: no limit named '{name}' in this domain")]
+    UnknownReplaces {
+        /// Location.
+        at: String,
+        /// The name.
+        name: String,
+    },
+    /// A `replaces` entry without a name.
+    #[error("{at}.replaces: every entry needs a non-empty 'name'")]
+    EmptyReplacesName {
+        /// Location.
+        at: String,
+    },
+    /// `replaces` on a node without a rate limit.
+    #[error("{at}: 'replaces' needs a 'rate_limit' on the same descriptor")]
+    ReplacesWithoutLimit {
+        /// Location.
+        at: String,
+    },
+    /// Two limits share a name, so `replaces` would be ambiguous.
+    #[error("{at}.rate_limit: duplicate limit name '{name}'")]
+    DuplicateName {
+        /// Location.
+        at: String,
+        /// The name.
+        name: String,
+    },
+    /// `share_threshold` on a value without `*`.
+    #[error("{at}: 'share_threshold' needs a value containing '*'")]
+    ShareThresholdWithoutWildcard {
+        /// Location.
+        at: String,
+    },
+}

@@ -1,0 +1,87 @@
+//! The HTTP side: `GET /healthcheck` for load balancers and `POST /json`, the RLS call as
+//! JSON, so anyone can try a config with curl.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::limiter::Limiter;
+use crate::pb::{RateLimitRequest, rate_limit_response};
+use crate::rls::{RlsService, ServiceError};
+use crate::store::Store;
+
+/// Largest `/json` body accepted; far above any request the input caps allow through.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+/// What the HTTP handlers share.
+#[derive(Debug)]
+pub struct HttpState<S> {
+    /// The RLS service, for `/json`.
+    pub rls: RlsService<S>,
+    /// The limiter, for health checks of its store.
+    pub limiter: Arc<Limiter<S>>,
+    /// False once shutdown has begun.
+    pub serving: Arc<AtomicBool>,
+}
+
+/// The HTTP routes.
+pub fn router<S: Store>(state: Arc<HttpState<S>>) -> Router {
+    Router::new()
+        .route("/healthcheck", get(healthcheck::<S>))
+        .route("/json", post(json::<S>))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .with_state(state)
+}
+
+/// 200 `OK` while serving and the store answers; 500 otherwise, with the reason.
+async fn healthcheck<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
+    if !state.serving.load(Ordering::Acquire) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "shutting down\n").into_response();
+    }
+    match state.limiter.store().ping().await {
+        Ok(()) => (StatusCode::OK, "OK\n").into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+    }
+}
+
+/// A RateLimitRequest as proto3 JSON in; the response as JSON out, with 200 for OK, 429 for
+/// OVER_LIMIT, 400 for a bad request and 503 when the store cannot answer.
+async fn json<S: Store>(State(state): State<Arc<HttpState<S>>>, body: Bytes) -> Response {
+    let request: RateLimitRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("invalid JSON request: {e}"),
+            );
+        }
+    };
+    match state.rls.answer(request).await {
+        Ok(response) => {
+            let status = if response.overall_code == rate_limit_response::Code::OverLimit as i32 {
+                StatusCode::TOO_MANY_REQUESTS
+            } else {
+                StatusCode::OK
+            };
+            match serde_json::to_string(&response) {
+                Ok(body) => {
+                    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+                }
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+            }
+        }
+        Err(ServiceError::Request(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
+        Err(ServiceError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({ "error": message }).to_string();
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}

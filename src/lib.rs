@@ -1,0 +1,33 @@
+//! Floodgate: a distributed rate limit decision service for Envoy and Istio.
+//!
+//! # Layout
+//! Pure logic, no I/O:
+//! - [`config`]: the YAML domains (envoyproxy/ratelimit's format), validated and compiled.
+//! - [`matcher`]: a request descriptor's entries → the configured rule.
+//! - [`query`]: a request in the service's own terms.
+//! - [`algorithm`]: window arithmetic and the over-limit rule.
+//! - [`decision`]: a query → the checks it needs → a decision per descriptor.
+//! - [`store::key`]: collision-free counter keys.
+//!
+//! I/O at the edges:
+//! - [`store`]: the `Store` trait with the in-memory and Redis stores.
+//! - [`limiter`]: config + store; the one `decide` that gRPC and HTTP share.
+//! - [`rls`]: the gRPC service (wire request → query, decision → wire response, errors → Status).
+//! - [`http`]: /healthcheck and /json.
+//! - [`server`]: runs both servers on given listeners until a shutdown future resolves.
+//! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
+//!   generated protobuf code.
+
+pub mod algorithm;
+pub mod clock;
+pub mod config;
+pub mod decision;
+pub mod http;
+pub mod limiter;
+pub mod matcher;
+pub mod pb;
+pub mod query;
+pub mod rls;
+pub mod server;
+pub mod settings;
+pub mod store;

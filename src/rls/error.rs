@@ -1,0 +1,30 @@
+//! Why a request got no decision, and the one mapping of that to a gRPC status.
+
+use thiserror::Error;
+use tonic::Status;
+
+use super::request::RequestError;
+use crate::store::StoreError;
+
+/// A request that could not be decided.
+#[derive(Debug, Error)]
+pub enum ServiceError {
+    /// The request is malformed or over a cap.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// The store could not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<ServiceError> for Status {
+    fn from(error: ServiceError) -> Status {
+        match error {
+            // The caller must fix the request; retrying cannot help.
+            ServiceError::Request(e) => Status::invalid_argument(e.to_string()),
+            // UNAVAILABLE (not INTERNAL) so that Envoy's failure_mode_deny decides whether
+            // traffic passes while the store is down, as with the reference.
+            ServiceError::Store(e) => Status::unavailable(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The Envoy RLS v3 adapter: wire request in, decision through the [`Limiter`], wire response
+//! out. Protobuf types stop here (and in `http`, which reuses [`RlsService::answer`]).
+
+pub mod error;
+pub mod request;
+pub mod response;
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::limiter::Limiter;
+use crate::pb::rate_limit_service_server::RateLimitService;
+use crate::pb::{RateLimitRequest, RateLimitResponse};
+use crate::store::Store;
+
+pub use error::ServiceError;
+pub use request::InputLimits;
+pub use response::ResponseOptions;
+
+/// `envoy.service.ratelimit.v3.RateLimitService` over a [`Limiter`].
+#[derive(Debug)]
+pub struct RlsService<S> {
+    limiter: Arc<Limiter<S>>,
+    input_limits: InputLimits,
+    response_options: ResponseOptions,
+}
+
+impl<S> Clone for RlsService<S> {
+    fn clone(&self) -> Self {
+        RlsService {
+            limiter: self.limiter.clone(),
+            input_limits: self.input_limits,
+            response_options: self.response_options.clone(),
+        }
+    }
+}
+
+impl<S: Store> RlsService<S> {
+    /// A service deciding with `limiter`.
+    pub fn new(
+        limiter: Arc<Limiter<S>>,
+        input_limits: InputLimits,
+        response_options: ResponseOptions,
+    ) -> RlsService<S> {
+        RlsService {
+            limiter,
+            input_limits,
+            response_options,
+        }
+    }
+
+    /// Validates, decides and answers one request: the whole of ShouldRateLimit.
+    pub async fn answer(
+        &self,
+        request: RateLimitRequest,
+    ) -> Result<RateLimitResponse, ServiceError> {
+        let query = request::to_query(request, &self.input_limits)?;
+        let decision = self.limiter.decide(&query).await?;
+        Ok(response::build(decision, &self.response_options))
+    }
+}
+
+#[tonic::async_trait]
+impl<S: Store> RateLimitService for RlsService<S> {
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let response = self.answer(request.into_inner()).await?;
+        Ok(Response::new(response))
+    }
+}
