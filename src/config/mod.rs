@@ -118,3 +118,188 @@ fn domain_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     files.sort();
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each bad file and (a fragment of) the message it must produce.
+    #[test]
+    fn refuses_bad_files_naming_the_problem() {
+        let cases: &[(&str, &str)] = &[
+            ("descriptors: []", "missing or empty 'domain'"),
+            ("domain: ''", "missing or empty 'domain'"),
+            (
+                "domain: d\ndescriptors:\n  - value: v",
+                "descriptors[0]: missing or empty 'key'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: fortnight, requests_per_unit: 1 }",
+                "descriptors[0].rate_limit: unknown unit 'fortnight'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { requests_per_unit: 1 }",
+                "descriptors[0].rate_limit: missing 'unit'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second }",
+                "descriptors[0].rate_limit: missing 'requests_per_unit'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unlimited: true, unit: second }",
+                "'unlimited: true' cannot also set",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    value: v\n  - key: k\n    value: v",
+                "descriptors[1]: duplicate descriptor key 'k' value 'v'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n  - key: k",
+                "descriptors[1]: duplicate descriptor key 'k' at the same level",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    value: a*\n  - key: k\n    value: a*",
+                "duplicate descriptor key 'k' value 'a*'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        value: x\n      - key: b\n        value: x",
+                "descriptors[0].descriptors[1]: duplicate descriptor",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1 }\n    replaces: [{ name: nope }]",
+                "descriptors[0].replaces: no limit named 'nope'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1 }\n    replaces: [{}]",
+                "every entry needs a non-empty 'name'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    replaces: [{ name: x }]",
+                "'replaces' needs a 'rate_limit'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: { unit: second, requests_per_unit: 1, name: n }\n  - key: b\n    rate_limit: { unit: second, requests_per_unit: 1, name: n }",
+                "descriptors[1].rate_limit: duplicate limit name 'n'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    value: plain\n    share_threshold: true",
+                "'share_threshold' needs a value containing '*'",
+            ),
+            ("domain: d\ndescriptor: []", "unknown field `descriptor`"),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, burst: 2 }",
+                "unknown field `burst`",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: -1 }",
+                "requests_per_unit",
+            ),
+            ("domain: [x", "domain"),
+        ];
+        for (yaml, want) in cases {
+            let err = Config::from_sources([(Path::new("limits/d.yaml"), *yaml)]).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with("limits/d.yaml: ") && message.contains(want),
+                "for {yaml:?}\n  got:  {message}\n  want: {want}"
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_the_reference_format() {
+        let yaml = r#"
+domain: mongo_cps
+descriptors:
+  - key: database
+    value: users
+    rate_limit:
+      unit: SECOND
+      requests_per_unit: 500
+      name: users
+    detailed_metric: true
+  - key: database
+    value: default
+    shadow_mode: true
+    rate_limit: { unit: second, requests_per_unit: 0 }
+  - key: client
+    rate_limit: { unlimited: true }
+  - key: path
+    value: "/v1/*"
+    share_threshold: true
+    value_to_metric: true
+    rate_limit: { unit: week, requests_per_unit: 7 }
+    replaces: [{ name: users }]
+"#;
+        let config = Config::from_yaml(yaml).unwrap();
+        assert_eq!(config.domain_names(), vec!["mongo_cps"]);
+        let domain = config.domain("mongo_cps").unwrap();
+        let branch = &domain.root().children["database"];
+        let users = domain.node(branch.exact["users"]).rule.as_ref().unwrap();
+        assert_eq!(
+            users.limit,
+            Some(Limit {
+                requests_per_unit: 500,
+                unit: Unit::Second
+            })
+        );
+        assert!(users.detailed_metric);
+        let default = domain.node(branch.exact["default"]).rule.as_ref().unwrap();
+        assert!(default.shadow_mode);
+        assert_eq!(default.limit.unwrap().requests_per_unit, 0);
+        let client = &domain.root().children["client"];
+        assert_eq!(
+            domain
+                .node(client.any.unwrap())
+                .rule
+                .as_ref()
+                .unwrap()
+                .limit,
+            None
+        );
+    }
+
+    #[test]
+    fn duplicate_domains_across_files_name_both() {
+        let err = Config::from_sources([
+            (Path::new("a.yaml"), "domain: d"),
+            (Path::new("b.yaml"), "domain: d"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "b.yaml: duplicate domain 'd' (already defined in a.yaml)"
+        );
+    }
+
+    #[test]
+    fn loads_directories_skipping_hidden_and_other_files() {
+        let dir = std::env::temp_dir().join(format!("floodgate-config-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("..data")).unwrap();
+        fs::write(dir.join("a.yaml"), "domain: a").unwrap();
+        fs::write(dir.join("b.yml"), "domain: b").unwrap();
+        fs::write(dir.join("notes.txt"), "not yaml").unwrap();
+        fs::write(dir.join(".hidden.yaml"), "domain: hidden").unwrap();
+        fs::write(dir.join("..data/c.yaml"), "domain: c").unwrap();
+        let config = Config::load(&dir).unwrap();
+        assert_eq!(config.domain_names(), vec!["a", "b"]);
+        fs::write(dir.join("bad.yaml"), "domain: x\nnope: 1").unwrap();
+        let err = Config::load(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("bad.yaml") && err.contains("unknown field `nope`"),
+            "{err}"
+        );
+        let empty = dir.join("..data");
+        fs::remove_file(empty.join("c.yaml")).unwrap();
+        assert!(matches!(
+            Config::load(&empty),
+            Err(ConfigError::NoFiles { .. })
+        ));
+        assert!(matches!(
+            Config::load(&dir.join("missing")),
+            Err(ConfigError::Read { .. })
+        ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
