@@ -1,0 +1,172 @@
+//! The Redis store against a real redis-server started by each test on a free loopback port.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use floodgate::pb::rate_limit_response::Code;
+use floodgate::server::ServerOptions;
+use redis::Commands;
+use support::http::http;
+use support::{RedisServer, TestServer, free_port, request};
+
+const CONFIG: &str = r#"
+domain: shared
+descriptors:
+  - key: user
+    rate_limit: { unit: minute, requests_per_unit: 5 }
+  - key: blocked
+    rate_limit: { unit: minute, requests_per_unit: 0 }
+  - key: value
+    rate_limit: { unit: hour, requests_per_unit: 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_sharing_redis_admit_exactly_n_of_3n() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    const N: usize = 5;
+    let a = TestServer::redis(CONFIG, &redis, "fg:", ServerOptions::default()).await;
+    let b = TestServer::redis(CONFIG, &redis, "fg:", ServerOptions::default()).await;
+    let clients = [a.client().await, b.client().await];
+    let mut calls = Vec::new();
+    for i in 0..3 * N {
+        let mut client = clients[i % 2].clone();
+        calls.push(tokio::spawn(async move {
+            let req = request("shared", &[&[("user", "alice")]]);
+            client
+                .should_rate_limit(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .overall_code()
+        }));
+    }
+    let mut ok = 0;
+    for call in calls {
+        if call.await.unwrap() == Code::Ok {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, N, "exactly N of 3N admitted across both instances");
+}
+
+#[tokio::test]
+async fn a_denied_request_leaves_other_counters_untouched() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = TestServer::redis(CONFIG, &redis, "fg:", ServerOptions::default()).await;
+    let mut client = server.client().await;
+    let denied = request("shared", &[&[("user", "bob")], &[("blocked", "x")]]);
+    for _ in 0..3 {
+        let response = client
+            .should_rate_limit(denied.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(response.overall_code(), Code::OverLimit);
+        assert_eq!(response.statuses[0].code(), Code::Ok);
+        assert_eq!(response.statuses[0].limit_remaining, 5);
+    }
+    let mut conn = redis.connection();
+    let keys: Vec<String> = conn.keys("fg:*").unwrap();
+    assert!(
+        keys.is_empty(),
+        "nothing written for denied requests: {keys:?}"
+    );
+    let alone = client
+        .should_rate_limit(request("shared", &[&[("user", "bob")]]))
+        .await
+        .unwrap();
+    assert_eq!(alone.into_inner().statuses[0].limit_remaining, 4);
+    // the key expires with its window
+    let keys: Vec<String> = conn.keys("fg:*").unwrap();
+    assert_eq!(keys.len(), 1);
+    let ttl: i64 = redis::cmd("PTTL").arg(&keys[0]).query(&mut conn).unwrap();
+    assert!((1..=60_000).contains(&ttl), "ttl {ttl}");
+}
+
+#[tokio::test]
+async fn tricky_values_never_share_a_counter() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = TestServer::redis(CONFIG, &redis, "fg:", ServerOptions::default()).await;
+    let mut client = server.client().await;
+    let values = [
+        "a_b", "a", "b", "a:b", "a|b", "*", "a*", "a b", "a  b", "ü", "u\u{308}", "日本", "1:a",
+        "", "a_b_c",
+    ];
+    for value in values {
+        let req = request("shared", &[&[("value", value)]]);
+        let response = client.should_rate_limit(req).await.unwrap().into_inner();
+        assert_eq!(
+            response.overall_code(),
+            Code::Ok,
+            "first request for {value:?}"
+        );
+    }
+    for value in values {
+        let req = request("shared", &[&[("value", value)]]);
+        let response = client.should_rate_limit(req).await.unwrap().into_inner();
+        assert_eq!(
+            response.overall_code(),
+            Code::OverLimit,
+            "second request for {value:?}"
+        );
+    }
+    let keys: Vec<String> = redis.connection().keys("fg:*").unwrap();
+    assert_eq!(keys.iter().collect::<HashSet<_>>().len(), values.len());
+}
+
+#[tokio::test]
+async fn redis_down_answers_unavailable_within_the_timeout() {
+    // Nothing listens on this port: connection refused.
+    let redis_url = format!("redis://127.0.0.1:{}/0", free_port());
+    let store = floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions {
+        url: redis_url,
+        pool_size: 2,
+        timeout: Duration::from_millis(300),
+    })
+    .unwrap();
+    let server =
+        TestServer::start(CONFIG, store, Default::default(), ServerOptions::default()).await;
+    let mut client = server.client().await;
+    // A guard against hanging, not a speed check: the store's own deadline is 300 ms.
+    let call = client.should_rate_limit(request("shared", &[&[("user", "x")]]));
+    let status = tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("answered instead of hanging")
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // requests that need no counter still pass
+    let free = client
+        .should_rate_limit(request("shared", &[&[("nothing", "x")]]))
+        .await
+        .unwrap();
+    assert_eq!(free.into_inner().overall_code(), Code::Ok);
+    let (status, _) = http(server.http_addr, "GET", "/healthcheck", "").await;
+    assert_eq!(status, 500);
+}
+
+#[tokio::test]
+async fn the_script_is_reloaded_after_script_flush() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let server = TestServer::redis(CONFIG, &redis, "fg:", ServerOptions::default()).await;
+    let mut client = server.client().await;
+    let req = request("shared", &[&[("user", "carol")]]);
+    client.should_rate_limit(req.clone()).await.unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut redis.connection())
+        .unwrap();
+    let response = client.should_rate_limit(req).await.unwrap().into_inner();
+    assert_eq!(response.statuses[0].limit_remaining, 3);
+    let (status, _) = http(server.http_addr, "GET", "/healthcheck", "").await;
+    assert_eq!(status, 200);
+}

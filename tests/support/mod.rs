@@ -1,0 +1,246 @@
+//! Test fixtures: a Floodgate server on loopback ports chosen by the OS, and real redis-server
+//! processes that are killed when dropped, even when the test fails.
+#![allow(dead_code, unreachable_pub)]
+
+pub mod http;
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use floodgate::clock::SystemClock;
+use floodgate::config::Config;
+use floodgate::decision::PlanOptions;
+use floodgate::limiter::Limiter;
+use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
+use floodgate::pb::{
+    RateLimitDescriptor, RateLimitRequest, RateLimitResponse, rate_limit_descriptor,
+};
+use floodgate::server::{Listeners, ServerOptions, run};
+use floodgate::store::redis::RedisOptions;
+use floodgate::store::{MemoryStore, RedisStore, Store};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+/// A running in-process Floodgate; stops when dropped.
+pub struct TestServer {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    /// Floodgate on the memory store with `config` (YAML of one domain).
+    pub async fn memory(config: &str, options: ServerOptions) -> TestServer {
+        let store = MemoryStore::new(Arc::new(SystemClock), 100_000);
+        TestServer::start(config, store, PlanOptions::default(), options).await
+    }
+
+    /// Floodgate on the Redis store at `redis`.
+    pub async fn redis(
+        config: &str,
+        redis: &RedisServer,
+        prefix: &str,
+        options: ServerOptions,
+    ) -> TestServer {
+        let store = RedisStore::new(&RedisOptions {
+            url: redis.url(),
+            pool_size: 4,
+            timeout: Duration::from_secs(2),
+        })
+        .unwrap();
+        let plan = PlanOptions {
+            key_prefix: prefix.to_owned(),
+            global_shadow: false,
+        };
+        TestServer::start(config, store, plan, options).await
+    }
+
+    pub async fn start<S: Store>(
+        config: &str,
+        store: S,
+        plan: PlanOptions,
+        options: ServerOptions,
+    ) -> TestServer {
+        let config = Config::from_yaml(config).expect("test config is valid");
+        let limiter = Arc::new(Limiter::new(config, store, plan));
+        let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            run(limiter, options, Listeners { grpc, http }, shutdown)
+                .await
+                .expect("server runs");
+        });
+        TestServer {
+            grpc_addr,
+            http_addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A gRPC client connected to the server.
+    pub async fn client(&self) -> RateLimitServiceClient<Channel> {
+        RateLimitServiceClient::connect(format!("http://{}", self.grpc_addr))
+            .await
+            .expect("connect to test server")
+    }
+
+    /// Stops the server and waits until it has finished.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// A request for `domain` with one descriptor per entry list.
+pub fn request(domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: domain.into(),
+        descriptors: descriptors
+            .iter()
+            .map(|entries| descriptor(entries))
+            .collect(),
+        hits_addend: 0,
+    }
+}
+
+pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| rate_limit_descriptor::Entry {
+                key: (*k).into(),
+                value: (*v).into(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The overall code of a response, as the enum.
+pub fn overall(response: &RateLimitResponse) -> floodgate::pb::rate_limit_response::Code {
+    response.overall_code()
+}
+
+/// A port that was free a moment ago (the OS picks it).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `ready` every 20 ms until it holds or `limit` passes.
+pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A redis-server process on a free loopback port; killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    /// Starts redis-server, or returns `None` (with a message) when it is not installed and
+    /// this is not CI; under CI=true a missing redis-server fails the test.
+    pub fn start() -> Option<RedisServer> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
+            assert!(
+                !ci,
+                "redis-server is required under CI (apt-get install redis-server)"
+            );
+            eprintln!("SKIPPED: redis-server not found; install it to run the Redis tests");
+            return None;
+        }
+        for _ in 0..5 {
+            let port = free_port();
+            let child = Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let mut server = RedisServer { port, child };
+            if server.wait_ready() {
+                return Some(server);
+            }
+        }
+        panic!("could not start redis-server on a free port");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// A plain client connection, for inspecting keys.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false; // exited: port taken meanwhile
+            }
+            if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
+                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
