@@ -161,6 +161,44 @@ pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) 
     }
 }
 
+/// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
+pub struct ChildGuard(pub Option<Child>);
+
+impl ChildGuard {
+    /// Takes the child out (e.g. to wait for it), disarming the guard.
+    pub fn take(&mut self) -> Child {
+        self.0.take().expect("child still guarded")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The Python interpreter for the tests that drive real clients: `FLOODGATE_TEST_PYTHON`, else
+/// the repository's `.venv` (which .ci/run fills), else `python3`.
+pub fn python() -> String {
+    if let Ok(python) = std::env::var("FLOODGATE_TEST_PYTHON") {
+        return python;
+    }
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    if std::path::Path::new(venv).exists() {
+        venv.into()
+    } else {
+        "python3".into()
+    }
+}
+
+/// Whether this run is CI, where a missing dependency fails the test instead of skipping it.
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
 /// A redis-server process on a free loopback port; killed on drop.
 pub struct RedisServer {
     pub port: u16,
@@ -227,10 +265,10 @@ impl RedisServer {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return false; // exited: port taken meanwhile
             }
-            if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
-                    return true;
-                }
+            if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection())
+                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+            {
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
