@@ -1,11 +1,17 @@
-//! From a query to a decision, purely: which checks a query needs (`plan`), and what the
-//! store's answer means for each descriptor and for the request (`decide`).
+//! From a query to a decision, purely: which rule each descriptor matches (`match_query`),
+//! which checks the query needs given what the limiter resolved (`plan`), and what the store's
+//! answer means for each descriptor and for the request (`decide`).
 
 use crate::algorithm::is_over;
-use crate::config::{Config, Limit};
-use crate::matcher::find_rule;
+use crate::config::{Config, Domain, Limit};
+use crate::health::HealthStatus;
+use crate::matcher::{RuleMatch, find_rule};
 use crate::query::RateLimitQuery;
-use crate::store::{Applied, Check, counter_key};
+use crate::store::key::state_key;
+use crate::store::{Applied, Check, Identity, counter_key};
+
+/// The entry key whose value identifies the client's address (Envoy's remote_address action).
+pub const REMOTE_ADDRESS: &str = "remote_address";
 
 /// Outcome for a descriptor or a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,12 +22,21 @@ pub enum Code {
     OverLimit,
 }
 
+/// Why a request was denied other than by a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// A tiered descriptor carried an API key nobody owns.
+    InvalidApiKey,
+    /// The request's remote address is blocked for sending invalid API keys.
+    AddressBlocked,
+}
+
 /// The limit that was applied to a descriptor, as reported back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppliedLimit {
     /// Requests per unit, and the unit.
     pub limit: Limit,
-    /// The limit's configured name, if any.
+    /// The limit's configured name (for tiered limits: the tier), if any.
     pub name: Option<String>,
 }
 
@@ -41,10 +56,35 @@ pub struct DescriptorStatus {
 /// The outcome of one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
-    /// OVER_LIMIT when any non-shadow descriptor is over (and global shadow mode is off).
+    /// OVER_LIMIT when any non-shadow descriptor is over (and global shadow mode is off), or
+    /// when the request is denied for a [`Denial`].
     pub overall: Code,
     /// One status per descriptor, in request order.
     pub statuses: Vec<DescriptorStatus>,
+    /// Set when the request was denied for its API key or address rather than a counter.
+    pub denial: Option<Denial>,
+    /// For a denied request: whole seconds until retrying can help.
+    pub retry_after_secs: Option<u64>,
+}
+
+/// How the limiter resolved a tiered descriptor's API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyResolution {
+    /// The descriptor is not tiered.
+    NotTiered,
+    /// The key's owner.
+    Known(Identity),
+    /// Nobody owns the key.
+    Unknown,
+}
+
+/// What the limiter knows beyond the config when it plans a query.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanContext<'a> {
+    /// One resolution per descriptor.
+    pub keys: &'a [KeyResolution],
+    /// The health state in force.
+    pub health: HealthStatus,
 }
 
 /// The checks a query needs, and how to read their results back per descriptor.
@@ -53,13 +93,25 @@ pub struct Plan {
     slots: Vec<Slot>,
     /// The counters to check, for the store.
     pub checks: Vec<Check>,
+    /// The check of the address-block gate, when the request carries an address.
+    gate: Option<usize>,
+    /// The request is denied whatever the counters say: its checks only look.
+    denial: Option<Denial>,
     global_shadow: bool,
+}
+
+impl Plan {
+    /// Why the request is denied before any counting, if it is.
+    pub fn denial(&self) -> Option<Denial> {
+        self.denial
+    }
 }
 
 #[derive(Debug)]
 enum Slot {
     NoLimit,
     Unlimited,
+    InvalidKey,
     Checked {
         check: usize,
         applied: AppliedLimit,
@@ -76,24 +128,71 @@ pub struct PlanOptions {
     pub global_shadow: bool,
 }
 
-/// Matches every descriptor of `query` against `config` and lists the checks needed.
-pub fn plan(config: &Config, query: &RateLimitQuery, options: &PlanOptions) -> Plan {
-    let Some(domain) = config.domain(&query.domain) else {
-        // An unknown domain limits nothing, as in the reference.
-        return Plan {
-            slots: query.descriptors.iter().map(|_| Slot::NoLimit).collect(),
-            checks: Vec::new(),
-            global_shadow: options.global_shadow,
-        };
-    };
-    let matches: Vec<_> = query
+/// The rule each descriptor of `query` matches in `domain` (overrides skip matching).
+pub fn match_query<'c>(domain: &'c Domain, query: &RateLimitQuery) -> Vec<Option<RuleMatch<'c>>> {
+    query
         .descriptors
         .iter()
         .map(|d| match d.limit_override {
             Some(_) => None,
             None => find_rule(domain, &d.entries),
         })
-        .collect();
+        .collect()
+}
+
+/// The API key of each tiered descriptor (its last entry's value), by descriptor index.
+pub fn api_keys<'q>(
+    query: &'q RateLimitQuery,
+    matches: &[Option<RuleMatch<'_>>],
+) -> impl Iterator<Item = (usize, &'q str)> {
+    query
+        .descriptors
+        .iter()
+        .zip(matches.iter())
+        .enumerate()
+        .filter(|(_, (_, m))| m.as_ref().is_some_and(|m| m.rule.tiered))
+        .filter_map(|(i, (d, _))| d.entries.last().map(|e| (i, e.value.as_str())))
+}
+
+/// The first `remote_address` value in any descriptor of `query`.
+pub fn remote_address(query: &RateLimitQuery) -> Option<&str> {
+    query
+        .descriptors
+        .iter()
+        .flat_map(|d| &d.entries)
+        .find(|e| e.key == REMOTE_ADDRESS)
+        .map(|e| e.value.as_str())
+}
+
+/// Key of the flag that blocks `address` in `domain`.
+pub fn block_key(prefix: &str, domain: &str, address: &str) -> String {
+    state_key(prefix, "block", domain, address)
+}
+
+/// Key of the counter of invalid API keys sent from `address` in `domain`.
+pub fn strike_key(prefix: &str, domain: &str, address: &str) -> String {
+    state_key(prefix, "strike", domain, address)
+}
+
+/// Lists the checks `query` needs, given its matches in `config` and the limiter's context.
+pub fn plan(
+    config: &Config,
+    query: &RateLimitQuery,
+    matches: &[Option<RuleMatch<'_>>],
+    context: PlanContext<'_>,
+    options: &PlanOptions,
+) -> Plan {
+    let global_shadow = options.global_shadow;
+    let Some(domain) = config.domain(&query.domain) else {
+        // An unknown domain limits nothing, as in the reference.
+        return Plan {
+            slots: query.descriptors.iter().map(|_| Slot::NoLimit).collect(),
+            checks: Vec::new(),
+            gate: None,
+            denial: None,
+            global_shadow,
+        };
+    };
     // A matched rule's `replaces` removes the named limits from this request.
     let is_replaced = |name: Option<&str>| {
         name.is_some_and(|name| {
@@ -103,22 +202,46 @@ pub fn plan(config: &Config, query: &RateLimitQuery, options: &PlanOptions) -> P
                 .any(|m| m.rule.replaces.iter().any(|r| r == name))
         })
     };
+    let invalid_key = context.keys.contains(&KeyResolution::Unknown);
+    let denial = invalid_key.then_some(Denial::InvalidApiKey);
 
     let mut slots = Vec::with_capacity(query.descriptors.len());
-    let mut checks = Vec::with_capacity(query.descriptors.len());
-    for (descriptor, matched) in query.descriptors.iter().zip(&matches) {
-        let (limit, name, shadow, shared): (Limit, Option<&str>, bool, &[(usize, &str)]) =
-            match (descriptor.limit_override, matched) {
-                (Some(limit), _) => (limit, None, false, &[]),
-                (None, None) => {
+    let mut checks = Vec::with_capacity(query.descriptors.len() + 1);
+    for (i, (descriptor, matched)) in query.descriptors.iter().zip(matches).enumerate() {
+        let resolution = context.keys.get(i).unwrap_or(&KeyResolution::NotTiered);
+        let user_value;
+        let (limit, name, shadow, shared): (Limit, Option<&str>, bool, Vec<(usize, &str)>) =
+            match (descriptor.limit_override, matched, resolution) {
+                (Some(limit), _, _) => (limit, None, false, Vec::new()),
+                (None, None, _) => {
                     slots.push(Slot::NoLimit);
                     continue;
                 }
-                (None, Some(m)) if is_replaced(m.rule.name.as_deref()) => {
+                (None, Some(_), KeyResolution::Unknown) => {
+                    slots.push(Slot::InvalidKey);
+                    continue;
+                }
+                (None, Some(m), KeyResolution::Known(identity)) if m.rule.tiered => {
+                    let Some(tier) = domain.tier(&identity.tier) else {
+                        // The user's tier was removed from the config: the key grants nothing.
+                        slots.push(Slot::InvalidKey);
+                        continue;
+                    };
+                    // Counted per user: every key of a user shares this counter.
+                    user_value = format!("user:{}", identity.user_id);
+                    let last = descriptor.entries.len() - 1;
+                    (
+                        tier.limit(context.health),
+                        Some(tier.name.as_str()),
+                        m.rule.shadow_mode,
+                        vec![(last, user_value.as_str())],
+                    )
+                }
+                (None, Some(m), _) if is_replaced(m.rule.name.as_deref()) => {
                     slots.push(Slot::NoLimit);
                     continue;
                 }
-                (None, Some(m)) => match m.rule.limit {
+                (None, Some(m), _) => match m.rule.limit {
                     None => {
                         slots.push(Slot::Unlimited);
                         continue;
@@ -127,7 +250,7 @@ pub fn plan(config: &Config, query: &RateLimitQuery, options: &PlanOptions) -> P
                         limit,
                         m.rule.name.as_deref(),
                         m.rule.shadow_mode,
-                        &m.shared_values,
+                        m.shared_values.clone(),
                     ),
                 },
             };
@@ -145,19 +268,35 @@ pub fn plan(config: &Config, query: &RateLimitQuery, options: &PlanOptions) -> P
                 &options.key_prefix,
                 &query.domain,
                 &descriptor.entries,
-                shared,
+                &shared,
                 window_secs,
             ),
             limit: u64::from(limit.requests_per_unit),
             window_secs,
-            hits: descriptor.hits,
-            shadow: shadow || options.global_shadow,
+            // A request already denied for its key only looks at its counters.
+            hits: if denial.is_some() { 0 } else { descriptor.hits },
+            shadow: shadow || global_shadow,
+            gate: false,
         });
     }
+    // In domains with API keys, an address blocked for invalid keys is denied outright.
+    let gate = match remote_address(query) {
+        Some(address) if domain.has_tiered() => {
+            checks.push(Check::gate(block_key(
+                &options.key_prefix,
+                &query.domain,
+                address,
+            )));
+            Some(checks.len() - 1)
+        }
+        _ => None,
+    };
     Plan {
         slots,
         checks,
-        global_shadow: options.global_shadow,
+        gate,
+        denial,
+        global_shadow,
     }
 }
 
@@ -165,6 +304,7 @@ pub fn plan(config: &Config, query: &RateLimitQuery, options: &PlanOptions) -> P
 /// of the plan (the caller checks the store kept to that).
 pub fn decide(plan: Plan, applied: &Applied) -> Decision {
     let mut overall = Code::Ok;
+    let mut retry_after_ms: u64 = 0;
     let statuses = plan
         .slots
         .into_iter()
@@ -179,6 +319,12 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
                 code: Code::Ok,
                 limit: None,
                 remaining: u32::MAX,
+                reset_ms: None,
+            },
+            Slot::InvalidKey => DescriptorStatus {
+                code: Code::OverLimit,
+                limit: None,
+                remaining: 0,
                 reset_ms: None,
             },
             Slot::Checked {
@@ -203,6 +349,7 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
                 };
                 if code == Code::OverLimit && !plan.global_shadow {
                     overall = Code::OverLimit;
+                    retry_after_ms = retry_after_ms.max(counter.reset_ms);
                 }
                 DescriptorStatus {
                     code,
@@ -217,5 +364,21 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
             }
         })
         .collect();
-    Decision { overall, statuses }
+    let mut denial = plan.denial;
+    if let Some(gate) = plan.gate
+        && applied.counters[gate].count > 0
+    {
+        denial = Some(Denial::AddressBlocked);
+        retry_after_ms = retry_after_ms.max(applied.counters[gate].reset_ms);
+    }
+    if denial.is_some() {
+        overall = Code::OverLimit;
+    }
+    Decision {
+        overall,
+        statuses,
+        denial,
+        retry_after_secs: (overall == Code::OverLimit)
+            .then(|| retry_after_ms.div_ceil(1000).max(1)),
+    }
 }

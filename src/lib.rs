@@ -8,20 +8,27 @@
 //! - [`algorithm`]: window arithmetic and the over-limit rule.
 //! - [`decision`]: a query → the checks it needs → a decision per descriptor.
 //! - [`store::key`]: collision-free counter keys.
+//! - [`health`]: the NORMAL/DEGRADED state that tiered limits follow.
 //!
 //! I/O at the edges:
 //! - [`store`]: the `Store` trait with the in-memory and Redis stores.
 //! - [`limiter`]: config + store; the one `decide` that gRPC and HTTP share.
 //! - [`rls`]: the gRPC service (wire request → query, decision → wire response, errors → Status).
-//! - [`http`]: /healthcheck and /json.
+//! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin.
+//! - [`audit`]: one log line and one metric per admin change or security event;
+//!   [`cache`]: the bounded TTL cache for shared state read on the hot path.
 //! - [`server`]: runs both servers on given listeners until a shutdown future resolves.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
 //!   generated protobuf code.
 
+pub mod admin;
 pub mod algorithm;
+pub mod audit;
+pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod health;
 pub mod http;
 pub mod limiter;
 pub mod matcher;

@@ -1,53 +1,293 @@
-//! The service core: the live config, a store, and the one `decide` that gRPC and HTTP share.
+//! The service core: the live config, a store, the cached shared state (health, API key
+//! owners), and the one `decide` that gRPC and HTTP share.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use std::sync::Arc;
 
-use crate::config::Config;
-use crate::decision::{self, Decision, PlanOptions};
+use crate::cache::TtlCache;
+use crate::clock::Clock;
+use crate::config::{Config, Domain, mask_secret};
+use crate::decision::{
+    self, Decision, Denial, KeyResolution, PlanContext, PlanOptions, block_key, remote_address,
+    strike_key,
+};
+use crate::health::{HealthRecord, HealthStatus};
 use crate::query::RateLimitQuery;
-use crate::store::{Applied, Store, StoreError};
+use crate::store::{Applied, Check, Identity, RegistryError, Store, StoreError, UserRecord};
 
-/// Decides queries against the current config with one store call each.
-#[derive(Debug)]
+/// Default bound on how stale a replica's view of shared state (health, API key owners) may be.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(2);
+/// API key owners remembered per replica.
+const IDENTITY_CACHE_ENTRIES: usize = 100_000;
+
+/// Settings of a [`Limiter`].
+#[derive(Debug, Clone)]
+pub struct LimiterOptions {
+    /// Key prefix and global shadow mode.
+    pub plan: PlanOptions,
+    /// How long shared state read from the store may be reused.
+    pub cache_ttl: Duration,
+}
+
+impl Default for LimiterOptions {
+    fn default() -> LimiterOptions {
+        LimiterOptions {
+            plan: PlanOptions::default(),
+            cache_ttl: DEFAULT_CACHE_TTL,
+        }
+    }
+}
+
+/// Decides queries against the current config with one store call each (plus, for tiered
+/// domains, cached look-ups of API key owners).
 pub struct Limiter<S> {
     config: ArcSwap<Config>,
     store: S,
-    options: PlanOptions,
+    options: LimiterOptions,
+    clock: Arc<dyn Clock>,
+    /// The health record last read from the store (or set through this replica).
+    health: ArcSwap<HealthRecord>,
+    /// "domain\0api key" → owner, or None for a key nobody owns.
+    identities: TtlCache<Option<Identity>>,
+}
+
+impl<S> std::fmt::Debug for Limiter<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S: Store> Limiter<S> {
-    /// A limiter serving `config` from `store`.
-    pub fn new(config: Config, store: S, options: PlanOptions) -> Limiter<S> {
+    /// A limiter serving `config` from `store`, reading time from `clock`.
+    pub fn new(
+        config: Config,
+        store: S,
+        options: LimiterOptions,
+        clock: Arc<dyn Clock>,
+    ) -> Limiter<S> {
         Limiter {
             config: ArcSwap::from_pointee(config),
             store,
             options,
+            clock,
+            health: ArcSwap::from_pointee(HealthRecord::default()),
+            identities: TtlCache::new(IDENTITY_CACHE_ENTRIES),
         }
     }
 
     /// Matches, counts and decides one query.
     pub async fn decide(&self, query: &RateLimitQuery) -> Result<Decision, StoreError> {
-        // The plan owns what it needs, so the config guard is released before the store call
-        // and a reload never waits for (nor disturbs) requests in flight.
-        let plan = decision::plan(&self.config.load(), query, &self.options);
-        let applied = if plan.checks.is_empty() {
-            Applied {
+        // An Arc (not a guard) because API key look-ups may await before the plan is made; the
+        // plan owns what it needs, so a reload never waits for requests in flight.
+        let config = self.config.load_full();
+        let domain = config.domain(&query.domain);
+        let matches = domain
+            .map(|d| decision::match_query(d, query))
+            .unwrap_or_default();
+        let mut keys = Vec::new();
+        for (index, api_key) in decision::api_keys(query, &matches) {
+            keys.resize(query.descriptors.len(), KeyResolution::NotTiered);
+            keys[index] = match self.identity(&query.domain, api_key).await? {
+                Some(identity) => KeyResolution::Known(identity),
+                None => KeyResolution::Unknown,
+            };
+        }
+        let context = PlanContext {
+            keys: &keys,
+            health: self.health_status(),
+        };
+        let plan = decision::plan(&config, query, &matches, context, &self.options.plan);
+        let applied = self.apply(&plan.checks).await?;
+        let mut decision = decision::decide(plan, &applied);
+        if decision.denial == Some(Denial::InvalidApiKey)
+            && let Some(domain) = domain
+        {
+            self.punish_invalid_key(domain, query, &keys, &mut decision)
+                .await;
+        }
+        Ok(decision)
+    }
+
+    async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
+        if checks.is_empty() {
+            return Ok(Applied {
                 admitted: true,
                 counters: Vec::new(),
-            }
-        } else {
-            let applied = self.store.apply(&plan.checks).await?;
-            if applied.counters.len() != plan.checks.len() {
-                return Err(StoreError::Protocol(format!(
-                    "{} counters for {} checks",
-                    applied.counters.len(),
-                    plan.checks.len()
-                )));
-            }
-            applied
+            });
+        }
+        let applied = self.store.apply(checks).await?;
+        if applied.counters.len() != checks.len() {
+            return Err(StoreError::Protocol(format!(
+                "{} counters for {} checks",
+                applied.counters.len(),
+                checks.len()
+            )));
+        }
+        Ok(applied)
+    }
+
+    /// The owner of `api_key`, from the cache if it is fresh enough.
+    async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
+        let cache_key = format!("{domain}\0{api_key}");
+        let now = self.clock.now_ms();
+        if let Some(identity) = self.identities.get(&cache_key, now) {
+            return Ok(identity);
+        }
+        let identity = self.store.identity(domain, api_key).await?;
+        let expires = now + self.options.cache_ttl.as_millis() as u64;
+        self.identities
+            .insert(cache_key, identity.clone(), now, expires);
+        Ok(identity)
+    }
+
+    /// Records an invalid API key: an audit event, and a strike against the request's address,
+    /// which blocks the address once it has too many.
+    async fn punish_invalid_key(
+        &self,
+        domain: &Domain,
+        query: &RateLimitQuery,
+        keys: &[KeyResolution],
+        decision: &mut Decision,
+    ) {
+        let address = remote_address(query);
+        let api_key = decision::api_keys(query, &decision::match_query(domain, query))
+            .find(|(i, _)| keys.get(*i) == Some(&KeyResolution::Unknown))
+            .map_or_else(String::new, |(_, key)| mask_secret(key));
+        crate::audit::security_event("invalid_api_key", domain.name(), &api_key, address);
+        let Some(address) = address else {
+            return;
         };
-        Ok(decision::decide(plan, &applied))
+        let policy = domain.invalid_keys();
+        let prefix = &self.options.plan.key_prefix;
+        let strike = Check {
+            key: strike_key(prefix, domain.name(), address),
+            limit: u64::from(policy.max_attempts),
+            window_secs: policy.window_secs,
+            hits: 1,
+            shadow: false,
+            gate: false,
+        };
+        match self.store.apply(std::slice::from_ref(&strike)).await {
+            Ok(applied) if applied.admitted => {
+                let reset_ms = applied.counters.first().map_or(0, |c| c.reset_ms);
+                decision.retry_after_secs = Some(reset_ms.div_ceil(1000).max(1));
+            }
+            Ok(_) => {
+                let block_ms = policy.block_for_secs * 1000;
+                let flag = block_key(prefix, domain.name(), address);
+                match self.store.set_flag(&flag, block_ms).await {
+                    Ok(()) => {
+                        crate::audit::security_event(
+                            "address_blocked",
+                            domain.name(),
+                            address,
+                            Some(address),
+                        );
+                        decision.retry_after_secs = Some(policy.block_for_secs);
+                        let (domain, address) = (domain.name().to_owned(), address.to_owned());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(block_ms)).await;
+                            crate::audit::security_event(
+                                "address_unblocked",
+                                &domain,
+                                &address,
+                                Some(&address),
+                            );
+                        });
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not block an address"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not count an invalid API key"),
+        }
+    }
+
+    /// The health state in force now, as last read from the store (at most the cache TTL ago,
+    /// while the store answers).
+    pub fn health_status(&self) -> HealthStatus {
+        self.health.load().at(self.clock.now_ms())
+    }
+
+    /// The health record as last read.
+    pub fn health_record(&self) -> HealthRecord {
+        HealthRecord::clone(&self.health.load())
+    }
+
+    /// Reads the shared health state from the store into this replica's cache.
+    pub async fn refresh_health(&self) -> Result<(), StoreError> {
+        let record = self.store.health().await?.unwrap_or_default();
+        self.health.store(Arc::new(record));
+        Ok(())
+    }
+
+    /// Records a new health state for every replica, and applies it here at once.
+    pub async fn set_health(&self, record: HealthRecord) -> Result<(), StoreError> {
+        self.store.set_health(&record).await?;
+        self.health.store(Arc::new(record));
+        Ok(())
+    }
+
+    /// Writes the API keys the config seeds into the store: missing users are created and
+    /// missing keys added; what exists (e.g. a tier changed through the admin API) is kept.
+    pub async fn seed_registry(&self) -> Result<(), StoreError> {
+        let config = self.config.load_full();
+        for name in config.domain_names() {
+            let Some(domain) = config.domain(name) else {
+                continue;
+            };
+            let mut users: BTreeMap<&str, UserRecord> = BTreeMap::new();
+            for seed in domain.seed_keys() {
+                users
+                    .entry(seed.user.as_str())
+                    .or_insert_with(|| UserRecord {
+                        user_id: seed.user.clone(),
+                        tier: seed.tier.clone(),
+                        api_keys: Vec::new(),
+                    })
+                    .api_keys
+                    .push(seed.api_key.clone());
+            }
+            for user in users.into_values() {
+                match self.store.create_user(name, &user).await {
+                    Ok(()) => {}
+                    Err(RegistryError::Store(e)) => return Err(e),
+                    // The user exists, or one of its keys does: add what is missing, one by one.
+                    Err(_) => {
+                        let _ = self
+                            .store
+                            .create_user(
+                                name,
+                                &UserRecord {
+                                    api_keys: Vec::new(),
+                                    ..user.clone()
+                                },
+                            )
+                            .await;
+                        for key in &user.api_keys {
+                            match self.store.add_key(name, &user.user_id, key).await {
+                                Err(RegistryError::Store(e)) => return Err(e),
+                                Err(RegistryError::KeyTaken(_)) | Ok(()) => {}
+                                Err(e) => {
+                                    tracing::warn!(domain = name, error = %e, "seeding an API key")
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.identities.clear();
+        Ok(())
+    }
+
+    /// Forgets cached API key owners, after a registry change made through this replica.
+    pub fn forget_identities(&self) {
+        self.identities.clear();
     }
 
     /// Replaces the config for every request that starts from now on.
@@ -63,6 +303,16 @@ impl<S: Store> Limiter<S> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The clock.
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// The settings.
+    pub fn options(&self) -> &LimiterOptions {
+        &self.options
     }
 }
 
@@ -100,8 +350,12 @@ descriptors:
         };
         Limiter::new(
             Config::from_yaml(CONFIG).unwrap(),
-            MemoryStore::new(clock, 1000),
-            options,
+            MemoryStore::new(clock.clone(), 1000),
+            LimiterOptions {
+                plan: options,
+                ..LimiterOptions::default()
+            },
+            clock,
         )
     }
 

@@ -10,11 +10,12 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{self, AdminState};
 use crate::clock::SystemClock;
 use crate::config::{Config, ConfigError};
 use crate::decision::PlanOptions;
 use crate::http::{self, HttpState};
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, LimiterOptions};
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
 use crate::settings::{ServeSettings, StoreKind};
@@ -59,6 +60,8 @@ pub struct ServerOptions {
     pub input_limits: InputLimits,
     /// Response decorations.
     pub response_options: ResponseOptions,
+    /// The admin key; `None` keeps the admin API closed.
+    pub admin_key: Option<String>,
 }
 
 /// Serves `limiter` on `listeners` until `shutdown` resolves, then stops accepting, lets
@@ -83,13 +86,22 @@ pub async fn run<S: Store>(
             TcpListenerStream::new(listeners.grpc),
             stop.clone().cancelled_owned(),
         );
+    let admin = admin::router(Arc::new(AdminState {
+        limiter: limiter.clone(),
+        admin_key: options.admin_key.clone(),
+    }));
+    let refresher = tokio::spawn(keep_shared_state_fresh(limiter.clone(), stop.clone()));
     let state = Arc::new(HttpState {
         rls,
         limiter,
         serving: serving.clone(),
     });
-    let http = axum::serve(listeners.http, http::router(state))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let app = http::router(state).merge(admin);
+    let http = axum::serve(
+        listeners.http,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.clone().cancelled_owned());
 
     let trigger = tokio::spawn(async move {
         shutdown.await;
@@ -104,8 +116,31 @@ pub async fn run<S: Store>(
         })
     });
     trigger.abort();
+    refresher.abort();
     grpc?;
     http
+}
+
+/// Re-reads the shared health state every half cache TTL (so no replica's view is older than
+/// the TTL), and seeds the config's API keys once the store answers.
+async fn keep_shared_state_fresh<S: Store>(limiter: Arc<Limiter<S>>, stop: CancellationToken) {
+    let period = (limiter.options().cache_ttl / 2).max(std::time::Duration::from_millis(50));
+    let mut seeded = false;
+    loop {
+        if let Err(e) = limiter.refresh_health().await {
+            tracing::debug!(error = %e, "could not refresh the health state");
+        }
+        if !seeded {
+            match limiter.seed_registry().await {
+                Ok(()) => seeded = true,
+                Err(e) => tracing::warn!(error = %e, "could not seed API keys yet; retrying"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+    }
 }
 
 /// `floodgate serve`: loads the config, builds the store, binds the addresses and runs until
@@ -120,21 +155,26 @@ pub async fn serve(
         grpc: bind(settings.grpc_addr, "gRPC").await?,
         http: bind(settings.http_addr, "HTTP").await?,
     };
-    let plan_options = PlanOptions {
-        key_prefix: settings.key_prefix.clone(),
-        global_shadow: settings.shadow_mode,
+    let limiter_options = LimiterOptions {
+        plan: PlanOptions {
+            key_prefix: settings.key_prefix.clone(),
+            global_shadow: settings.shadow_mode,
+        },
+        cache_ttl: settings.state_cache_ttl,
     };
+    let clock = Arc::new(SystemClock);
     let options = ServerOptions {
         input_limits: settings.input_limits(),
         response_options: ResponseOptions {
             limit_headers: settings.response_headers,
         },
+        admin_key: settings.admin_key.clone().filter(|k| !k.is_empty()),
     };
     tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, "serving");
     match settings.store {
         StoreKind::Memory => {
-            let store = MemoryStore::new(Arc::new(SystemClock), settings.memory_max_keys);
-            let limiter = Arc::new(Limiter::new(config, store, plan_options));
+            let store = MemoryStore::new(clock.clone(), settings.memory_max_keys);
+            let limiter = Arc::new(Limiter::new(config, store, limiter_options, clock));
             run(limiter, options, listeners, shutdown).await
         }
         StoreKind::Redis => {
@@ -142,8 +182,9 @@ pub async fn serve(
                 url: settings.redis_url.clone(),
                 pool_size: settings.redis_pool_size,
                 timeout: settings.redis_timeout,
+                key_prefix: settings.key_prefix.clone(),
             })?;
-            let limiter = Arc::new(Limiter::new(config, store, plan_options));
+            let limiter = Arc::new(Limiter::new(config, store, limiter_options, clock));
             run(limiter, options, listeners, shutdown).await
         }
     }

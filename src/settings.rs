@@ -98,6 +98,12 @@ pub struct ServeSettings {
     /// Most bytes in a domain, entry key or entry value.
     #[arg(long, env = "FLOODGATE_MAX_VALUE_LEN", default_value_t = InputLimits::default().max_value_len)]
     pub max_value_len: usize,
+    /// Key that opens the admin API (header X-Admin-Key); without it the admin API is closed.
+    #[arg(long, env = "FLOODGATE_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+    /// How stale a replica's view of shared state (health state, API key owners) may be.
+    #[arg(long, env = "FLOODGATE_STATE_CACHE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub state_cache_ttl: Duration,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLOODGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -130,6 +130,7 @@ async fn redis_down_answers_unavailable_within_the_timeout() {
         url: redis_url,
         pool_size: 2,
         timeout: Duration::from_millis(300),
+        key_prefix: "fg:".into(),
     })
     .unwrap();
     let server =

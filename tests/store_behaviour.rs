@@ -18,6 +18,7 @@ fn check(key: &str, limit: u64, hits: u64) -> Check {
         window_secs: 31_536_000, // a year: no window edge falls inside a test run
         hits,
         shadow: false,
+        gate: false,
     }
 }
 
@@ -100,6 +101,7 @@ async fn redis_store() {
         url: redis.url(),
         pool_size: 2,
         timeout: Duration::from_secs(2),
+        key_prefix: "fg:".into(),
     })
     .unwrap();
     all(&store).await;

@@ -2,9 +2,11 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::time::Duration;
+
 use super::error::Problem;
-use super::model::{DescriptorNode, DomainFile, RateLimitSpec};
-use super::rule::{Limit, Rule, Unit};
+use super::model::{DescriptorNode, DomainFile, InvalidKeysSpec, RateLimitSpec, TierSpec};
+use super::rule::{InvalidKeys, Limit, Rule, SeedKey, Tier, Unit, mask_secret};
 
 /// Index of a node in its domain's arena.
 pub type NodeId = usize;
@@ -15,6 +17,10 @@ pub struct Domain {
     name: String,
     /// Arena of nodes; index 0 is the root, which has children but never a rule.
     nodes: Vec<Node>,
+    tiers: Vec<Tier>,
+    seed_keys: Vec<SeedKey>,
+    invalid_keys: InvalidKeys,
+    has_tiered: bool,
 }
 
 /// A node of the descriptor tree.
@@ -55,6 +61,31 @@ impl Domain {
     pub fn node(&self, id: NodeId) -> &Node {
         &self.nodes[id]
     }
+
+    /// The tier called `name`.
+    pub fn tier(&self, name: &str) -> Option<&Tier> {
+        self.tiers.iter().find(|t| t.name == name)
+    }
+
+    /// Every tier, in file order.
+    pub fn tiers(&self) -> &[Tier] {
+        &self.tiers
+    }
+
+    /// The API keys the config seeds.
+    pub fn seed_keys(&self) -> &[SeedKey] {
+        &self.seed_keys
+    }
+
+    /// The invalid-key policy (defaults unless the file sets `invalid_keys`).
+    pub fn invalid_keys(&self) -> InvalidKeys {
+        self.invalid_keys
+    }
+
+    /// Whether any descriptor is `tiered`, i.e. requests carry API keys.
+    pub fn has_tiered(&self) -> bool {
+        self.has_tiered
+    }
 }
 
 /// Parses, validates and compiles one domain file.
@@ -65,10 +96,15 @@ pub(crate) fn compile_file(text: &str) -> Result<Domain, Problem> {
         .domain
         .filter(|d| !d.is_empty())
         .ok_or(Problem::MissingDomain)?;
+    let tiers = tiers(&file.tiers.0)?;
+    let seed_keys = seed_keys(&file.api_keys.0, &tiers)?;
+    let invalid_keys = invalid_keys(file.invalid_keys.as_ref())?;
     let mut builder = Builder {
         nodes: vec![Node::default()],
         names: HashSet::new(),
         replaces: Vec::new(),
+        has_tiers: !tiers.is_empty(),
+        has_tiered: false,
     };
     builder.add_children(0, &file.descriptors, "descriptors", "")?;
     for (at, replaced) in &builder.replaces {
@@ -82,6 +118,149 @@ pub(crate) fn compile_file(text: &str) -> Result<Domain, Problem> {
     Ok(Domain {
         name,
         nodes: builder.nodes,
+        tiers,
+        seed_keys,
+        invalid_keys,
+        has_tiered: builder.has_tiered,
+    })
+}
+
+fn tiers(specs: &[(String, TierSpec)]) -> Result<Vec<Tier>, Problem> {
+    let mut tiers: Vec<Tier> = Vec::with_capacity(specs.len());
+    for (name, spec) in specs {
+        let at = format!("tiers.{name}");
+        if tiers.iter().any(|t| &t.name == name) {
+            return Err(Problem::Tier {
+                at,
+                message: "listed twice".into(),
+            });
+        }
+        let unit_name = spec.unit.as_deref().ok_or_else(|| Problem::Tier {
+            at: at.clone(),
+            message: "missing 'unit'".into(),
+        })?;
+        let unit = Unit::parse(unit_name).ok_or_else(|| Problem::UnknownUnit {
+            at: at.clone(),
+            unit: unit_name.to_owned(),
+        })?;
+        let count = |field: &str, value: Option<u32>| match value {
+            Some(n) if n > 0 => Ok(n),
+            Some(_) => Err(Problem::Tier {
+                at: at.clone(),
+                message: format!("'{field}' must be greater than 0"),
+            }),
+            None => Err(Problem::Tier {
+                at: at.clone(),
+                message: format!("missing '{field}'"),
+            }),
+        };
+        let (base, burst, degraded) = (
+            count("base", spec.base)?,
+            count("burst", spec.burst)?,
+            count("degraded", spec.degraded)?,
+        );
+        if !(degraded <= base && base <= burst) {
+            return Err(Problem::Tier {
+                at,
+                message: format!(
+                    "needs degraded <= base <= burst, got degraded {degraded}, base {base}, burst {burst}"
+                ),
+            });
+        }
+        tiers.push(Tier {
+            name: name.clone(),
+            unit,
+            base,
+            burst,
+            degraded,
+        });
+    }
+    Ok(tiers)
+}
+
+fn seed_keys(
+    specs: &[(String, super::model::ApiKeySpec)],
+    tiers: &[Tier],
+) -> Result<Vec<SeedKey>, Problem> {
+    let mut keys: Vec<SeedKey> = Vec::with_capacity(specs.len());
+    for (api_key, spec) in specs {
+        // Keys are secrets: messages show only their start.
+        let at = format!("api_keys.{}", mask_secret(api_key));
+        if api_key.is_empty() {
+            return Err(Problem::ApiKey {
+                at,
+                message: "empty key".into(),
+            });
+        }
+        if keys.iter().any(|k| &k.api_key == api_key) {
+            return Err(Problem::ApiKey {
+                at,
+                message: "listed twice".into(),
+            });
+        }
+        let user = spec
+            .user
+            .clone()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| Problem::ApiKey {
+                at: at.clone(),
+                message: "missing 'user'".into(),
+            })?;
+        let tier = spec.tier.clone().ok_or_else(|| Problem::ApiKey {
+            at: at.clone(),
+            message: "missing 'tier'".into(),
+        })?;
+        if !tiers.iter().any(|t| t.name == tier) {
+            return Err(Problem::ApiKey {
+                at,
+                message: format!("unknown tier '{tier}'"),
+            });
+        }
+        if let Some(other) = keys.iter().find(|k| k.user == user && k.tier != tier) {
+            return Err(Problem::ApiKey {
+                at,
+                message: format!("user '{user}' is already in tier '{}'", other.tier),
+            });
+        }
+        keys.push(SeedKey {
+            api_key: api_key.clone(),
+            user,
+            tier,
+        });
+    }
+    Ok(keys)
+}
+
+fn invalid_keys(spec: Option<&InvalidKeysSpec>) -> Result<InvalidKeys, Problem> {
+    let defaults = InvalidKeys::default();
+    let Some(spec) = spec else {
+        return Ok(defaults);
+    };
+    let seconds = |field: &str, value: &Option<String>, default: u64| -> Result<u64, Problem> {
+        let Some(text) = value else {
+            return Ok(default);
+        };
+        let duration: Duration =
+            humantime::parse_duration(text).map_err(|e| Problem::InvalidKeys {
+                message: format!("'{field}': {e} (write e.g. 60s, 5m, 1h)"),
+            })?;
+        match duration.as_secs() {
+            0 => Err(Problem::InvalidKeys {
+                message: format!("'{field}' must be at least 1s"),
+            }),
+            secs => Ok(secs),
+        }
+    };
+    let max_attempts = spec.max_attempts.unwrap_or(defaults.max_attempts);
+    if max_attempts == 0 {
+        return Err(Problem::InvalidKeys {
+            message: "'max_attempts' must be greater than 0".into(),
+        });
+    }
+    Ok(InvalidKeys {
+        max_attempts,
+        window_secs: seconds("window", &spec.window, defaults.window_secs)?,
+        block_for_secs: seconds("block_for", &spec.block_for, defaults.block_for_secs)?,
     })
 }
 
@@ -91,6 +270,9 @@ struct Builder {
     names: HashSet<String>,
     /// (location, name) of every `replaces` entry, checked once all names are known.
     replaces: Vec<(String, String)>,
+    /// Whether the file defines tiers (a `tiered` node needs them).
+    has_tiers: bool,
+    has_tiered: bool,
 }
 
 impl Builder {
@@ -119,7 +301,11 @@ impl Builder {
             if spec.share_threshold && !wildcard {
                 return Err(Problem::ShareThresholdWithoutWildcard { at });
             }
-            let rule = self.rule(spec, &at, &metric_key)?;
+            let rule = if spec.tiered {
+                self.tiered_rule(spec, &at, &metric_key)?
+            } else {
+                self.rule(spec, &at, &metric_key)?
+            };
             let id = self.nodes.len();
             self.nodes.push(Node {
                 children: HashMap::new(),
@@ -158,6 +344,46 @@ impl Builder {
             )?;
         }
         Ok(())
+    }
+
+    /// The rule of a `tiered` node: no limit of its own, no value, no children.
+    fn tiered_rule(
+        &mut self,
+        spec: &DescriptorNode,
+        at: &str,
+        metric_key: &str,
+    ) -> Result<Option<Rule>, Problem> {
+        let refuse = |message: &str| {
+            Err(Problem::Tiered {
+                at: at.to_owned(),
+                message: message.to_owned(),
+            })
+        };
+        if !self.has_tiers {
+            return refuse("'tiered: true' needs 'tiers' in the file");
+        }
+        if spec.rate_limit.is_some() {
+            return refuse("a tiered descriptor takes its limit from the tiers, not 'rate_limit'");
+        }
+        if spec.value.is_some() || spec.share_threshold {
+            return refuse(
+                "a tiered descriptor matches any API key: no 'value' or 'share_threshold'",
+            );
+        }
+        if !spec.descriptors.is_empty() || !spec.replaces.is_empty() {
+            return refuse("a tiered descriptor cannot have nested 'descriptors' or 'replaces'");
+        }
+        self.has_tiered = true;
+        Ok(Some(Rule {
+            limit: None,
+            name: None,
+            shadow_mode: spec.shadow_mode,
+            replaces: Vec::new(),
+            detailed_metric: spec.detailed_metric,
+            value_to_metric: false,
+            metric_key: metric_key.to_owned(),
+            tiered: true,
+        }))
     }
 
     fn rule(
@@ -200,6 +426,7 @@ impl Builder {
             detailed_metric: spec.detailed_metric,
             value_to_metric: spec.value_to_metric,
             metric_key: metric_key.to_owned(),
+            tiered: false,
         }))
     }
 }

@@ -131,4 +131,34 @@ pub enum Problem {
         /// Location.
         at: String,
     },
+    /// A tier is incomplete or inconsistent.
+    #[error("{at}: {message}")]
+    Tier {
+        /// Location, e.g. `tiers.free`.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A seeded API key is invalid (the key is shown masked).
+    #[error("{at}: {message}")]
+    ApiKey {
+        /// Location, e.g. `api_keys.demo…`.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `tiered` descriptor is misused.
+    #[error("{at}: {message}")]
+    Tiered {
+        /// Location.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The `invalid_keys` block is invalid.
+    #[error("invalid_keys: {message}")]
+    InvalidKeys {
+        /// What is wrong.
+        message: String,
+    },
 }

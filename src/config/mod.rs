@@ -16,12 +16,13 @@ use std::path::{Path, PathBuf};
 pub use compile::{Domain, KeyBranch, Node, NodeId};
 pub use error::{ConfigError, Problem};
 pub use glob::glob_match;
-pub use rule::{Limit, Rule, Unit};
+pub use rule::{InvalidKeys, Limit, Rule, SeedKey, Tier, Unit, mask_secret};
 
 /// Every loaded domain, immutable once built; a reload builds a new one and swaps it in whole.
 #[derive(Debug, Default)]
 pub struct Config {
     domains: HashMap<String, Domain>,
+    version: String,
 }
 
 impl Config {
@@ -61,7 +62,12 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut domains: HashMap<String, Domain> = HashMap::new();
         let mut origins: HashMap<String, PathBuf> = HashMap::new();
+        let mut digest = Vec::new();
         for (path, text) in sources {
+            digest.extend_from_slice(path.as_os_str().as_encoded_bytes());
+            digest.push(0);
+            digest.extend_from_slice(text.as_bytes());
+            digest.push(0);
             let domain = compile::compile_file(text).map_err(|problem| ConfigError::Invalid {
                 path: path.to_owned(),
                 problem,
@@ -76,7 +82,13 @@ impl Config {
             origins.insert(domain.name().to_owned(), path.to_owned());
             domains.insert(domain.name().to_owned(), domain);
         }
-        Ok(Config { domains })
+        let version = format!("{:016x}", crate::store::key::fnv1a(&digest));
+        Ok(Config { domains, version })
+    }
+
+    /// A hash of the files this config was built from: equal files, equal version.
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Parses one YAML text, for tests and tools.

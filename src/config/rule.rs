@@ -100,4 +100,79 @@ pub struct Rule {
     pub value_to_metric: bool,
     /// Human-readable key path of the node ("key.value" pairs joined with '.'), for metrics.
     pub metric_key: String,
+    /// The matched entry's value is an API key: its user's tier gives the limit.
+    pub tiered: bool,
+}
+
+/// A plan (free, pro, ...): its limits per window of `unit`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tier {
+    /// The tier's name.
+    pub name: String,
+    /// Window length.
+    pub unit: Unit,
+    /// The plan's nominal limit (informational; degraded ≤ base ≤ burst).
+    pub base: u32,
+    /// The limit while the service is NORMAL.
+    pub burst: u32,
+    /// The limit while the service is DEGRADED.
+    pub degraded: u32,
+}
+
+impl Tier {
+    /// The limit that applies in `status`.
+    pub fn limit(&self, status: crate::health::HealthStatus) -> Limit {
+        let requests_per_unit = match status {
+            crate::health::HealthStatus::Normal => self.burst,
+            crate::health::HealthStatus::Degraded => self.degraded,
+        };
+        Limit {
+            requests_per_unit,
+            unit: self.unit,
+        }
+    }
+}
+
+/// An API key seeded by the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedKey {
+    /// The key itself (a secret: never logged whole).
+    pub api_key: String,
+    /// Its user.
+    pub user: String,
+    /// The user's tier.
+    pub tier: String,
+}
+
+/// What happens to addresses that keep sending unknown API keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidKeys {
+    /// Invalid attempts allowed per window before the address is blocked.
+    pub max_attempts: u32,
+    /// The attempt-counting window, in seconds.
+    pub window_secs: u64,
+    /// How long a blocked address stays blocked, in seconds.
+    pub block_for_secs: u64,
+}
+
+impl Default for InvalidKeys {
+    /// 10 bad keys a minute is more than typos; 5 minutes stops a scan without locking out a
+    /// misconfigured client for long.
+    fn default() -> InvalidKeys {
+        InvalidKeys {
+            max_attempts: 10,
+            window_secs: 60,
+            block_for_secs: 300,
+        }
+    }
+}
+
+/// A secret shortened for messages and logs: enough to recognise, not to use.
+pub fn mask_secret(secret: &str) -> String {
+    let prefix: String = secret.chars().take(4).collect();
+    if secret.chars().count() <= 8 {
+        "****".to_owned()
+    } else {
+        format!("{prefix}…")
+    }
 }

@@ -1,7 +1,7 @@
 //! The one place that turns a [`Decision`] into the wire response.
 
 use crate::config::Unit;
-use crate::decision::{Code, Decision, DescriptorStatus};
+use crate::decision::{Code, Decision, Denial, DescriptorStatus};
 use crate::pb::rate_limit_response::{self, DescriptorStatus as PbStatus, rate_limit};
 use crate::pb::{HeaderValue, RateLimitResponse};
 
@@ -19,19 +19,49 @@ pub const LIMIT_HEADER: &str = "RateLimit-Limit";
 pub const REMAINING_HEADER: &str = "RateLimit-Remaining";
 /// Seconds-until-reset header.
 pub const RESET_HEADER: &str = "RateLimit-Reset";
+/// On every OVER_LIMIT answer: whole seconds until retrying can help.
+pub const RETRY_AFTER_HEADER: &str = "retry-after";
+/// On answers denied for the API key or address: why.
+pub const REASON_HEADER: &str = "x-floodgate-reason";
 
 /// Builds the response for `decision`.
 pub fn build(decision: Decision, options: &ResponseOptions) -> RateLimitResponse {
-    let response_headers_to_add = if options.limit_headers {
+    let mut headers = if options.limit_headers {
         limit_headers(&decision.statuses)
     } else {
         Vec::new()
     };
+    if let Some(seconds) = decision.retry_after_secs {
+        headers.push(header(RETRY_AFTER_HEADER, &seconds.to_string()));
+    }
+    let raw_body = match decision.denial {
+        None => Vec::new(),
+        Some(denial) => {
+            let (reason, body) = match denial {
+                Denial::InvalidApiKey => ("invalid-api-key", "invalid API key\n"),
+                Denial::AddressBlocked => (
+                    "address-blocked",
+                    "too many invalid API keys from this address: temporarily blocked\n",
+                ),
+            };
+            headers.push(header(REASON_HEADER, reason));
+            body.as_bytes().to_vec()
+        }
+    };
     RateLimitResponse {
         overall_code: code(decision.overall) as i32,
         statuses: decision.statuses.into_iter().map(status).collect(),
-        response_headers_to_add,
+        response_headers_to_add: headers,
+        raw_body,
         ..Default::default()
+    }
+}
+
+fn header(key: &str, value: &str) -> HeaderValue {
+    HeaderValue {
+        key: key.to_owned(),
+        value: value.to_owned(),
+        raw_value: Vec::new(),
     }
 }
 
@@ -80,14 +110,12 @@ fn limit_headers(statuses: &[DescriptorStatus]) -> Vec<HeaderValue> {
     else {
         return Vec::new();
     };
-    let header = |key: &str, value: u64| HeaderValue {
-        key: key.to_owned(),
-        value: value.to_string(),
-        raw_value: Vec::new(),
-    };
     vec![
-        header(LIMIT_HEADER, u64::from(applied.limit.requests_per_unit)),
-        header(REMAINING_HEADER, u64::from(status.remaining)),
-        header(RESET_HEADER, status.reset_ms.unwrap_or(0).div_ceil(1000)),
+        header(LIMIT_HEADER, &applied.limit.requests_per_unit.to_string()),
+        header(REMAINING_HEADER, &status.remaining.to_string()),
+        header(
+            RESET_HEADER,
+            &status.reset_ms.unwrap_or(0).div_ceil(1000).to_string(),
+        ),
     ]
 }

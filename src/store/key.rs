@@ -41,6 +41,37 @@ pub fn counter_key(
     key
 }
 
+/// The prefix of every registry key of `domain` (users and API keys). Its `{...}` hash tag,
+/// made from a hash of the domain (which may itself hold braces), keeps a domain's registry in
+/// one Redis Cluster slot so one script can change it atomically.
+pub fn registry_prefix(prefix: &str, domain: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + domain.len() + 32);
+    key.push_str(prefix);
+    let _ = write!(key, "reg{{{:016x}}}|", fnv1a(domain.as_bytes()));
+    push_part(&mut key, domain);
+    key.push('|');
+    key
+}
+
+/// The key of another kind of per-domain state (`kind` is a fixed word such as `block`).
+pub fn state_key(prefix: &str, kind: &str, domain: &str, id: &str) -> String {
+    let mut key = String::with_capacity(prefix.len() + kind.len() + domain.len() + id.len() + 16);
+    key.push_str(prefix);
+    key.push_str(kind);
+    key.push('|');
+    push_part(&mut key, domain);
+    key.push('|');
+    push_part(&mut key, id);
+    key
+}
+
+/// 64-bit FNV-1a: a stable, dependency-free hash for hash tags and config versions.
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
+        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 fn push_part(key: &mut String, part: &str) {
     let _ = write!(key, "{}:", part.len());
     key.push_str(part);

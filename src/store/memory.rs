@@ -1,13 +1,16 @@
 //! The embedded store: counters in this process, sharded so requests on different keys never
 //! wait for each other, and bounded so that a flood of distinct keys cannot exhaust memory.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
-use super::{Applied, Check, Counter, Store, StoreError, admits};
+use super::{
+    Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord, admits,
+};
 use crate::algorithm::window;
 use crate::clock::Clock;
+use crate::health::HealthRecord;
 
 /// Default bound on live counters: about 150 MB at the worst.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
@@ -22,6 +25,25 @@ pub struct MemoryStore<C> {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     clock: Arc<C>,
+    /// Users and keys. Read-mostly (the limiter caches identities in front of it) and changed
+    /// only by the admin API, so one RwLock serves.
+    registry: RwLock<Registry>,
+    health: Mutex<Option<HealthRecord>>,
+}
+
+/// Users and API keys per domain.
+#[derive(Debug, Default)]
+struct Registry {
+    /// (domain, api key) → user id.
+    keys: HashMap<(String, String), String>,
+    /// (domain, user id) → tier and keys; ordered for paging.
+    users: BTreeMap<(String, String), UserEntry>,
+}
+
+#[derive(Debug, Clone)]
+struct UserEntry {
+    tier: String,
+    keys: BTreeSet<String>,
 }
 
 #[derive(Debug, Default)]
@@ -55,6 +77,8 @@ impl<C: Clock> MemoryStore<C> {
             shards,
             hasher: RandomState::new(),
             clock,
+            registry: RwLock::default(),
+            health: Mutex::default(),
         }
     }
 
@@ -93,6 +117,17 @@ impl<C: Clock> MemoryStore<C> {
         for (i, check) in checks.iter().enumerate() {
             let (start, reset_ms) = window(now, check.window_secs);
             let shard = &guards[positions[i]].1;
+            if check.gate {
+                let live = shard
+                    .counters
+                    .get(&check.key)
+                    .filter(|slot| slot.expires_ms > now);
+                counters.push(Counter {
+                    count: u64::from(live.is_some()),
+                    reset_ms: live.map_or(0, |slot| slot.expires_ms - now),
+                });
+                continue;
+            }
             let stored = shard
                 .counters
                 .get(&check.key)
@@ -111,7 +146,11 @@ impl<C: Clock> MemoryStore<C> {
         }
         let admitted = admits(checks, |i| counters[i].count);
         if admitted {
-            for (i, check) in checks.iter().enumerate().filter(|(_, c)| c.hits > 0) {
+            for (i, check) in checks
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.hits > 0 && !c.gate)
+            {
                 let (start, reset_ms) = window(now, check.window_secs);
                 guards[positions[i]]
                     .1
@@ -129,6 +168,176 @@ impl<C: Clock> Store for MemoryStore<C> {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let mut shard = lock(&self.shards[self.shard_of(key)]);
+        shard.counters.remove(key);
+        // window_start u64::MAX never equals a real window, so a flag never reads as a count.
+        shard.add(key, u64::MAX, now + ttl_ms, 1, now);
+        Ok(())
+    }
+
+    async fn health(&self) -> Result<Option<HealthRecord>, StoreError> {
+        let now = self.clock.now_ms();
+        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(health
+            .clone()
+            .filter(|h| h.expires_ms.is_none_or(|expires| now < expires)))
+    }
+
+    async fn set_health(&self, record: &HealthRecord) -> Result<(), StoreError> {
+        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some(record.clone());
+        Ok(())
+    }
+
+    async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let Some(user_id) = registry.keys.get(&(domain.to_owned(), api_key.to_owned())) else {
+            return Ok(None);
+        };
+        Ok(registry
+            .users
+            .get(&(domain.to_owned(), user_id.clone()))
+            .map(|entry| Identity {
+                user_id: user_id.clone(),
+                tier: entry.tier.clone(),
+            }))
+    }
+
+    async fn user(&self, domain: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        Ok(registry
+            .users
+            .get(&(domain.to_owned(), user_id.to_owned()))
+            .map(|entry| record(user_id, entry)))
+    }
+
+    async fn users(
+        &self,
+        domain: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
+        let start = (domain.to_owned(), after.to_owned());
+        Ok(registry
+            .users
+            .range((Excluded(start), Unbounded))
+            .take_while(|((d, _), _)| d == domain)
+            .take(limit)
+            .map(|((_, id), entry)| record(id, entry))
+            .collect())
+    }
+
+    async fn create_user(&self, domain: &str, user: &UserRecord) -> Result<(), RegistryError> {
+        let mut registry = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let id = (domain.to_owned(), user.user_id.clone());
+        if registry.users.contains_key(&id) {
+            return Err(RegistryError::UserExists(user.user_id.clone()));
+        }
+        for key in &user.api_keys {
+            if registry
+                .keys
+                .contains_key(&(domain.to_owned(), key.clone()))
+            {
+                return Err(RegistryError::KeyTaken(crate::config::mask_secret(key)));
+            }
+        }
+        for key in &user.api_keys {
+            registry
+                .keys
+                .insert((domain.to_owned(), key.clone()), user.user_id.clone());
+        }
+        let keys = user.api_keys.iter().cloned().collect();
+        registry.users.insert(
+            id,
+            UserEntry {
+                tier: user.tier.clone(),
+                keys,
+            },
+        );
+        Ok(())
+    }
+
+    async fn add_key(
+        &self,
+        domain: &str,
+        user_id: &str,
+        api_key: &str,
+    ) -> Result<(), RegistryError> {
+        let mut registry = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let key = (domain.to_owned(), api_key.to_owned());
+        if registry.keys.contains_key(&key) {
+            return Err(RegistryError::KeyTaken(crate::config::mask_secret(api_key)));
+        }
+        let Some(entry) = registry
+            .users
+            .get_mut(&(domain.to_owned(), user_id.to_owned()))
+        else {
+            return Err(RegistryError::UnknownUser(user_id.to_owned()));
+        };
+        entry.keys.insert(api_key.to_owned());
+        registry.keys.insert(key, user_id.to_owned());
+        Ok(())
+    }
+
+    async fn revoke_key(
+        &self,
+        domain: &str,
+        user_id: &str,
+        api_key: &str,
+    ) -> Result<(), RegistryError> {
+        let mut registry = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = registry
+            .users
+            .get_mut(&(domain.to_owned(), user_id.to_owned()))
+        else {
+            return Err(RegistryError::UnknownUser(user_id.to_owned()));
+        };
+        if !entry.keys.remove(api_key) {
+            return Err(RegistryError::UnknownKey(crate::config::mask_secret(
+                api_key,
+            )));
+        }
+        registry
+            .keys
+            .remove(&(domain.to_owned(), api_key.to_owned()));
+        Ok(())
+    }
+
+    async fn set_tier(&self, domain: &str, user_id: &str, tier: &str) -> Result<(), RegistryError> {
+        let mut registry = self
+            .registry
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(entry) = registry
+            .users
+            .get_mut(&(domain.to_owned(), user_id.to_owned()))
+        else {
+            return Err(RegistryError::UnknownUser(user_id.to_owned()));
+        };
+        entry.tier = tier.to_owned();
+        Ok(())
+    }
+}
+
+fn record(user_id: &str, entry: &UserEntry) -> UserRecord {
+    UserRecord {
+        user_id: user_id.to_owned(),
+        tier: entry.tier.clone(),
+        api_keys: entry.keys.iter().cloned().collect(),
     }
 }
 
@@ -204,6 +413,7 @@ mod tests {
             window_secs: 60,
             hits,
             shadow: false,
+            gate: false,
         }
     }
 

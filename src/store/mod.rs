@@ -12,6 +12,8 @@ use std::future::Future;
 
 use thiserror::Error;
 
+use crate::health::HealthRecord;
+
 pub use key::counter_key;
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
@@ -29,6 +31,63 @@ pub struct Check {
     pub hits: u64,
     /// A shadow check never denies the request.
     pub shadow: bool,
+    /// A gate (e.g. a blocked address): reads 1 while its flag is set (see [`Store::set_flag`])
+    /// and 0 otherwise, and is never written; with limit 0 a set flag denies.
+    pub gate: bool,
+}
+
+impl Check {
+    /// A check that denies while the flag at `key` is set.
+    pub fn gate(key: String) -> Check {
+        Check {
+            key,
+            limit: 0,
+            window_secs: 1,
+            hits: 0,
+            shadow: false,
+            gate: true,
+        }
+    }
+}
+
+/// Who an API key belongs to, as the registry says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user; all of a user's keys share the user's counters.
+    pub user_id: String,
+    /// The user's tier.
+    pub tier: String,
+}
+
+/// A user of a tiered domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserRecord {
+    /// The user's id.
+    pub user_id: String,
+    /// The user's tier.
+    pub tier: String,
+    /// The user's API keys, sorted.
+    pub api_keys: Vec<String>,
+}
+
+/// Why a registry change was refused.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// The user already exists.
+    #[error("user '{0}' already exists")]
+    UserExists(String),
+    /// No such user.
+    #[error("unknown user '{0}'")]
+    UnknownUser(String),
+    /// The API key already belongs to a user.
+    #[error("API key {0} is already in use")]
+    KeyTaken(String),
+    /// No such API key.
+    #[error("unknown API key {0}")]
+    UnknownKey(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// A counter as the request leaves it.
@@ -71,6 +130,75 @@ pub trait Store: Send + Sync + 'static {
 
     /// Answers when the store is reachable.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Sets the flag at `key` for `ttl_ms` (read by gate checks).
+    fn set_flag(
+        &self,
+        key: &str,
+        ttl_ms: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The recorded health state; `None` when never set or expired.
+    fn health(&self) -> impl Future<Output = Result<Option<HealthRecord>, StoreError>> + Send;
+
+    /// Records the health state; it expires at `record.expires_ms` if set.
+    fn set_health(
+        &self,
+        record: &HealthRecord,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The owner of `api_key` in `domain` and the owner's tier.
+    fn identity(
+        &self,
+        domain: &str,
+        api_key: &str,
+    ) -> impl Future<Output = Result<Option<Identity>, StoreError>> + Send;
+
+    /// One user.
+    fn user(
+        &self,
+        domain: &str,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<UserRecord>, StoreError>> + Send;
+
+    /// Up to `limit` users with ids after `after`, in id order.
+    fn users(
+        &self,
+        domain: &str,
+        after: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<UserRecord>, StoreError>> + Send;
+
+    /// Creates a user with its keys, all or nothing.
+    fn create_user(
+        &self,
+        domain: &str,
+        user: &UserRecord,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Gives an existing user another key.
+    fn add_key(
+        &self,
+        domain: &str,
+        user_id: &str,
+        api_key: &str,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Revokes a key of a user.
+    fn revoke_key(
+        &self,
+        domain: &str,
+        user_id: &str,
+        api_key: &str,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+
+    /// Moves a user to another tier.
+    fn set_tier(
+        &self,
+        domain: &str,
+        user_id: &str,
+        tier: &str,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 }
 
 /// The admission rule both stores follow: the request passes unless a non-shadow check would

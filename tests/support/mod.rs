@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use floodgate::clock::SystemClock;
 use floodgate::config::Config;
 use floodgate::decision::PlanOptions;
-use floodgate::limiter::Limiter;
+use floodgate::limiter::{Limiter, LimiterOptions};
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
 use floodgate::pb::{
     RateLimitDescriptor, RateLimitRequest, RateLimitResponse, rate_limit_descriptor,
@@ -50,6 +50,7 @@ impl TestServer {
             url: redis.url(),
             pool_size: 4,
             timeout: Duration::from_secs(2),
+            key_prefix: prefix.to_owned(),
         })
         .unwrap();
         let plan = PlanOptions {
@@ -66,7 +67,11 @@ impl TestServer {
         options: ServerOptions,
     ) -> TestServer {
         let config = Config::from_yaml(config).expect("test config is valid");
-        let limiter = Arc::new(Limiter::new(config, store, plan));
+        let options_ = LimiterOptions {
+            plan,
+            ..LimiterOptions::default()
+        };
+        let limiter = Arc::new(Limiter::new(config, store, options_, Arc::new(SystemClock)));
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());

@@ -11,17 +11,24 @@ use bb8_redis::RedisConnectionManager;
 use redis::Script;
 use redis::aio::MultiplexedConnection;
 
-use super::{Applied, Check, Counter, Store, StoreError};
+use super::key::registry_prefix;
+use super::{Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord};
+use crate::config::mask_secret;
+use crate::health::HealthRecord;
 
 /// The Lua source of the fixed-window script, with its KEYS/ARGV contract at the top.
 pub const FIXED_WINDOW_SCRIPT: &str = include_str!("fixed_window.lua");
+/// The Lua source of the user/API-key registry script.
+pub const REGISTRY_SCRIPT: &str = include_str!("registry.lua");
 
 /// Counters in Redis, shared by every Floodgate replica that points at it.
 #[derive(Debug, Clone)]
 pub struct RedisStore {
     pool: Pool<RedisConnectionManager>,
     script: Script,
+    registry: Script,
     timeout: Duration,
+    key_prefix: String,
 }
 
 /// How to reach Redis.
@@ -33,6 +40,8 @@ pub struct RedisOptions {
     pub pool_size: u32,
     /// Deadline of one call, connection checkout included.
     pub timeout: Duration,
+    /// Prefix of every key Floodgate writes (registry and health state included).
+    pub key_prefix: String,
 }
 
 impl RedisStore {
@@ -50,8 +59,62 @@ impl RedisStore {
         Ok(RedisStore {
             pool,
             script: Script::new(FIXED_WINDOW_SCRIPT),
+            registry: Script::new(REGISTRY_SCRIPT),
             timeout: options.timeout,
+            key_prefix: options.key_prefix.clone(),
         })
+    }
+
+    fn health_key(&self) -> String {
+        format!("{}health", self.key_prefix)
+    }
+
+    /// Runs one registry operation for `domain` and returns its reply.
+    async fn registry<T: redis::FromRedisValue>(
+        &self,
+        domain: &str,
+        op: &str,
+        args: &[&str],
+    ) -> Result<T, StoreError> {
+        let mut invocation = self.registry.prepare_invoke();
+        invocation
+            .arg(op)
+            .arg(registry_prefix(&self.key_prefix, domain));
+        for arg in args {
+            invocation.arg(*arg);
+        }
+        self.call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
+            .await
+    }
+
+    /// Runs a registry change and maps its status reply; `keys` are the API keys it names, so
+    /// that "TAKEN n" can say which one (masked).
+    async fn change(
+        &self,
+        domain: &str,
+        op: &str,
+        args: &[&str],
+        user_id: &str,
+        keys: &[&str],
+    ) -> Result<(), RegistryError> {
+        let reply: String = self.registry(domain, op, args).await?;
+        match reply.as_str() {
+            "OK" => Ok(()),
+            "EXISTS" => Err(RegistryError::UserExists(user_id.to_owned())),
+            "NO_USER" => Err(RegistryError::UnknownUser(user_id.to_owned())),
+            "NO_KEY" => Err(RegistryError::UnknownKey(mask_secret(
+                keys.first().copied().unwrap_or_default(),
+            ))),
+            taken if taken.starts_with("TAKEN ") => {
+                let index: usize = taken[6..].parse().unwrap_or(1);
+                let key = keys
+                    .get(index.saturating_sub(1))
+                    .copied()
+                    .unwrap_or_default();
+                Err(RegistryError::KeyTaken(mask_secret(key)))
+            }
+            other => Err(StoreError::Protocol(format!("registry replied {other:?}")).into()),
+        }
     }
 
     /// Runs `work` on a connection within the call deadline (checkout included).
@@ -88,7 +151,8 @@ impl Store for RedisStore {
                 .arg(check.limit)
                 .arg(check.window_secs)
                 .arg(check.hits)
-                .arg(u8::from(check.shadow));
+                .arg(u8::from(check.shadow))
+                .arg(u8::from(check.gate));
         }
         let reply: Vec<i64> = self
             .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
@@ -102,6 +166,115 @@ impl Store for RedisStore {
         )
         .await
         .map(drop)
+    }
+
+    async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(1).arg("PX").arg(ttl_ms.max(1));
+        self.call(|mut conn| async move { cmd.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    async fn health(&self) -> Result<Option<HealthRecord>, StoreError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(self.health_key());
+        let stored: Option<String> = self
+            .call(|mut conn| async move { cmd.query_async(&mut conn).await })
+            .await?;
+        stored
+            .map(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| StoreError::Protocol(format!("health record: {e}")))
+            })
+            .transpose()
+    }
+
+    async fn set_health(&self, record: &HealthRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_string(record)
+            .map_err(|e| StoreError::Protocol(format!("health record: {e}")))?;
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.health_key()).arg(json);
+        if let Some(expires_ms) = record.expires_ms {
+            // Redis drops the record when its TTL ends: the state reverts to NORMAL everywhere.
+            cmd.arg("PXAT").arg(expires_ms);
+        }
+        self.call(|mut conn| async move { cmd.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
+        let reply: Vec<String> = self.registry(domain, "identity", &[api_key]).await?;
+        Ok(match <[String; 2]>::try_from(reply) {
+            Ok([user_id, tier]) => Some(Identity { user_id, tier }),
+            Err(_) => None,
+        })
+    }
+
+    async fn user(&self, domain: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let reply: Vec<String> = self.registry(domain, "user", &[user_id]).await?;
+        let mut parts = reply.into_iter();
+        Ok(parts.next().map(|tier| UserRecord {
+            user_id: user_id.to_owned(),
+            tier,
+            api_keys: parts.collect(),
+        }))
+    }
+
+    async fn users(
+        &self,
+        domain: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        let limit = limit.to_string();
+        let reply: Vec<Vec<String>> = self.registry(domain, "users", &[after, &limit]).await?;
+        reply
+            .into_iter()
+            .map(|user| {
+                let mut parts = user.into_iter();
+                match (parts.next(), parts.next()) {
+                    (Some(user_id), Some(tier)) => Ok(UserRecord {
+                        user_id,
+                        tier,
+                        api_keys: parts.collect(),
+                    }),
+                    _ => Err(StoreError::Protocol("short user record".into())),
+                }
+            })
+            .collect()
+    }
+
+    async fn create_user(&self, domain: &str, user: &UserRecord) -> Result<(), RegistryError> {
+        let keys: Vec<&str> = user.api_keys.iter().map(String::as_str).collect();
+        let mut args = vec![user.user_id.as_str(), user.tier.as_str()];
+        args.extend(&keys);
+        self.change(domain, "create", &args, &user.user_id, &keys)
+            .await
+    }
+
+    async fn add_key(
+        &self,
+        domain: &str,
+        user_id: &str,
+        api_key: &str,
+    ) -> Result<(), RegistryError> {
+        self.change(domain, "add_key", &[user_id, api_key], user_id, &[api_key])
+            .await
+    }
+
+    async fn revoke_key(
+        &self,
+        domain: &str,
+        user_id: &str,
+        api_key: &str,
+    ) -> Result<(), RegistryError> {
+        self.change(domain, "revoke", &[user_id, api_key], user_id, &[api_key])
+            .await
+    }
+
+    async fn set_tier(&self, domain: &str, user_id: &str, tier: &str) -> Result<(), RegistryError> {
+        self.change(domain, "tier", &[user_id, tier], user_id, &[])
+            .await
     }
 }
 

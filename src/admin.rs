@@ -1,0 +1,640 @@
+//! The admin API under `/admin` on the HTTP address: health state, users and API keys.
+//!
+//! Closed unless `--admin-key` is set (403 for every call); with a key, each call must carry it
+//! in `X-Admin-Key` (compared in constant time) or gets 401. Bodies are JSON; a refused call
+//! answers 400/404/409 with `{"error": ..., "field": ...}` and changes nothing. Every change and
+//! every refused key is audited.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use crate::audit;
+use crate::config::{Domain, mask_secret};
+use crate::health::{HealthRecord, HealthStatus};
+use crate::limiter::Limiter;
+use crate::query::Entry;
+use crate::store::{Check, RegistryError, Store, UserRecord, counter_key};
+
+/// Header carrying the admin key.
+pub const ADMIN_KEY_HEADER: &str = "x-admin-key";
+/// Optional header naming who makes a change, for the audit trail.
+pub const ACTOR_HEADER: &str = "x-admin-actor";
+/// Longest id, API key, tier name, actor or reason accepted.
+pub const MAX_FIELD_LEN: usize = 256;
+/// Longest health-state TTL: 30 days.
+pub const MAX_TTL_SECONDS: u64 = 30 * 86_400;
+/// Users per page, by default and at most.
+pub const PAGE_SIZE: (usize, usize) = (50, 500);
+
+/// What the admin handlers share.
+#[derive(Debug)]
+pub struct AdminState<S> {
+    /// The limiter whose store and caches the API changes.
+    pub limiter: Arc<Limiter<S>>,
+    /// The admin key; `None` closes the API.
+    pub admin_key: Option<String>,
+}
+
+/// The `/admin` routes.
+pub fn router<S: Store>(state: Arc<AdminState<S>>) -> Router {
+    Router::new()
+        .route("/admin/health", get(get_health::<S>).post(post_health::<S>))
+        .route("/admin/users", get(list_users::<S>).post(create_user::<S>))
+        .route("/admin/users/{user_id}", get(get_user::<S>))
+        .route("/admin/users/{user_id}/keys", post(add_key::<S>))
+        .route(
+            "/admin/users/{user_id}/keys/{api_key}",
+            delete(revoke_key::<S>),
+        )
+        .route("/admin/users/{user_id}/tier", put(set_tier::<S>))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::<S>,
+        ))
+        .with_state(state)
+}
+
+/// A refused call: status, message and the field at fault.
+#[derive(Debug)]
+struct Refusal {
+    status: StatusCode,
+    message: String,
+    field: Option<&'static str>,
+}
+
+impl Refusal {
+    fn bad(field: &'static str, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+
+    fn status(status: StatusCode, message: impl Into<String>) -> Refusal {
+        Refusal {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let body = match self.field {
+            Some(field) => json!({ "error": self.message, "field": field }),
+            None => json!({ "error": self.message }),
+        };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+impl From<RegistryError> for Refusal {
+    fn from(e: RegistryError) -> Refusal {
+        let status = match &e {
+            RegistryError::UserExists(_) | RegistryError::KeyTaken(_) => StatusCode::CONFLICT,
+            RegistryError::UnknownUser(_) | RegistryError::UnknownKey(_) => StatusCode::NOT_FOUND,
+            RegistryError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Refusal::status(status, e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for Refusal {
+    fn from(e: crate::store::StoreError) -> Refusal {
+        Refusal::status(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+type Reply = Result<Response, Refusal>;
+
+/// Byte-for-byte equality whose time does not depend on where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
+async fn authenticate<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(expected) = &state.admin_key else {
+        return Refusal::status(
+            StatusCode::FORBIDDEN,
+            "the admin API is disabled: start Floodgate with --admin-key (FLOODGATE_ADMIN_KEY)",
+        )
+        .into_response();
+    };
+    let given = request
+        .headers()
+        .get(ADMIN_KEY_HEADER)
+        .map(|v| v.as_bytes());
+    if !given.is_some_and(|given| constant_time_eq(given, expected.as_bytes())) {
+        audit::security_event(
+            "admin_auth_failed",
+            "-",
+            request.uri().path(),
+            Some(&peer.ip().to_string()),
+        );
+        return Refusal::status(StatusCode::UNAUTHORIZED, "missing or wrong X-Admin-Key")
+            .into_response();
+    }
+    next.run(request).await
+}
+
+/// Who made a change and from where, for the audit trail.
+fn actor(headers: &HeaderMap, peer: SocketAddr) -> (String, String) {
+    let actor = headers
+        .get(ACTOR_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= MAX_FIELD_LEN)
+        .unwrap_or("admin")
+        .to_owned();
+    (actor, peer.ip().to_string())
+}
+
+/// A JSON object body whose fields are read one by one, so every error names its field.
+struct Body(Map<String, Value>);
+
+impl Body {
+    fn parse(bytes: &Bytes, allowed: &[&'static str]) -> Result<Body, Refusal> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| Refusal::bad("body", format!("invalid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(Refusal::bad("body", "expected a JSON object"));
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(Refusal {
+                status: StatusCode::BAD_REQUEST,
+                message: format!(
+                    "unknown field '{unknown}' (expected one of: {})",
+                    allowed.join(", ")
+                ),
+                field: Some("body"),
+            });
+        }
+        Ok(Body(map))
+    }
+
+    fn opt_str(&self, field: &'static str) -> Result<Option<String>, Refusal> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => {
+                Err(Refusal::bad(field, format!("'{field}' must not be empty")))
+            }
+            Some(Value::String(s)) if s.len() > MAX_FIELD_LEN => Err(Refusal::bad(
+                field,
+                format!("'{field}' is longer than {MAX_FIELD_LEN} bytes"),
+            )),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(Refusal::bad(field, format!("'{field}' must be a string"))),
+        }
+    }
+
+    fn str(&self, field: &'static str) -> Result<String, Refusal> {
+        self.opt_str(field)?
+            .ok_or_else(|| Refusal::bad(field, format!("missing '{field}'")))
+    }
+
+    fn opt_u64(&self, field: &'static str) -> Result<Option<u64>, Refusal> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
+                Refusal::bad(
+                    field,
+                    format!("'{field}' must be a whole number of seconds"),
+                )
+            }),
+            Some(_) => Err(Refusal::bad(field, format!("'{field}' must be a number"))),
+        }
+    }
+
+    fn opt_str_list(&self, field: &'static str) -> Result<Vec<String>, Refusal> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| match item {
+                    Value::String(s) if !s.is_empty() && s.len() <= MAX_FIELD_LEN => Ok(s.clone()),
+                    _ => Err(Refusal::bad(
+                        field,
+                        format!(
+                            "'{field}' must hold non-empty strings of at most {MAX_FIELD_LEN} bytes"
+                        ),
+                    )),
+                })
+                .collect(),
+            Some(_) => Err(Refusal::bad(
+                field,
+                format!("'{field}' must be a list of strings"),
+            )),
+        }
+    }
+}
+
+fn check_path_part(field: &'static str, value: &str) -> Result<(), Refusal> {
+    if value.is_empty() || value.len() > MAX_FIELD_LEN {
+        return Err(Refusal::bad(
+            field,
+            format!("'{field}' must be 1 to {MAX_FIELD_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize)]
+struct DomainParam {
+    domain: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PageParams {
+    domain: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// The tiered domain a call is about: `?domain=`, or the only domain that has tiers.
+fn tiered_domain<'c>(
+    config: &'c crate::config::Config,
+    wanted: Option<&str>,
+) -> Result<&'c Domain, Refusal> {
+    let tiered: Vec<&Domain> = config
+        .domain_names()
+        .into_iter()
+        .filter_map(|name| config.domain(name))
+        .filter(|d| !d.tiers().is_empty())
+        .collect();
+    match wanted {
+        Some(name) => tiered
+            .into_iter()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| Refusal::bad("domain", format!("no domain '{name}' with tiers"))),
+        None => match tiered.as_slice() {
+            [only] => Ok(only),
+            [] => Err(Refusal::bad("domain", "no domain defines tiers")),
+            many => Err(Refusal::bad(
+                "domain",
+                format!(
+                    "several domains have tiers, add ?domain= (one of: {})",
+                    many.iter().map(|d| d.name()).collect::<Vec<_>>().join(", ")
+                ),
+            )),
+        },
+    }
+}
+
+fn check_tier(domain: &Domain, tier: &str) -> Result<(), Refusal> {
+    if domain.tier(tier).is_none() {
+        let known: Vec<&str> = domain.tiers().iter().map(|t| t.name.as_str()).collect();
+        return Err(Refusal::bad(
+            "tier",
+            format!("unknown tier '{tier}' (tiers: {})", known.join(", ")),
+        ));
+    }
+    Ok(())
+}
+
+async fn get_health<S: Store>(State(state): State<Arc<AdminState<S>>>) -> Reply {
+    let limiter = &state.limiter;
+    let store = limiter.store().health().await;
+    let (record, store_status) = match store {
+        Ok(record) => (record.unwrap_or_default(), json!({ "reachable": true })),
+        Err(e) => (
+            limiter.health_record(),
+            json!({ "reachable": false, "error": e.to_string() }),
+        ),
+    };
+    let now = limiter.now_ms();
+    let status = record.at(now);
+    let ttl_seconds = record
+        .expires_ms
+        .filter(|_| status == record.status)
+        .map(|expires| expires.saturating_sub(now).div_ceil(1000));
+    let config = limiter.config();
+    Ok(axum::Json(json!({
+        "status": status.name(),
+        "since": record.since,
+        "ttl_seconds": ttl_seconds,
+        "updated_by": record.updated_by,
+        "reason": record.reason,
+        "components": {
+            "store": store_status,
+            "config_version": config.version(),
+            "domains": config.domain_names(),
+        },
+    }))
+    .into_response())
+}
+
+async fn post_health<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    let body = Body::parse(&bytes, &["status", "ttl_seconds", "updated_by", "reason"])?;
+    let status = match body.str("status")?.to_ascii_uppercase().as_str() {
+        "NORMAL" => HealthStatus::Normal,
+        "DEGRADED" => HealthStatus::Degraded,
+        other => {
+            return Err(Refusal::bad(
+                "status",
+                format!("'status' must be NORMAL or DEGRADED, not '{other}'"),
+            ));
+        }
+    };
+    let ttl_seconds = body.opt_u64("ttl_seconds")?;
+    if let Some(ttl) = ttl_seconds
+        && !(1..=MAX_TTL_SECONDS).contains(&ttl)
+    {
+        return Err(Refusal::bad(
+            "ttl_seconds",
+            format!("'ttl_seconds' must be 1 to {MAX_TTL_SECONDS}"),
+        ));
+    }
+    let (actor, source) = actor(&headers, peer);
+    let updated_by = body.opt_str("updated_by")?.unwrap_or_else(|| actor.clone());
+    let reason = body.opt_str("reason")?;
+    let now = state.limiter.now_ms();
+    let record = HealthRecord {
+        status,
+        since: now / 1000,
+        expires_ms: ttl_seconds.map(|ttl| now + ttl * 1000),
+        updated_by: Some(updated_by.clone()),
+        reason,
+    };
+    state.limiter.set_health(record).await?;
+    audit::admin_change("set_health", &updated_by, status.name(), &source);
+    get_health(State(state)).await
+}
+
+async fn list_users<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    Query(params): Query<PageParams>,
+) -> Reply {
+    let config = state.limiter.config();
+    let domain = tiered_domain(&config, params.domain.as_deref())?;
+    let limit = params.limit.unwrap_or(PAGE_SIZE.0);
+    if !(1..=PAGE_SIZE.1).contains(&limit) {
+        return Err(Refusal::bad(
+            "limit",
+            format!("'limit' must be 1 to {}", PAGE_SIZE.1),
+        ));
+    }
+    let after = params.after.unwrap_or_default();
+    let users = state
+        .limiter
+        .store()
+        .users(domain.name(), &after, limit)
+        .await?;
+    let next = (users.len() == limit)
+        .then(|| users.last().map(|u| u.user_id.clone()))
+        .flatten();
+    Ok(
+        axum::Json(json!({ "domain": domain.name(), "users": users, "next": next }))
+            .into_response(),
+    )
+}
+
+async fn get_user<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    Path(user_id): Path<String>,
+    Query(params): Query<DomainParam>,
+) -> Reply {
+    let config = state.limiter.config();
+    let domain = tiered_domain(&config, params.domain.as_deref())?;
+    let user = state
+        .limiter
+        .store()
+        .user(domain.name(), &user_id)
+        .await?
+        .ok_or_else(|| {
+            Refusal::status(StatusCode::NOT_FOUND, format!("unknown user '{user_id}'"))
+        })?;
+    let usage = usage(&state.limiter, domain, &user).await?;
+    Ok(axum::Json(json!({
+        "domain": domain.name(),
+        "user_id": user.user_id,
+        "tier": user.tier,
+        "api_keys": user.api_keys,
+        "usage": usage,
+    }))
+    .into_response())
+}
+
+/// The user's counter under each top-level tiered descriptor, read without counting.
+async fn usage<S: Store>(
+    limiter: &Limiter<S>,
+    domain: &Domain,
+    user: &UserRecord,
+) -> Result<Value, Refusal> {
+    let Some(tier) = domain.tier(&user.tier) else {
+        return Ok(Value::Null);
+    };
+    let limit = tier.limit(limiter.health_status());
+    let prefix = &limiter.options().plan.key_prefix;
+    let mut usage = Map::new();
+    for (key, branch) in &domain.root().children {
+        let Some(node) = branch.any else { continue };
+        if !domain.node(node).rule.as_ref().is_some_and(|r| r.tiered) {
+            continue;
+        }
+        let entries = [Entry {
+            key: key.clone(),
+            value: format!("user:{}", user.user_id),
+        }];
+        let window_secs = limit.unit.seconds();
+        let check = Check {
+            key: counter_key(prefix, domain.name(), &entries, &[], window_secs),
+            limit: u64::from(limit.requests_per_unit),
+            window_secs,
+            hits: 0,
+            shadow: true,
+            gate: false,
+        };
+        let applied = limiter.store().apply(std::slice::from_ref(&check)).await?;
+        let counter = applied
+            .counters
+            .first()
+            .copied()
+            .unwrap_or(crate::store::Counter {
+                count: 0,
+                reset_ms: 0,
+            });
+        usage.insert(
+            key.clone(),
+            json!({
+                "used": counter.count,
+                "limit": limit.requests_per_unit,
+                "remaining": u64::from(limit.requests_per_unit).saturating_sub(counter.count),
+                "unit": limit.unit.name(),
+                "reset_seconds": counter.reset_ms.div_ceil(1000),
+                "health": limiter.health_status().name(),
+            }),
+        );
+    }
+    Ok(Value::Object(usage))
+}
+
+async fn create_user<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(params): Query<DomainParam>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    let body = Body::parse(&bytes, &["user_id", "tier", "api_keys", "domain"])?;
+    let wanted = body.opt_str("domain")?.or(params.domain);
+    let config = state.limiter.config();
+    let domain = tiered_domain(&config, wanted.as_deref())?;
+    let user_id = body.str("user_id")?;
+    let tier = body.str("tier")?;
+    check_tier(domain, &tier)?;
+    let mut api_keys = body.opt_str_list("api_keys")?;
+    api_keys.sort();
+    if api_keys.windows(2).any(|w| w[0] == w[1]) {
+        return Err(Refusal::bad("api_keys", "'api_keys' lists a key twice"));
+    }
+    let user = UserRecord {
+        user_id,
+        tier,
+        api_keys,
+    };
+    state
+        .limiter
+        .store()
+        .create_user(domain.name(), &user)
+        .await?;
+    state.limiter.forget_identities();
+    let (actor, source) = actor(&headers, peer);
+    audit::admin_change("create_user", &actor, &user.user_id, &source);
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({
+            "domain": domain.name(),
+            "user_id": user.user_id,
+            "tier": user.tier,
+            "api_keys": user.api_keys,
+        })),
+    )
+        .into_response())
+}
+
+async fn add_key<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    Query(params): Query<DomainParam>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    check_path_part("user_id", &user_id)?;
+    let body = Body::parse(&bytes, &["api_key"])?;
+    let api_key = body.str("api_key")?;
+    let config = state.limiter.config();
+    let domain = tiered_domain(&config, params.domain.as_deref())?;
+    state
+        .limiter
+        .store()
+        .add_key(domain.name(), &user_id, &api_key)
+        .await?;
+    state.limiter.forget_identities();
+    let (actor, source) = actor(&headers, peer);
+    audit::admin_change(
+        "add_api_key",
+        &actor,
+        &format!("{user_id}/{}", mask_secret(&api_key)),
+        &source,
+    );
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(json!({ "user_id": user_id, "api_key": api_key })),
+    )
+        .into_response())
+}
+
+async fn revoke_key<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((user_id, api_key)): Path<(String, String)>,
+    Query(params): Query<DomainParam>,
+    headers: HeaderMap,
+) -> Reply {
+    check_path_part("user_id", &user_id)?;
+    check_path_part("api_key", &api_key)?;
+    let config = state.limiter.config();
+    let domain = tiered_domain(&config, params.domain.as_deref())?;
+    state
+        .limiter
+        .store()
+        .revoke_key(domain.name(), &user_id, &api_key)
+        .await?;
+    state.limiter.forget_identities();
+    let (actor, source) = actor(&headers, peer);
+    let masked = mask_secret(&api_key);
+    audit::admin_change(
+        "revoke_api_key",
+        &actor,
+        &format!("{user_id}/{masked}"),
+        &source,
+    );
+    Ok(axum::Json(json!({ "user_id": user_id, "revoked": masked })).into_response())
+}
+
+async fn set_tier<S: Store>(
+    State(state): State<Arc<AdminState<S>>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(user_id): Path<String>,
+    Query(params): Query<DomainParam>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    check_path_part("user_id", &user_id)?;
+    let body = Body::parse(&bytes, &["tier"])?;
+    let tier = body.str("tier")?;
+    let config = state.limiter.config();
+    let domain = tiered_domain(&config, params.domain.as_deref())?;
+    check_tier(domain, &tier)?;
+    state
+        .limiter
+        .store()
+        .set_tier(domain.name(), &user_id, &tier)
+        .await?;
+    state.limiter.forget_identities();
+    let (actor, source) = actor(&headers, peer);
+    audit::admin_change("set_tier", &actor, &format!("{user_id} -> {tier}"), &source);
+    Ok(axum::Json(json!({ "user_id": user_id, "tier": tier })).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn constant_time_equality() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
