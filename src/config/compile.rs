@@ -445,7 +445,7 @@ fn limit(spec: &RateLimitSpec, at: &str) -> Result<Option<Limit>, Problem> {
         .as_deref()
         .ok_or_else(|| Problem::MissingUnit { at: at.clone() })?;
     let unit = Unit::parse(unit_name).ok_or_else(|| Problem::UnknownUnit {
-        at: at.clone(),
+        at: format!("{at}.rate_limit"),
         unit: unit_name.to_owned(),
     })?;
     let requests_per_unit = spec

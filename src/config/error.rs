@@ -60,7 +60,7 @@ pub enum Problem {
     },
     /// A unit name that is not second/minute/hour/day/week/month/year.
     #[error(
-        "{at}.rate_limit: unknown unit '{unit}' (expected second, minute, hour, day, week, month or year)"
+        "{at}: unknown unit '{unit}' (expected second, minute, hour, day, week, month or year)"
     )]
     UnknownUnit {
         /// Location.

@@ -219,6 +219,88 @@ mod tests {
     }
 
     #[test]
+    fn refuses_bad_tiers_and_keys() {
+        let tiers = "tiers:\n  free: { unit: minute, base: 10, burst: 20, degraded: 2 }\n";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                "domain: d\ntiers:\n  free: { unit: minute, base: 0, burst: 20, degraded: 0 }".into(),
+                "tiers.free: 'base' must be greater than 0",
+            ),
+            (
+                "domain: d\ntiers:\n  free: { unit: minute, base: 10, burst: 20 }".into(),
+                "tiers.free: missing 'degraded'",
+            ),
+            (
+                "domain: d\ntiers:\n  free: { unit: minute, base: 10, burst: 5, degraded: 2 }".into(),
+                "tiers.free: needs degraded <= base <= burst, got degraded 2, base 10, burst 5",
+            ),
+            (
+                "domain: d\ntiers:\n  free: { unit: minute, base: 10, burst: 20, degraded: 11 }".into(),
+                "needs degraded <= base <= burst",
+            ),
+            (
+                "domain: d\ntiers:\n  free: { unit: eon, base: 1, burst: 1, degraded: 1 }".into(),
+                "tiers.free: unknown unit 'eon'",
+            ),
+            (
+                "domain: d\ntiers:\n  free: { unit: minute, base: 1, burst: 1, degraded: 1 }\n  free: { unit: minute, base: 1, burst: 1, degraded: 1 }".into(),
+                "tiers.free: listed twice",
+            ),
+            (
+                format!("domain: d\n{tiers}api_keys:\n  secret_key_1: {{ user: u, tier: gold }}"),
+                "api_keys.secr…: unknown tier 'gold'",
+            ),
+            (
+                format!("domain: d\n{tiers}api_keys:\n  secret_key_1: {{ user: u, tier: free }}\n  secret_key_1: {{ user: v, tier: free }}"),
+                "api_keys.secr…: listed twice",
+            ),
+            (
+                format!("domain: d\n{tiers}api_keys:\n  secret_key_1: {{ tier: free }}"),
+                "api_keys.secr…: missing 'user'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: api_key\n    tiered: true".into(),
+                "descriptors[0]: 'tiered: true' needs 'tiers' in the file",
+            ),
+            (
+                format!("domain: d\n{tiers}descriptors:\n  - key: api_key\n    tiered: true\n    rate_limit: {{ unit: second, requests_per_unit: 1 }}"),
+                "takes its limit from the tiers",
+            ),
+            (
+                format!("domain: d\n{tiers}descriptors:\n  - key: api_key\n    value: x\n    tiered: true"),
+                "matches any API key",
+            ),
+            (
+                format!("domain: d\n{tiers}invalid_keys: {{ window: soon }}"),
+                "invalid_keys: 'window'",
+            ),
+            (
+                format!("domain: d\n{tiers}invalid_keys: {{ max_attempts: 0 }}"),
+                "invalid_keys: 'max_attempts' must be greater than 0",
+            ),
+        ];
+        for (yaml, want) in &cases {
+            let err = Config::from_sources([(Path::new("t.yaml"), yaml.as_str())]).unwrap_err();
+            let message = err.to_string();
+            assert!(message.contains(want), "for {yaml:?}\n  got:  {message}\n  want: {want}");
+            assert!(!message.contains("secret_key_1"), "API keys are masked: {message}");
+        }
+    }
+
+    #[test]
+    fn accepts_the_tiered_example() {
+        let config = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tiers"))).unwrap();
+        let domain = config.domain("api").unwrap();
+        assert!(domain.has_tiered());
+        let free = domain.tier("free").unwrap();
+        use crate::health::HealthStatus;
+        assert_eq!(free.limit(HealthStatus::Normal).requests_per_unit, 20);
+        assert_eq!(free.limit(HealthStatus::Degraded).requests_per_unit, 2);
+        assert_eq!(domain.seed_keys().len(), 3);
+        assert_eq!(domain.invalid_keys().block_for_secs, 300);
+    }
+
+    #[test]
     fn accepts_the_reference_format() {
         let yaml = r#"
 domain: mongo_cps
