@@ -13,10 +13,10 @@ const CONFIG: &str = r#"
 domain: edge
 descriptors:
   - key: remote_address
-    rate_limit: { unit: minute, requests_per_unit: 3, name: per_ip }
+    rate_limit: { unit: day, requests_per_unit: 3, name: per_ip }
   - key: path
     value: /login
-    rate_limit: { unit: hour, requests_per_unit: 1 }
+    rate_limit: { unit: day, requests_per_unit: 1 }
   - key: shadow
     shadow_mode: true
     rate_limit: { unit: minute, requests_per_unit: 0 }
@@ -39,10 +39,10 @@ async fn admits_up_to_the_limit_then_denies() {
         let limit = status.current_limit.as_ref().unwrap();
         assert_eq!(
             (limit.requests_per_unit, limit.unit(), limit.name.as_str()),
-            (3, Unit::Minute, "per_ip")
+            (3, Unit::Day, "per_ip")
         );
         let reset = status.duration_until_reset.as_ref().unwrap();
-        assert!(reset.seconds <= 60 && (reset.seconds > 0 || reset.nanos > 0));
+        assert!(reset.seconds <= 86_400 && (reset.seconds > 0 || reset.nanos > 0));
     }
     let response = client.should_rate_limit(req).await.unwrap().into_inner();
     assert_eq!(response.overall_code(), Code::OverLimit);
@@ -84,7 +84,7 @@ async fn statuses_follow_request_order_and_shadow_never_denies() {
     assert!(response.statuses[1].current_limit.is_none());
     assert_eq!(
         response.statuses[2].current_limit.as_ref().unwrap().unit(),
-        Unit::Hour
+        Unit::Day
     );
     let response = client.should_rate_limit(req).await.unwrap().into_inner();
     assert_eq!(response.overall_code(), Code::OverLimit);
@@ -162,7 +162,7 @@ async fn limit_headers_come_from_the_most_constrained_descriptor() {
     assert_eq!(headers[1], ("RateLimit-Remaining", "0"));
     assert_eq!(headers[2].0, "RateLimit-Reset");
     let reset: u64 = headers[2].1.parse().unwrap();
-    assert!((1..=3600).contains(&reset));
+    assert!((1..=86_400).contains(&reset));
 }
 
 #[tokio::test]
@@ -173,7 +173,7 @@ async fn json_endpoint_and_healthcheck() {
     assert_eq!(status, 200, "{text}");
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(json["overallCode"], "OK");
-    assert_eq!(json["statuses"][0]["currentLimit"]["unit"], "HOUR");
+    assert_eq!(json["statuses"][0]["currentLimit"]["unit"], "DAY");
     let (status, text) = http(server.http_addr, "POST", "/json", body).await;
     assert_eq!(status, 429, "{text}");
     assert_eq!(

@@ -282,14 +282,24 @@ mod tests {
         for (yaml, want) in &cases {
             let err = Config::from_sources([(Path::new("t.yaml"), yaml.as_str())]).unwrap_err();
             let message = err.to_string();
-            assert!(message.contains(want), "for {yaml:?}\n  got:  {message}\n  want: {want}");
-            assert!(!message.contains("secret_key_1"), "API keys are masked: {message}");
+            assert!(
+                message.contains(want),
+                "for {yaml:?}\n  got:  {message}\n  want: {want}"
+            );
+            assert!(
+                !message.contains("secret_key_1"),
+                "API keys are masked: {message}"
+            );
         }
     }
 
     #[test]
     fn accepts_the_tiered_example() {
-        let config = Config::load(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/tiers"))).unwrap();
+        let config = Config::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/tiers"
+        )))
+        .unwrap();
         let domain = config.domain("api").unwrap();
         assert!(domain.has_tiered());
         let free = domain.tier("free").unwrap();
