@@ -462,32 +462,34 @@ async fn usage<S: Store>(
             key: key.clone(),
             value: format!("user:{}", user.user_id),
         }];
-        let window_secs = limit.unit.seconds();
+        let window_secs = limit.window_secs();
         let check = Check {
-            key: counter_key(prefix, domain.name(), &entries, &[], window_secs),
+            key: counter_key(
+                prefix,
+                domain.name(),
+                &entries,
+                &[],
+                window_secs,
+                limit.algorithm,
+            ),
             limit: u64::from(limit.requests_per_unit),
             window_secs,
             hits: 0,
             shadow: true,
             gate: false,
+            algorithm: limit.algorithm,
         };
         let applied = limiter.store().apply(std::slice::from_ref(&check)).await?;
-        let counter = applied
-            .counters
-            .first()
-            .copied()
-            .unwrap_or(crate::store::Counter {
-                count: 0,
-                reset_ms: 0,
-            });
+        let remaining = applied.counters.first().map_or(0, |c| c.remaining);
+        let reset_ms = applied.counters.first().map_or(0, |c| c.reset_ms);
         usage.insert(
             key.clone(),
             json!({
-                "used": counter.count,
+                "used": u64::from(limit.requests_per_unit).saturating_sub(remaining),
                 "limit": limit.requests_per_unit,
-                "remaining": u64::from(limit.requests_per_unit).saturating_sub(counter.count),
+                "remaining": remaining,
                 "unit": limit.unit.name(),
-                "reset_seconds": counter.reset_ms.div_ceil(1000),
+                "reset_seconds": reset_ms.div_ceil(1000),
                 "health": limiter.health_status().name(),
             }),
         );

@@ -2,7 +2,6 @@
 //! which checks the query needs given what the limiter resolved (`plan`), and what the store's
 //! answer means for each descriptor and for the request (`decide`).
 
-use crate::algorithm::is_over;
 use crate::config::{Config, Domain, Limit};
 use crate::health::HealthStatus;
 use crate::matcher::{RuleMatch, find_rule};
@@ -254,7 +253,7 @@ pub fn plan(
                     ),
                 },
             };
-        let window_secs = limit.unit.seconds();
+        let window_secs = limit.window_secs();
         slots.push(Slot::Checked {
             check: checks.len(),
             applied: AppliedLimit {
@@ -270,6 +269,7 @@ pub fn plan(
                 &descriptor.entries,
                 &shared,
                 window_secs,
+                limit.algorithm,
             ),
             limit: u64::from(limit.requests_per_unit),
             window_secs,
@@ -277,6 +277,7 @@ pub fn plan(
             hits: if denial.is_some() { 0 } else { descriptor.hits },
             shadow: shadow || global_shadow,
             gate: false,
+            algorithm: limit.algorithm,
         });
     }
     // In domains with API keys, an address blocked for invalid keys is denied outright.
@@ -333,16 +334,7 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
                 shadow,
             } => {
                 let counter = applied.counters[check];
-                let hits = plan.checks[check].hits;
-                let limit = u64::from(applied_limit.limit.requests_per_unit);
-                let over = is_over(counter.count, limit);
-                // What the counter holds now: a denied request's hits were not recorded.
-                let recorded = if applied.admitted {
-                    counter.count
-                } else {
-                    counter.count.saturating_sub(hits)
-                };
-                let code = if over && !shadow {
+                let code = if counter.over && !shadow {
                     Code::OverLimit
                 } else {
                     Code::Ok
@@ -354,10 +346,10 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
                 DescriptorStatus {
                     code,
                     limit: Some(applied_limit),
-                    remaining: if over {
+                    remaining: if counter.over {
                         0
                     } else {
-                        u32::try_from(limit.saturating_sub(recorded)).unwrap_or(u32::MAX)
+                        u32::try_from(counter.remaining).unwrap_or(u32::MAX)
                     },
                     reset_ms: Some(counter.reset_ms),
                 }
@@ -366,7 +358,7 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
         .collect();
     let mut denial = plan.denial;
     if let Some(gate) = plan.gate
-        && applied.counters[gate].count > 0
+        && applied.counters[gate].over
     {
         denial = Some(Denial::AddressBlocked);
         retry_after_ms = retry_after_ms.max(applied.counters[gate].reset_ms);

@@ -171,6 +171,7 @@ impl<S: Store> Limiter<S> {
             hits: 1,
             shadow: false,
             gate: false,
+            algorithm: crate::algorithm::Algorithm::FixedWindow,
         };
         match self.store.apply(std::slice::from_ref(&strike)).await {
             Ok(applied) if applied.admitted => {
@@ -399,13 +400,7 @@ descriptors:
         assert_eq!(status.reset_ms, Some(20_000)); // 1_000_000 s is 40 s into its minute
         let applied = status.limit.as_ref().unwrap();
         assert_eq!(applied.name.as_deref(), Some("per_user"));
-        assert_eq!(
-            applied.limit,
-            Limit {
-                requests_per_unit: 2,
-                unit: Unit::Minute
-            }
-        );
+        assert_eq!(applied.limit, Limit::per(2, Unit::Minute));
         assert_eq!(codes(&limiter, &q).await, (Code::Ok, vec![Code::Ok]));
         let third = limiter.decide(&q).await.unwrap();
         assert_eq!(third.overall, Code::OverLimit);
@@ -481,10 +476,7 @@ descriptors:
     async fn overrides_and_peeks() {
         let limiter = new_limiter(false);
         let mut over = descriptor("user", "c");
-        over.limit_override = Some(Limit {
-            requests_per_unit: 1,
-            unit: Unit::Second,
-        });
+        over.limit_override = Some(Limit::per(1, Unit::Second));
         let q = query(vec![over.clone()]);
         assert_eq!(codes(&limiter, &q).await, (Code::Ok, vec![Code::Ok]));
         assert_eq!(

@@ -183,6 +183,7 @@ pub async fn serve(
                 pool_size: settings.redis_pool_size,
                 timeout: settings.redis_timeout,
                 key_prefix: settings.key_prefix.clone(),
+                clock: None,
             })?;
             let limiter = Arc::new(Limiter::new(config, store, limiter_options, clock));
             run(limiter, options, listeners, shutdown).await

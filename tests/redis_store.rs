@@ -131,6 +131,7 @@ async fn redis_down_answers_unavailable_within_the_timeout() {
         pool_size: 2,
         timeout: Duration::from_millis(300),
         key_prefix: "fg:".into(),
+        clock: None,
     })
     .unwrap();
     let server =

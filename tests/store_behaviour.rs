@@ -1,108 +1,227 @@
-//! One set of behaviour tests, run against every store: the memory store and the Redis store
-//! (a real redis-server) must give the same answers.
+//! One set of behaviour tests, run against every store with injected time: the memory store and
+//! the Redis store (a real redis-server, its script told the time) must give the same answers,
+//! for every algorithm, at window edges.
 
 mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::clock::SystemClock;
+use floodgate::algorithm::Algorithm;
+use floodgate::clock::ManualClock;
 use floodgate::store::redis::RedisOptions;
 use floodgate::store::{Check, MemoryStore, RedisStore, Store};
 use support::RedisServer;
+
+const MINUTE: u64 = 60_000;
+/// Some whole minute, far from the epoch.
+const T0: u64 = 29_000_000 * MINUTE;
 
 fn check(key: &str, limit: u64, hits: u64) -> Check {
     Check {
         key: key.into(),
         limit,
-        window_secs: 31_536_000, // a year: no window edge falls inside a test run
+        window_secs: 60,
         hits,
         shadow: false,
         gate: false,
+        algorithm: Algorithm::FixedWindow,
     }
 }
 
-async fn counts(store: &impl Store, checks: &[Check]) -> (bool, Vec<u64>) {
+fn with(algorithm: Algorithm, c: Check) -> Check {
+    Check {
+        key: format!("{}{}", c.key, algorithm.code()),
+        algorithm,
+        ..c
+    }
+}
+
+/// (admitted, remaining per check).
+async fn run(store: &impl Store, checks: &[Check]) -> (bool, Vec<u64>) {
     let applied = store.apply(checks).await.unwrap();
     (
         applied.admitted,
-        applied.counters.iter().map(|c| c.count).collect(),
+        applied.counters.iter().map(|c| c.remaining).collect(),
     )
 }
 
-async fn counts_then_denies(store: &impl Store) {
-    assert_eq!(counts(store, &[check("a", 2, 1)]).await, (true, vec![1]));
-    assert_eq!(counts(store, &[check("a", 2, 1)]).await, (true, vec![2]));
-    assert_eq!(counts(store, &[check("a", 2, 1)]).await, (false, vec![3]));
+async fn admitted(store: &impl Store, c: &Check, tries: usize) -> usize {
+    let mut n = 0;
+    for _ in 0..tries {
+        if store.apply(std::slice::from_ref(c)).await.unwrap().admitted {
+            n += 1;
+        }
+    }
+    n
+}
+
+async fn counts_then_denies(store: &impl Store, _: &ManualClock) {
+    assert_eq!(run(store, &[check("a", 2, 1)]).await, (true, vec![1]));
+    assert_eq!(run(store, &[check("a", 2, 1)]).await, (true, vec![0]));
+    assert_eq!(run(store, &[check("a", 2, 1)]).await, (false, vec![0]));
     assert_eq!(
-        counts(store, &[check("a", 2, 0)]).await,
-        (true, vec![2]),
-        "denied hit not kept"
+        run(store, &[check("a", 2, 0)]).await,
+        (true, vec![0]),
+        "peek"
     );
 }
 
-async fn all_or_nothing(store: &impl Store) {
+async fn all_or_nothing(store: &impl Store, _: &ManualClock) {
     let denied = [check("b", 5, 1), check("c", 0, 1)];
-    assert_eq!(counts(store, &denied).await, (false, vec![1, 1]));
-    assert_eq!(counts(store, &[check("b", 5, 0)]).await, (true, vec![0]));
+    assert_eq!(run(store, &denied).await, (false, vec![5, 0]));
+    assert_eq!(
+        run(store, &[check("b", 5, 0)]).await,
+        (true, vec![5]),
+        "b untouched"
+    );
 }
 
-async fn shadow_never_denies(store: &impl Store) {
+async fn shadow_never_denies(store: &impl Store, _: &ManualClock) {
     let shadow = Check {
         shadow: true,
         ..check("d", 0, 1)
     };
+    let applied = store.apply(&[check("e", 5, 1), shadow]).await.unwrap();
+    assert!(applied.admitted);
+    assert!(applied.counters[1].over);
+    assert_eq!(applied.counters[0].remaining, 4);
+}
+
+async fn same_key_twice(store: &impl Store, _: &ManualClock) {
     assert_eq!(
-        counts(store, &[check("e", 5, 1), shadow.clone()]).await,
-        (true, vec![1, 1])
+        run(store, &[check("f", 3, 1), check("f", 3, 2)]).await,
+        (true, vec![2, 0])
     );
-    assert_eq!(counts(store, &[shadow]).await, (true, vec![2]));
+    assert_eq!(run(store, &[check("f", 3, 1)]).await, (false, vec![0]));
 }
 
-async fn same_key_twice(store: &impl Store) {
+async fn gates(store: &impl Store, clock: &ManualClock) {
+    let gate = Check::gate("flag".into());
+    assert!(
+        store
+            .apply(std::slice::from_ref(&gate))
+            .await
+            .unwrap()
+            .admitted
+    );
+    store.set_flag("flag", 1_500).await.unwrap();
+    let applied = store
+        .apply(&[check("g", 5, 1), gate.clone()])
+        .await
+        .unwrap();
+    assert!(!applied.admitted);
     assert_eq!(
-        counts(store, &[check("f", 3, 1), check("f", 3, 2)]).await,
-        (true, vec![1, 3])
+        run(store, &[check("g", 5, 0)]).await.1,
+        vec![5],
+        "gated request counted nothing"
     );
-    assert_eq!(counts(store, &[check("f", 3, 1)]).await, (false, vec![4]));
+    clock.advance(1_600);
+    assert!(store.apply(&[gate]).await.unwrap().admitted, "flag expired");
 }
 
-async fn hits_at_once(store: &impl Store) {
-    assert_eq!(counts(store, &[check("g", 10, 10)]).await, (true, vec![10]));
-    assert_eq!(counts(store, &[check("g", 10, 1)]).await, (false, vec![11]));
-}
-
-async fn reset_within_window(store: &impl Store) {
-    let applied = store.apply(&[check("h", 1, 1)]).await.unwrap();
-    let reset = applied.counters[0].reset_ms;
-    assert!((1..=31_536_000_000).contains(&reset), "reset {reset}");
-}
-
-async fn all(store: &impl Store) {
-    counts_then_denies(store).await;
-    all_or_nothing(store).await;
-    shadow_never_denies(store).await;
-    same_key_twice(store).await;
-    hits_at_once(store).await;
-    reset_within_window(store).await;
-}
-
-#[tokio::test]
-async fn memory_store() {
-    all(&MemoryStore::new(Arc::new(SystemClock), 1000)).await;
-}
-
-#[tokio::test]
-async fn redis_store() {
-    let Some(redis) = RedisServer::start() else {
-        return;
+async fn fixed_window_edges(store: &impl Store, clock: &ManualClock) {
+    clock.set(T0 + MINUTE - 1);
+    let c = check("fw", 10, 1);
+    assert_eq!(admitted(store, &c, 15).await, 10);
+    let applied = store.apply(std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!((applied.admitted, applied.counters[0].reset_ms), (false, 1));
+    clock.set(T0 + MINUTE);
+    assert_eq!(
+        admitted(store, &c, 15).await,
+        10,
+        "a new window: the double burst of fixed windows"
+    );
+    let five = Check {
+        window_secs: 300,
+        ..check("five", 3, 1)
     };
-    let store = RedisStore::new(&RedisOptions {
-        url: redis.url(),
-        pool_size: 2,
-        timeout: Duration::from_secs(2),
-        key_prefix: "fg:".into(),
-    })
-    .unwrap();
-    all(&store).await;
+    clock.set(T0 + 7 * MINUTE);
+    let applied = store.apply(std::slice::from_ref(&five)).await.unwrap();
+    assert_eq!(
+        applied.counters[0].reset_ms,
+        3 * MINUTE,
+        "5-minute windows aligned to 5 minutes"
+    );
 }
+
+async fn sliding_window_edges(store: &impl Store, clock: &ManualClock) {
+    let c = with(Algorithm::SlidingWindow, check("sw", 10, 1));
+    clock.set(T0 + MINUTE - 1);
+    assert_eq!(admitted(store, &c, 15).await, 10);
+    clock.set(T0 + MINUTE);
+    assert_eq!(admitted(store, &c, 15).await, 0, "no double burst");
+    clock.set(T0 + MINUTE + MINUTE / 2);
+    assert_eq!(
+        admitted(store, &c, 15).await,
+        5,
+        "half the old window has slid out"
+    );
+    clock.set(T0 + 2 * MINUTE + MINUTE / 2);
+    assert_eq!(admitted(store, &c, 15).await, 8);
+    clock.set(T0 + 5 * MINUTE);
+    assert_eq!(admitted(store, &c, 15).await, 10);
+}
+
+async fn token_bucket_edges(store: &impl Store, clock: &ManualClock) {
+    let c = with(Algorithm::TokenBucket { burst: 5 }, check("tb", 60, 1));
+    clock.set(T0 + 123);
+    assert_eq!(admitted(store, &c, 10).await, 5, "a burst of 5");
+    let applied = store.apply(std::slice::from_ref(&c)).await.unwrap();
+    assert_eq!(
+        (applied.admitted, applied.counters[0].reset_ms),
+        (false, 1000)
+    );
+    clock.advance(999);
+    assert_eq!(admitted(store, &c, 1).await, 0);
+    clock.advance(1);
+    assert_eq!(admitted(store, &c, 3).await, 1, "one token per second");
+    clock.advance(MINUTE);
+    assert_eq!(admitted(store, &c, 10).await, 5, "refilled");
+}
+
+macro_rules! behaviour_tests {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let clock = Arc::new(ManualClock::new(T0));
+                    let store = MemoryStore::new(clock.clone(), 1000);
+                    super::$name(&store, &clock).await;
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some(redis) = RedisServer::start() else { return };
+                    let clock = Arc::new(ManualClock::new(T0));
+                    let store = RedisStore::new(&RedisOptions {
+                        url: redis.url(),
+                        pool_size: 2,
+                        timeout: Duration::from_secs(2),
+                        key_prefix: "fg:".into(),
+                        clock: Some(clock.clone()),
+                    })
+                    .unwrap();
+                    super::$name(&store, &clock).await;
+                }
+            )*
+        }
+    };
+}
+
+behaviour_tests!(
+    counts_then_denies,
+    all_or_nothing,
+    shadow_never_denies,
+    same_key_twice,
+    gates,
+    fixed_window_edges,
+    sliding_window_edges,
+    token_bucket_edges,
+);

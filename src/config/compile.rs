@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::error::Problem;
 use super::model::{DescriptorNode, DomainFile, InvalidKeysSpec, RateLimitSpec, TierSpec};
 use super::rule::{InvalidKeys, Limit, Rule, SeedKey, Tier, Unit, mask_secret};
+use crate::algorithm::Algorithm;
 
 /// Index of a node in its domain's arena.
 pub type NodeId = usize;
@@ -435,7 +436,12 @@ impl Builder {
 fn limit(spec: &RateLimitSpec, at: &str) -> Result<Option<Limit>, Problem> {
     let at = at.to_owned();
     if spec.unlimited {
-        if spec.unit.is_some() || spec.requests_per_unit.is_some() {
+        if spec.unit.is_some()
+            || spec.requests_per_unit.is_some()
+            || spec.algorithm.is_some()
+            || spec.burst.is_some()
+            || spec.unit_multiplier.is_some()
+        {
             return Err(Problem::UnlimitedWithLimit { at });
         }
         return Ok(None);
@@ -450,9 +456,40 @@ fn limit(spec: &RateLimitSpec, at: &str) -> Result<Option<Limit>, Problem> {
     })?;
     let requests_per_unit = spec
         .requests_per_unit
-        .ok_or(Problem::MissingRequestsPerUnit { at })?;
+        .ok_or_else(|| Problem::MissingRequestsPerUnit { at: at.clone() })?;
+    let bad = |message: String| Problem::RateLimit {
+        at: format!("{at}.rate_limit"),
+        message,
+    };
+    let unit_multiplier = match spec.unit_multiplier {
+        None => 1,
+        Some(0) => return Err(bad("'unit_multiplier' must be at least 1".into())),
+        Some(n) => n,
+    };
+    let algorithm = match spec.algorithm.as_deref().unwrap_or("fixed_window") {
+        "fixed_window" => Algorithm::FixedWindow,
+        "sliding_window" => Algorithm::SlidingWindow,
+        "token_bucket" => Algorithm::TokenBucket {
+            burst: spec.burst.unwrap_or(requests_per_unit),
+        },
+        other => {
+            return Err(bad(format!(
+                "unknown algorithm '{other}' (expected fixed_window, sliding_window or token_bucket)"
+            )));
+        }
+    };
+    if spec.burst.is_some() && !matches!(algorithm, Algorithm::TokenBucket { .. }) {
+        return Err(bad(
+            "'burst' applies only to 'algorithm: token_bucket'".into()
+        ));
+    }
+    if spec.burst == Some(0) && requests_per_unit > 0 {
+        return Err(bad("'burst' must be at least 1".into()));
+    }
     Ok(Some(Limit {
         requests_per_unit,
         unit,
+        unit_multiplier,
+        algorithm,
     }))
 }

@@ -81,7 +81,7 @@ pub enum Problem {
         at: String,
     },
     /// `unlimited: true` together with a unit or a count.
-    #[error("{at}.rate_limit: 'unlimited: true' cannot also set 'unit' or 'requests_per_unit'")]
+    #[error("{at}.rate_limit: 'unlimited: true' cannot also set a unit, count or algorithm")]
     UnlimitedWithLimit {
         /// Location.
         at: String,
@@ -158,6 +158,14 @@ pub enum Problem {
     /// The `invalid_keys` block is invalid.
     #[error("invalid_keys: {message}")]
     InvalidKeys {
+        /// What is wrong.
+        message: String,
+    },
+    /// A rate_limit's algorithm settings are invalid.
+    #[error("{at}: {message}")]
+    RateLimit {
+        /// Location.
+        at: String,
         /// What is wrong.
         message: String,
     },

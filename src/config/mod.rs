@@ -134,6 +134,7 @@ fn domain_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithm::Algorithm;
 
     /// Each bad file and (a fragment of) the message it must produce.
     #[test]
@@ -199,8 +200,24 @@ mod tests {
             ),
             ("domain: d\ndescriptor: []", "unknown field `descriptor`"),
             (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, bursty: 2 }",
+                "unknown field `bursty`",
+            ),
+            (
                 "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, burst: 2 }",
-                "unknown field `burst`",
+                "descriptors[0].rate_limit: 'burst' applies only to 'algorithm: token_bucket'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, algorithm: leaky }",
+                "descriptors[0].rate_limit: unknown algorithm 'leaky'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, unit_multiplier: 0 }",
+                "'unit_multiplier' must be at least 1",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, algorithm: token_bucket, burst: 0 }",
+                "'burst' must be at least 1",
             ),
             (
                 "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: -1 }",
@@ -328,6 +345,10 @@ descriptors:
     rate_limit: { unit: second, requests_per_unit: 0 }
   - key: client
     rate_limit: { unlimited: true }
+  - key: window
+    rate_limit: { unit: minute, unit_multiplier: 5, requests_per_unit: 9, algorithm: sliding_window }
+  - key: bucket
+    rate_limit: { unit: second, requests_per_unit: 9, algorithm: token_bucket, burst: 20 }
   - key: path
     value: "/v1/*"
     share_threshold: true
@@ -340,17 +361,20 @@ descriptors:
         let domain = config.domain("mongo_cps").unwrap();
         let branch = &domain.root().children["database"];
         let users = domain.node(branch.exact["users"]).rule.as_ref().unwrap();
-        assert_eq!(
-            users.limit,
-            Some(Limit {
-                requests_per_unit: 500,
-                unit: Unit::Second
-            })
-        );
+        assert_eq!(users.limit, Some(Limit::per(500, Unit::Second)));
         assert!(users.detailed_metric);
         let default = domain.node(branch.exact["default"]).rule.as_ref().unwrap();
         assert!(default.shadow_mode);
         assert_eq!(default.limit.unwrap().requests_per_unit, 0);
+        let window = domain.node(domain.root().children["window"].any.unwrap());
+        let limit = window.rule.as_ref().unwrap().limit.unwrap();
+        assert_eq!(
+            (limit.window_secs(), limit.algorithm),
+            (300, Algorithm::SlidingWindow)
+        );
+        let bucket = domain.node(domain.root().children["bucket"].any.unwrap());
+        let limit = bucket.rule.as_ref().unwrap().limit.unwrap();
+        assert_eq!(limit.algorithm, Algorithm::TokenBucket { burst: 20 });
         let client = &domain.root().children["client"];
         assert_eq!(
             domain

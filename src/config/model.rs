@@ -117,6 +117,12 @@ pub(crate) struct RateLimitSpec {
     #[serde(default)]
     pub(crate) unlimited: bool,
     pub(crate) name: Option<String>,
+    /// fixed_window (default), sliding_window or token_bucket.
+    pub(crate) algorithm: Option<String>,
+    /// Bucket size, for token_bucket.
+    pub(crate) burst: Option<u32>,
+    /// Window length in units (default 1).
+    pub(crate) unit_multiplier: Option<u32>,
 }
 
 /// One entry of a node's `replaces` list.

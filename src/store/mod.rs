@@ -12,6 +12,7 @@ use std::future::Future;
 
 use thiserror::Error;
 
+use crate::algorithm::Algorithm;
 use crate::health::HealthRecord;
 
 pub use key::counter_key;
@@ -31,9 +32,11 @@ pub struct Check {
     pub hits: u64,
     /// A shadow check never denies the request.
     pub shadow: bool,
-    /// A gate (e.g. a blocked address): reads 1 while its flag is set (see [`Store::set_flag`])
-    /// and 0 otherwise, and is never written; with limit 0 a set flag denies.
+    /// A gate (e.g. a blocked address): over while its flag is set (see [`Store::set_flag`]),
+    /// and never written.
     pub gate: bool,
+    /// How the counter counts.
+    pub algorithm: Algorithm,
 }
 
 impl Check {
@@ -46,6 +49,7 @@ impl Check {
             hits: 0,
             shadow: false,
             gate: true,
+            algorithm: Algorithm::FixedWindow,
         }
     }
 }
@@ -93,10 +97,12 @@ pub enum RegistryError {
 /// A counter as the request leaves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
-    /// The count including this request's hits (even if the request was denied and nothing
-    /// was written, so that callers can tell how far over it would have gone).
-    pub count: u64,
-    /// Milliseconds until the counter's window ends.
+    /// This request's hits would take it over its limit (for a gate: the flag is set).
+    pub over: bool,
+    /// Requests left after this request: counting its hits if it was admitted, not counting
+    /// them if it was denied; 0 when over.
+    pub remaining: u64,
+    /// Milliseconds until the window resets (gate: until the flag expires).
     pub reset_ms: u64,
 }
 
@@ -202,10 +208,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// The admission rule both stores follow: the request passes unless a non-shadow check would
-/// go over its limit. `count_after[i]` includes the hits of this and earlier same-key checks.
-pub fn admits(checks: &[Check], count_after: impl Fn(usize) -> u64) -> bool {
-    checks
-        .iter()
-        .enumerate()
-        .all(|(i, c)| c.shadow || !crate::algorithm::is_over(count_after(i), c.limit))
+/// go over its limit.
+pub fn admits(checks: &[Check], over: impl Fn(usize) -> bool) -> bool {
+    checks.iter().enumerate().all(|(i, c)| c.shadow || !over(i))
 }

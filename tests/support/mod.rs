@@ -52,6 +52,7 @@ impl TestServer {
             pool_size: 4,
             timeout: Duration::from_secs(2),
             key_prefix: prefix.to_owned(),
+            clock: None,
         })
         .unwrap();
         let plan = PlanOptions {

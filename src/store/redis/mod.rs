@@ -4,6 +4,7 @@
 //! Multiplexed connections pipeline concurrent requests on their own: calls from many requests
 //! share a connection's round trips while a write is in flight.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bb8::Pool;
@@ -13,26 +14,33 @@ use redis::aio::MultiplexedConnection;
 
 use super::key::registry_prefix;
 use super::{Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord};
+use crate::algorithm::Algorithm;
+use crate::clock::Clock;
 use crate::config::mask_secret;
 use crate::health::HealthRecord;
 
-/// The Lua source of the fixed-window script, with its KEYS/ARGV contract at the top.
-pub const FIXED_WINDOW_SCRIPT: &str = include_str!("fixed_window.lua");
+/// The Lua source of the decision script, with its KEYS/ARGV contract at the top.
+pub const DECIDE_SCRIPT: &str = include_str!("decide.lua");
+/// The Lua source of the flag script (flags read by gate checks).
+pub const FLAG_SCRIPT: &str = include_str!("flag.lua");
 /// The Lua source of the user/API-key registry script.
 pub const REGISTRY_SCRIPT: &str = include_str!("registry.lua");
 
 /// Counters in Redis, shared by every Floodgate replica that points at it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisStore {
     pool: Pool<RedisConnectionManager>,
     script: Script,
+    flag: Script,
     registry: Script,
     timeout: Duration,
     key_prefix: String,
+    /// Time for the decision script; `None` (production) uses the Redis server's clock.
+    clock: Option<Arc<dyn Clock>>,
 }
 
 /// How to reach Redis.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RedisOptions {
     /// A redis:// URL (with optional user, password and database).
     pub url: String,
@@ -42,6 +50,27 @@ pub struct RedisOptions {
     pub timeout: Duration,
     /// Prefix of every key Floodgate writes (registry and health state included).
     pub key_prefix: String,
+    /// Time for the decision script instead of the Redis server's clock: for tests that
+    /// inject time. Production leaves it `None`.
+    pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password: never print it.
+        f.debug_struct("RedisOptions")
+            .field("pool_size", &self.pool_size)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RedisStore {
@@ -58,11 +87,21 @@ impl RedisStore {
             .build_unchecked(manager);
         Ok(RedisStore {
             pool,
-            script: Script::new(FIXED_WINDOW_SCRIPT),
+            script: Script::new(DECIDE_SCRIPT),
+            flag: Script::new(FLAG_SCRIPT),
             registry: Script::new(REGISTRY_SCRIPT),
             timeout: options.timeout,
             key_prefix: options.key_prefix.clone(),
+            clock: options.clock.clone(),
         })
+    }
+
+    /// The script's "now" argument: the injected time, or "" for the server's clock.
+    fn now_arg(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+        match &self.clock {
+            Some(clock) => invocation.arg(clock.now_ms()),
+            None => invocation.arg(""),
+        };
     }
 
     fn health_key(&self) -> String {
@@ -145,14 +184,21 @@ impl RedisStore {
 impl Store for RedisStore {
     async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
         let mut invocation = self.script.prepare_invoke();
+        self.now_arg(&mut invocation);
         for check in checks {
+            let (algorithm, burst) = match check.algorithm {
+                _ if check.gate => ("g", 0),
+                Algorithm::TokenBucket { burst } => ("t", burst),
+                other => (other.code(), 0),
+            };
             invocation
                 .key(&check.key)
+                .arg(algorithm)
                 .arg(check.limit)
-                .arg(check.window_secs)
+                .arg(check.window_secs.saturating_mul(1000))
                 .arg(check.hits)
                 .arg(u8::from(check.shadow))
-                .arg(u8::from(check.gate));
+                .arg(burst);
         }
         let reply: Vec<i64> = self
             .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
@@ -169,10 +215,13 @@ impl Store for RedisStore {
     }
 
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("SET");
-        cmd.arg(key).arg(1).arg("PX").arg(ttl_ms.max(1));
-        self.call(|mut conn| async move { cmd.query_async::<()>(&mut conn).await })
+        let mut invocation = self.flag.prepare_invoke();
+        invocation.key(key);
+        self.now_arg(&mut invocation);
+        invocation.arg(ttl_ms);
+        self.call(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
             .await
+            .map(drop)
     }
 
     async fn health(&self) -> Result<Option<HealthRecord>, StoreError> {
@@ -278,22 +327,23 @@ impl Store for RedisStore {
     }
 }
 
-/// Reads the script's reply: { admitted, count_1, reset_ms_1, ... }.
+/// Reads the script's reply: { admitted, over_1, remaining_1, reset_ms_1, ... }.
 fn decode(reply: &[i64], checks: usize) -> Result<Applied, StoreError> {
-    let [admitted, pairs @ ..] = reply else {
+    let [admitted, triples @ ..] = reply else {
         return Err(StoreError::Protocol("empty script reply".into()));
     };
-    if pairs.len() != 2 * checks {
+    if triples.len() != 3 * checks {
         return Err(StoreError::Protocol(format!(
             "script replied {} values for {checks} checks",
             reply.len()
         )));
     }
-    let counters = pairs
-        .chunks_exact(2)
-        .map(|pair| Counter {
-            count: pair[0].max(0) as u64,
-            reset_ms: pair[1].max(0) as u64,
+    let counters = triples
+        .chunks_exact(3)
+        .map(|t| Counter {
+            over: t[0] == 1,
+            remaining: t[1].max(0) as u64,
+            reset_ms: t[2].max(0) as u64,
         })
         .collect();
     Ok(Applied {
