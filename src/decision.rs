@@ -64,6 +64,45 @@ pub struct Decision {
     pub denial: Option<Denial>,
     /// For a denied request: whole seconds until retrying can help.
     pub retry_after_secs: Option<u64>,
+    /// The store could not answer and the failure mode decided instead.
+    pub degraded: bool,
+}
+
+/// What to answer when the store cannot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureMode {
+    /// Fail the call (gRPC UNAVAILABLE), so Envoy's own `failure_mode_deny` decides.
+    #[default]
+    Error,
+    /// Let the request pass, marked degraded.
+    Allow,
+    /// Deny the request, marked degraded.
+    Deny,
+}
+
+/// The decision `mode` gives a query of `descriptors` descriptors when the store failed;
+/// `None` for [`FailureMode::Error`].
+pub fn fallback(descriptors: usize, mode: FailureMode) -> Option<Decision> {
+    let code = match mode {
+        FailureMode::Error => return None,
+        FailureMode::Allow => Code::Ok,
+        FailureMode::Deny => Code::OverLimit,
+    };
+    Some(Decision {
+        overall: code,
+        statuses: (0..descriptors)
+            .map(|_| DescriptorStatus {
+                code,
+                limit: None,
+                remaining: 0,
+                reset_ms: None,
+            })
+            .collect(),
+        denial: None,
+        // Denied only while the store is away: worth retrying soon.
+        retry_after_secs: (code == Code::OverLimit).then_some(1),
+        degraded: true,
+    })
 }
 
 /// How the limiter resolved a tiered descriptor's API key.
@@ -372,5 +411,6 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
         denial,
         retry_after_secs: (overall == Code::OverLimit)
             .then(|| retry_after_ms.div_ceil(1000).max(1)),
+        degraded: false,
     }
 }

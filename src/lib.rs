@@ -12,7 +12,8 @@
 //!
 //! I/O at the edges:
 //! - [`store`]: the `Store` trait with the in-memory and Redis stores.
-//! - [`limiter`]: config + store; the one `decide` that gRPC and HTTP share.
+//! - [`limiter`]: config + store; the one `decide` that gRPC and HTTP share, behind the
+//!   [`breaker`] and the failure mode.
 //! - [`rls`]: the gRPC service (wire request → query, decision → wire response, errors → Status).
 //! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin.
 //! - [`audit`]: one log line and one metric per admin change or security event;
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod algorithm;
 pub mod audit;
+pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod config;

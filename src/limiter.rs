@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
+use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit};
 use crate::cache::TtlCache;
 use crate::clock::Clock;
 use crate::config::{Config, Domain, mask_secret};
 use crate::decision::{
-    self, Decision, Denial, KeyResolution, PlanContext, PlanOptions, block_key, remote_address,
-    strike_key,
+    self, Decision, Denial, FailureMode, KeyResolution, PlanContext, PlanOptions, block_key,
+    remote_address, strike_key,
 };
 use crate::health::{HealthRecord, HealthStatus};
 use crate::query::RateLimitQuery;
@@ -30,6 +31,10 @@ pub struct LimiterOptions {
     pub plan: PlanOptions,
     /// How long shared state read from the store may be reused.
     pub cache_ttl: Duration,
+    /// What to answer when the store cannot.
+    pub failure_mode: FailureMode,
+    /// When to stop calling a failing store.
+    pub breaker: BreakerSettings,
 }
 
 impl Default for LimiterOptions {
@@ -37,6 +42,8 @@ impl Default for LimiterOptions {
         LimiterOptions {
             plan: PlanOptions::default(),
             cache_ttl: DEFAULT_CACHE_TTL,
+            failure_mode: FailureMode::default(),
+            breaker: BreakerSettings::default(),
         }
     }
 }
@@ -52,6 +59,7 @@ pub struct Limiter<S> {
     health: ArcSwap<HealthRecord>,
     /// "domain\0api key" → owner, or None for a key nobody owns.
     identities: TtlCache<Option<Identity>>,
+    breaker: CircuitBreaker,
 }
 
 impl<S> std::fmt::Debug for Limiter<S> {
@@ -73,15 +81,52 @@ impl<S: Store> Limiter<S> {
         Limiter {
             config: ArcSwap::from_pointee(config),
             store,
-            options,
             clock,
             health: ArcSwap::from_pointee(HealthRecord::default()),
             identities: TtlCache::new(IDENTITY_CACHE_ENTRIES),
+            breaker: CircuitBreaker::new(options.breaker),
+            options,
         }
     }
 
-    /// Matches, counts and decides one query.
+    /// Matches, counts and decides one query. When the store fails, the failure mode answers
+    /// (or, in mode `error`, the error is returned).
     pub async fn decide(&self, query: &RateLimitQuery) -> Result<Decision, StoreError> {
+        match self.decide_with_store(query).await {
+            Ok(decision) => Ok(decision),
+            Err(e) => {
+                metrics::counter!("floodgate_store_errors_total", "kind" => e.kind()).increment(1);
+                tracing::debug!(error = %e, "store failed");
+                decision::fallback(query.descriptors.len(), self.options.failure_mode).ok_or(e)
+            }
+        }
+    }
+
+    /// Runs `call` unless the circuit is open, and tells the breaker how it went.
+    async fn guarded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let permit = self.breaker.permit(self.clock.now_ms());
+        if permit == Permit::Reject {
+            return Err(StoreError::CircuitOpen);
+        }
+        let result = call.await;
+        // Protocol errors are our bug, not the store's health.
+        let healthy = !matches!(
+            result,
+            Err(StoreError::Timeout(_) | StoreError::Unavailable(_))
+        );
+        self.breaker.record(permit, healthy, self.clock.now_ms());
+        result
+    }
+
+    /// The circuit breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state(self.clock.now_ms())
+    }
+
+    async fn decide_with_store(&self, query: &RateLimitQuery) -> Result<Decision, StoreError> {
         // An Arc (not a guard) because API key look-ups may await before the plan is made; the
         // plan owns what it needs, so a reload never waits for requests in flight.
         let config = self.config.load_full();
@@ -120,7 +165,7 @@ impl<S: Store> Limiter<S> {
                 counters: Vec::new(),
             });
         }
-        let applied = self.store.apply(checks).await?;
+        let applied = self.guarded(self.store.apply(checks)).await?;
         if applied.counters.len() != checks.len() {
             return Err(StoreError::Protocol(format!(
                 "{} counters for {} checks",
@@ -138,7 +183,7 @@ impl<S: Store> Limiter<S> {
         if let Some(identity) = self.identities.get(&cache_key, now) {
             return Ok(identity);
         }
-        let identity = self.store.identity(domain, api_key).await?;
+        let identity = self.guarded(self.store.identity(domain, api_key)).await?;
         let expires = now + self.options.cache_ttl.as_millis() as u64;
         self.identities
             .insert(cache_key, identity.clone(), now, expires);

@@ -19,7 +19,6 @@ use crate::limiter::{Limiter, LimiterOptions};
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
 use crate::settings::{ServeSettings, StoreKind};
-use crate::store::redis::RedisOptions;
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 
 /// Why the server stopped or could not start.
@@ -161,6 +160,8 @@ pub async fn serve(
             global_shadow: settings.shadow_mode,
         },
         cache_ttl: settings.state_cache_ttl,
+        failure_mode: settings.failure_mode.into(),
+        breaker: settings.breaker(),
     };
     let clock = Arc::new(SystemClock);
     let options = ServerOptions {
@@ -178,13 +179,9 @@ pub async fn serve(
             run(limiter, options, listeners, shutdown).await
         }
         StoreKind::Redis => {
-            let store = RedisStore::new(&RedisOptions {
-                url: settings.redis_url.clone(),
-                pool_size: settings.redis_pool_size,
-                timeout: settings.redis_timeout,
-                key_prefix: settings.key_prefix.clone(),
-                clock: None,
-            })?;
+            let options_redis = settings.redis_options();
+            tracing::info!(topology = options_redis.topology.kind(), "Redis store");
+            let store = RedisStore::new(&options_redis)?;
             let limiter = Arc::new(Limiter::new(config, store, limiter_options, clock));
             run(limiter, options, listeners, shutdown).await
         }

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use crate::breaker::BreakerSettings;
+use crate::decision::FailureMode;
 use crate::rls::InputLimits;
 use crate::store::memory::DEFAULT_MAX_KEYS;
+use crate::store::redis::{RedisOptions, TlsFiles, Topology};
 
 /// Floodgate: a rate limit service for Envoy and Istio (Envoy RLS v3).
 #[derive(Debug, Parser)]
@@ -37,6 +40,54 @@ pub enum StoreKind {
     Memory,
     /// In Redis, shared by all replicas.
     Redis,
+}
+
+/// `url` with the user name and password put in (percent-encoded), when given separately.
+fn with_credentials(url: &str, username: Option<&str>, password: Option<&str>) -> String {
+    if username.is_none() && password.is_none() {
+        return url.to_owned();
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    // Drop credentials already in the URL; the separate settings win.
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    let encode = |s: &str| -> String {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    let user = username.map(encode).unwrap_or_default();
+    let pass = password
+        .map(|p| format!(":{}", encode(p)))
+        .unwrap_or_default();
+    format!("{scheme}://{user}{pass}@{host}")
+}
+
+/// `--failure-mode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureModeArg {
+    /// gRPC UNAVAILABLE.
+    Error,
+    /// OK, marked degraded.
+    Allow,
+    /// OVER_LIMIT, marked degraded.
+    Deny,
+}
+
+impl From<FailureModeArg> for FailureMode {
+    fn from(mode: FailureModeArg) -> FailureMode {
+        match mode {
+            FailureModeArg::Error => FailureMode::Error,
+            FailureModeArg::Allow => FailureMode::Allow,
+            FailureModeArg::Deny => FailureMode::Deny,
+        }
+    }
 }
 
 /// Log line format.
@@ -71,6 +122,48 @@ pub struct ServeSettings {
         hide_env_values = true
     )]
     pub redis_url: String,
+    /// Find the Redis master through these Sentinels (host:port,host:port,...).
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_SENTINELS",
+        value_delimiter = ',',
+        requires = "redis_master_name"
+    )]
+    pub redis_sentinels: Vec<String>,
+    /// The master's name as the Sentinels know it.
+    #[arg(long, env = "FLOODGATE_REDIS_MASTER_NAME")]
+    pub redis_master_name: Option<String>,
+    /// Password of the Sentinels themselves (the master's comes from --redis-url or
+    /// --redis-password).
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_sentinel_password: Option<String>,
+    /// Use a Redis Cluster reached through these nodes (host:port,host:port,...).
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_sentinels"
+    )]
+    pub redis_cluster_nodes: Vec<String>,
+    /// Redis password (overrides one in --redis-url; keeps it out of the URL).
+    #[arg(long, env = "FLOODGATE_REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Redis ACL user name (overrides one in --redis-url).
+    #[arg(long, env = "FLOODGATE_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+    /// CA certificate (PEM) for rediss:// instead of the system roots.
+    #[arg(long, env = "FLOODGATE_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for Redis servers that require one.
+    #[arg(long, env = "FLOODGATE_REDIS_TLS_CERT", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long, env = "FLOODGATE_REDIS_TLS_KEY", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<PathBuf>,
     /// Redis connections; each is multiplexed, so a few carry many requests.
     #[arg(long, env = "FLOODGATE_REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: u32,
@@ -104,12 +197,64 @@ pub struct ServeSettings {
     /// How stale a replica's view of shared state (health state, API key owners) may be.
     #[arg(long, env = "FLOODGATE_STATE_CACHE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
     pub state_cache_ttl: Duration,
+    /// What to answer when the store cannot: error (gRPC UNAVAILABLE, so Envoy's
+    /// failure_mode_deny decides), allow (OK, marked x-floodgate-degraded) or deny (OVER_LIMIT).
+    #[arg(long, env = "FLOODGATE_FAILURE_MODE", value_enum, default_value_t = FailureModeArg::Error)]
+    pub failure_mode: FailureModeArg,
+    /// Consecutive store failures that open the circuit breaker (0: never open).
+    #[arg(long, env = "FLOODGATE_CIRCUIT_FAILURES", default_value_t = BreakerSettings::default().threshold)]
+    pub circuit_failures: u32,
+    /// How long the open circuit waits before probing the store again.
+    #[arg(long, env = "FLOODGATE_CIRCUIT_COOLDOWN", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub circuit_cooldown: Duration,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLOODGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
 }
 
 impl ServeSettings {
+    /// The Redis settings.
+    pub fn redis_options(&self) -> RedisOptions {
+        let topology = if !self.redis_cluster_nodes.is_empty() {
+            Topology::Cluster {
+                nodes: self.redis_cluster_nodes.clone(),
+            }
+        } else if !self.redis_sentinels.is_empty() {
+            Topology::Sentinel {
+                sentinels: self.redis_sentinels.clone(),
+                master_name: self.redis_master_name.clone().unwrap_or_default(),
+                sentinel_password: self.redis_sentinel_password.clone(),
+            }
+        } else {
+            Topology::Standalone
+        };
+        RedisOptions {
+            url: with_credentials(
+                &self.redis_url,
+                self.redis_username.as_deref(),
+                self.redis_password.as_deref(),
+            ),
+            topology,
+            tls: TlsFiles {
+                ca_cert: self.redis_tls_ca.clone(),
+                client_cert: self.redis_tls_cert.clone(),
+                client_key: self.redis_tls_key.clone(),
+            },
+            pool_size: self.redis_pool_size,
+            timeout: self.redis_timeout,
+            key_prefix: self.key_prefix.clone(),
+            clock: None,
+        }
+    }
+
+    /// The circuit breaker settings.
+    pub fn breaker(&self) -> BreakerSettings {
+        BreakerSettings {
+            threshold: self.circuit_failures,
+            cooldown_ms: self.circuit_cooldown.as_millis() as u64,
+        }
+    }
+
     /// The request caps.
     pub fn input_limits(&self) -> InputLimits {
         InputLimits {
@@ -117,5 +262,26 @@ impl ServeSettings {
             max_entries: self.max_entries,
             max_value_len: self.max_value_len,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::with_credentials;
+
+    #[test]
+    fn credentials_go_into_the_url_encoded() {
+        assert_eq!(
+            with_credentials("redis://h:1/0", None, None),
+            "redis://h:1/0"
+        );
+        assert_eq!(
+            with_credentials("redis://h:1/0", None, Some("p@ss:/w")),
+            "redis://:p%40ss%3A%2Fw@h:1/0"
+        );
+        assert_eq!(
+            with_credentials("rediss://old:x@h:1", Some("app"), Some("pw")),
+            "rediss://app:pw@h:1"
+        );
     }
 }

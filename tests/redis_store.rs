@@ -127,11 +127,9 @@ async fn redis_down_answers_unavailable_within_the_timeout() {
     // Nothing listens on this port: connection refused.
     let redis_url = format!("redis://127.0.0.1:{}/0", free_port());
     let store = floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions {
-        url: redis_url,
         pool_size: 2,
         timeout: Duration::from_millis(300),
-        key_prefix: "fg:".into(),
-        clock: None,
+        ..floodgate::store::redis::RedisOptions::standalone(&redis_url, "fg:")
     })
     .unwrap();
     let server =

@@ -200,13 +200,7 @@ macro_rules! behaviour_tests {
                 async fn $name() {
                     let Some(redis) = RedisServer::start() else { return };
                     let clock = Arc::new(ManualClock::new(T0));
-                    let store = RedisStore::new(&RedisOptions {
-                        url: redis.url(),
-                        pool_size: 2,
-                        timeout: Duration::from_secs(2),
-                        key_prefix: "fg:".into(),
-                        clock: Some(clock.clone()),
-                    })
+                    let store = RedisStore::new(&RedisOptions { pool_size: 2, timeout: Duration::from_secs(2), clock: Some(clock.clone()), ..RedisOptions::standalone(&redis.url(), "fg:") })
                     .unwrap();
                     super::$name(&store, &clock).await;
                 }

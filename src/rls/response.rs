@@ -23,6 +23,8 @@ pub const RESET_HEADER: &str = "RateLimit-Reset";
 pub const RETRY_AFTER_HEADER: &str = "retry-after";
 /// On answers denied for the API key or address: why.
 pub const REASON_HEADER: &str = "x-floodgate-reason";
+/// On answers the failure mode gave because the store could not answer.
+pub const DEGRADED_HEADER: &str = "x-floodgate-degraded";
 
 /// Builds the response for `decision`.
 pub fn build(decision: Decision, options: &ResponseOptions) -> RateLimitResponse {
@@ -31,6 +33,9 @@ pub fn build(decision: Decision, options: &ResponseOptions) -> RateLimitResponse
     } else {
         Vec::new()
     };
+    if decision.degraded {
+        headers.push(header(DEGRADED_HEADER, "store-unavailable"));
+    }
     if let Some(seconds) = decision.retry_after_secs {
         headers.push(header(RETRY_AFTER_HEADER, &seconds.to_string()));
     }

@@ -72,6 +72,35 @@ pub fn state_key(prefix: &str, kind: &str, domain: &str, id: &str) -> String {
     key
 }
 
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of the key, or of its `{hash tag}` when it
+/// has a non-empty one, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let tagged = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            rest.iter()
+                .position(|&b| b == b'}')
+                .filter(|&close| close > 0)
+                .map(|close| &rest[..close])
+        })
+        .unwrap_or(key);
+    crc16(tagged) % 16_384
+}
+
+fn crc16(bytes: &[u8]) -> u16 {
+    bytes.iter().fold(0u16, |crc, &b| {
+        (0..8).fold(crc ^ (u16::from(b) << 8), |crc, _| {
+            if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            }
+        })
+    })
+}
+
 /// 64-bit FNV-1a: a stable, dependency-free hash for hash tags and config versions.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
@@ -94,6 +123,20 @@ mod tests {
             key: key.into(),
             value: value.into(),
         }
+    }
+
+    #[test]
+    fn cluster_slots_match_redis() {
+        // Values from Redis' CLUSTER KEYSLOT.
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"123456789"), 12739);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_eq!(
+            slot(b"{}foo"),
+            crc16(b"{}foo") % 16_384,
+            "an empty tag hashes the whole key"
+        );
     }
 
     #[test]

@@ -127,6 +127,21 @@ pub enum StoreError {
     /// The store answered something this version does not understand; a bug or a mismatch.
     #[error("unexpected store reply: {0}")]
     Protocol(String),
+    /// The circuit breaker is open after repeated failures: the store was not called.
+    #[error("store circuit open after repeated failures")]
+    CircuitOpen,
+}
+
+impl StoreError {
+    /// A short label for metrics.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Timeout(_) => "timeout",
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Protocol(_) => "protocol",
+            StoreError::CircuitOpen => "circuit_open",
+        }
+    }
 }
 
 /// Where counters live.

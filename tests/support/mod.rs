@@ -48,11 +48,10 @@ impl TestServer {
         options: ServerOptions,
     ) -> TestServer {
         let store = RedisStore::new(&RedisOptions {
-            url: redis.url(),
             pool_size: 4,
             timeout: Duration::from_secs(2),
-            key_prefix: prefix.to_owned(),
             clock: None,
+            ..RedisOptions::standalone(&redis.url(), prefix)
         })
         .unwrap();
         let plan = PlanOptions {

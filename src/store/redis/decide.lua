@@ -3,7 +3,9 @@
 -- KEYS[i]   the key of check i (src/store/key.rs)
 -- ARGV[1]   now in Unix milliseconds, or "" to use this Redis server's clock (TIME), so that
 --           replicas with skewed clocks agree; tests pass their injected time here
--- ARGV      then 6 values per check i, at 1+6*(i-1)+1 .. 1+6*(i-1)+6:
+-- ARGV[2]   "1" for a dry run: evaluate everything, write nothing (a Redis Cluster first asks
+--           every slot whether it admits, then counts; see docs/redis.md)
+-- ARGV      then 6 values per check i, at 2+6*(i-1)+1 .. 2+6*(i-1)+6:
 --             algorithm   "f" fixed window, "s" sliding window, "t" token bucket (GCRA),
 --                         "g" gate: over until the time KEYS[i] holds (a flag written by
 --                         flag.lua, e.g. a blocked address)
@@ -88,7 +90,7 @@ local overs, after, before, resets, nexts, expires = {}, {}, {}, {}, {}, {}
 local pending = {} -- key -> state written by an earlier check of this request
 local admitted = 1
 for i = 1, n do
-  local b = 1 + 6 * (i - 1)
+  local b = 2 + 6 * (i - 1)
   local alg, limit, window = ARGV[b + 1], tonumber(ARGV[b + 2]), math.max(tonumber(ARGV[b + 3]), 1)
   local hits, shadow, burst = tonumber(ARGV[b + 4]), ARGV[b + 5] == '1', tonumber(ARGV[b + 6])
   if alg == 'g' then
@@ -109,13 +111,14 @@ for i = 1, n do
   if overs[i] and not shadow then admitted = 0 end
 end
 
+local dry_run = ARGV[2] == '1'
 local reply = { admitted }
 for i = 1, n do
-  local b = 1 + 6 * (i - 1)
+  local b = 2 + 6 * (i - 1)
   local remaining = before[i]
   if admitted == 1 then
     remaining = after[i]
-    if ARGV[b + 1] ~= 'g' and tonumber(ARGV[b + 4]) > 0 and expires[i] > now then
+    if not dry_run and ARGV[b + 1] ~= 'g' and tonumber(ARGV[b + 4]) > 0 and expires[i] > now then
       -- the last check on a key carries its final state; writing each in turn ends there
       redis.call('SET', KEYS[i], nexts[i], 'PX', expires[i] - now)
     end

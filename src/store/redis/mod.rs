@@ -1,18 +1,25 @@
-//! The Redis store: a bb8 pool of multiplexed connections, and one Lua script call (EVALSHA,
-//! loading the script on NOSCRIPT) per request, whatever the number of descriptors.
+//! The Redis store: one Lua script call (EVALSHA, loading the script on NOSCRIPT) per request,
+//! whatever the number of descriptors, over a pool of connections to one master (standalone
+//! or found through Sentinels) or a Redis Cluster.
 //!
-//! Multiplexed connections pipeline concurrent requests on their own: calls from many requests
-//! share a connection's round trips while a write is in flight.
+//! Script calls of concurrent requests share round trips (see `batch`); other calls (health
+//! state, registry, flags) go straight over a pooled connection. Every call has a deadline.
+
+mod backend;
+mod batch;
+pub mod connect;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bb8::Pool;
-use bb8_redis::RedisConnectionManager;
-use redis::Script;
-use redis::aio::MultiplexedConnection;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Script, Value};
 
-use super::key::registry_prefix;
+use self::backend::{Backend, Conn};
+use self::batch::Batcher;
+pub use self::connect::{TlsFiles, Topology};
+use super::key::{registry_prefix, slot};
 use super::{Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord};
 use crate::algorithm::Algorithm;
 use crate::clock::Clock;
@@ -27,10 +34,12 @@ pub const FLAG_SCRIPT: &str = include_str!("flag.lua");
 pub const REGISTRY_SCRIPT: &str = include_str!("registry.lua");
 
 /// Counters in Redis, shared by every Floodgate replica that points at it.
-#[derive(Clone)]
 pub struct RedisStore {
-    pool: Pool<RedisConnectionManager>,
-    script: Script,
+    backend: Backend,
+    /// Queues decision calls for pipelining (not used with a cluster, whose connection routes
+    /// each call to its slot's node).
+    batcher: Option<Batcher>,
+    script: Arc<Script>,
     flag: Script,
     registry: Script,
     timeout: Duration,
@@ -42,9 +51,14 @@ pub struct RedisStore {
 /// How to reach Redis.
 #[derive(Clone)]
 pub struct RedisOptions {
-    /// A redis:// URL (with optional user, password and database).
+    /// A redis:// or rediss:// URL (with optional user, password and database). With Sentinels
+    /// its credentials, database and scheme are used for the master; its host is not.
     pub url: String,
-    /// Connections in the pool; each is multiplexed, so a few suffice.
+    /// Standalone, Sentinel or Cluster.
+    pub topology: Topology,
+    /// Certificates for rediss://.
+    pub tls: TlsFiles,
+    /// Connections in the pool (and pipeline dispatchers); each is multiplexed.
     pub pool_size: u32,
     /// Deadline of one call, connection checkout included.
     pub timeout: Duration,
@@ -53,6 +67,21 @@ pub struct RedisOptions {
     /// Time for the decision script instead of the Redis server's clock: for tests that
     /// inject time. Production leaves it `None`.
     pub clock: Option<Arc<dyn Clock>>,
+}
+
+impl RedisOptions {
+    /// Options for a standalone server at `url`, with defaults for the rest.
+    pub fn standalone(url: &str, key_prefix: &str) -> RedisOptions {
+        RedisOptions {
+            url: url.to_owned(),
+            topology: Topology::Standalone,
+            tls: TlsFiles::default(),
+            pool_size: 4,
+            timeout: Duration::from_secs(2),
+            key_prefix: key_prefix.to_owned(),
+            clock: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -67,6 +96,7 @@ impl std::fmt::Debug for RedisOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // The URL may hold a password: never print it.
         f.debug_struct("RedisOptions")
+            .field("topology", &self.topology.kind())
             .field("pool_size", &self.pool_size)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
@@ -74,20 +104,35 @@ impl std::fmt::Debug for RedisOptions {
 }
 
 impl RedisStore {
-    /// A store for `options.url`. Does not connect yet: Floodgate starts while Redis is down
-    /// and connects when it appears.
+    /// A store for `options`. Does not connect yet: Floodgate starts while Redis is down and
+    /// connects when it appears. Must be called within a Tokio runtime (it starts the
+    /// pipeline dispatchers).
     pub fn new(options: &RedisOptions) -> Result<RedisStore, StoreError> {
-        let manager = RedisConnectionManager::new(options.url.as_str())
-            .map_err(|e| StoreError::Unavailable(format!("bad Redis URL: {e}")))?;
-        let pool = Pool::builder()
-            .max_size(options.pool_size.max(1))
-            .connection_timeout(options.timeout)
-            // A PING per checkout would double the round trips; failures surface on use.
-            .test_on_check_out(false)
-            .build_unchecked(manager);
+        // rustls needs one process-wide crypto provider for rediss://; a second install is a
+        // harmless no-op.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let script = Arc::new(Script::new(DECIDE_SCRIPT));
+        let (backend, batcher) = match &options.topology {
+            Topology::Cluster { nodes } => (
+                Backend::cluster(nodes, &options.url, &options.tls, options.timeout)?,
+                None,
+            ),
+            topology => {
+                let connector = connect::Connector::new(&options.url, topology, &options.tls)?;
+                let backend = Backend::pooled(connector, options.pool_size, options.timeout);
+                let batcher = Batcher::start(
+                    backend.clone(),
+                    script.clone(),
+                    options.pool_size,
+                    options.timeout,
+                );
+                (backend, Some(batcher))
+            }
+        };
         Ok(RedisStore {
-            pool,
-            script: Script::new(DECIDE_SCRIPT),
+            backend,
+            batcher,
+            script,
             flag: Script::new(FLAG_SCRIPT),
             registry: Script::new(REGISTRY_SCRIPT),
             timeout: options.timeout,
@@ -96,12 +141,120 @@ impl RedisStore {
         })
     }
 
-    /// The script's "now" argument: the injected time, or "" for the server's clock.
-    fn now_arg(&self, invocation: &mut redis::ScriptInvocation<'_>) {
+    /// Round trips the pipeline dispatchers made, and script calls they carried.
+    pub fn pipeline_stats(&self) -> (u64, u64) {
+        self.batcher.as_ref().map_or((0, 0), |b| {
+            (
+                b.stats.round_trips.load(Ordering::Relaxed),
+                b.stats.script_calls.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Runs `work` on a connection within the call deadline (checkout included).
+    async fn call<T, F>(&self, work: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let attempt = async { work(self.backend.connection().await?).await };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| StoreError::Timeout(self.timeout))?
+    }
+
+    /// Runs one script invocation on a connection, retiring the connection on a fatal error.
+    async fn invoke<T: redis::FromRedisValue + Send>(
+        &self,
+        invocation: redis::ScriptInvocation<'_>,
+    ) -> Result<T, StoreError> {
+        self.call(|mut conn| async move {
+            let result = invocation.invoke_async(&mut conn).await;
+            result.map_err(|e| {
+                conn.check(&e);
+                StoreError::from(e)
+            })
+        })
+        .await
+    }
+
+    /// Runs one command on a connection.
+    async fn command<T: redis::FromRedisValue + Send>(&self, cmd: Cmd) -> Result<T, StoreError> {
+        self.call(|mut conn| async move {
+            let result = cmd.query_async(&mut conn).await;
+            result.map_err(|e| {
+                conn.check(&e);
+                StoreError::from(e)
+            })
+        })
+        .await
+    }
+
+    /// The EVALSHA command deciding `checks` (`dry_run`: evaluate, never write).
+    fn decide_cmd(&self, checks: &[Check], dry_run: bool) -> Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.script.get_hash()).arg(checks.len());
+        for check in checks {
+            cmd.arg(&check.key);
+        }
         match &self.clock {
-            Some(clock) => invocation.arg(clock.now_ms()),
-            None => invocation.arg(""),
+            Some(clock) => cmd.arg(clock.now_ms()),
+            None => cmd.arg(""),
         };
+        cmd.arg(u8::from(dry_run));
+        for check in checks {
+            let (algorithm, burst) = match check.algorithm {
+                _ if check.gate => ("g", 0),
+                Algorithm::TokenBucket { burst } => ("t", burst),
+                other => (other.code(), 0),
+            };
+            cmd.arg(algorithm)
+                .arg(check.limit)
+                .arg(check.window_secs.saturating_mul(1000))
+                .arg(check.hits)
+                .arg(u8::from(check.shadow))
+                .arg(burst);
+        }
+        cmd
+    }
+
+    /// One decision script call for checks that share a slot (or any checks off-cluster).
+    async fn decide_call(&self, checks: &[Check], dry_run: bool) -> Result<Applied, StoreError> {
+        let cmd = self.decide_cmd(checks, dry_run);
+        let value = match &self.batcher {
+            Some(batcher) => tokio::time::timeout(self.timeout, batcher.call(cmd))
+                .await
+                .map_err(|_| StoreError::Timeout(self.timeout))??,
+            None => self.cluster_eval(cmd).await?,
+        };
+        let reply: Vec<i64> = redis::from_redis_value(value)
+            .map_err(|e| StoreError::Protocol(format!("decision reply: {e}")))?;
+        decode(&reply, checks.len())
+    }
+
+    /// EVALSHA on the cluster, loading the script on the slot's node on NOSCRIPT.
+    async fn cluster_eval(&self, cmd: Cmd) -> Result<Value, StoreError> {
+        self.call(|mut conn| async move {
+            match conn.req_packed_command(&cmd).await {
+                Err(e)
+                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
+                {
+                    // Load it where the call was routed: SCRIPT LOAD with the same first key.
+                    let key = cmd.args_iter().nth(3).and_then(|a| match a {
+                        redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
+                        _ => None,
+                    });
+                    let mut load = redis::cmd("EVAL");
+                    load.arg("return redis.call('SCRIPT', 'LOAD', ARGV[1])")
+                        .arg(1);
+                    load.arg(key.unwrap_or_default()).arg(DECIDE_SCRIPT);
+                    let _: String = load.query_async(&mut conn).await?;
+                    conn.req_packed_command(&cmd).await
+                }
+                other => other,
+            }
+            .map_err(StoreError::from)
+        })
+        .await
     }
 
     fn health_key(&self) -> String {
@@ -109,21 +262,20 @@ impl RedisStore {
     }
 
     /// Runs one registry operation for `domain` and returns its reply.
-    async fn registry<T: redis::FromRedisValue>(
+    async fn registry<T: redis::FromRedisValue + Send>(
         &self,
         domain: &str,
         op: &str,
         args: &[&str],
     ) -> Result<T, StoreError> {
+        let base = registry_prefix(&self.key_prefix, domain);
         let mut invocation = self.registry.prepare_invoke();
-        invocation
-            .arg(op)
-            .arg(registry_prefix(&self.key_prefix, domain));
+        // The users index is declared so that a cluster routes the call to the registry's slot.
+        invocation.key(format!("{base}users")).arg(op).arg(&base);
         for arg in args {
             invocation.arg(*arg);
         }
-        self.call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await
+        self.invoke(invocation).await
     }
 
     /// Runs a registry change and maps its status reply; `keys` are the API keys it names, so
@@ -155,81 +307,74 @@ impl RedisStore {
             other => Err(StoreError::Protocol(format!("registry replied {other:?}")).into()),
         }
     }
-
-    /// Runs `work` on a connection within the call deadline (checkout included).
-    async fn call<T, F>(
-        &self,
-        work: impl FnOnce(MultiplexedConnection) -> F,
-    ) -> Result<T, StoreError>
-    where
-        F: Future<Output = Result<T, redis::RedisError>>,
-    {
-        let attempt = async {
-            // A multiplexed connection is a cheap handle; cloning it out of the pool lets the
-            // pooled slot go back at once while the call shares its socket.
-            let conn = self
-                .pool
-                .get()
-                .await
-                .map_err(|e| StoreError::Unavailable(e.to_string()))?
-                .clone();
-            work(conn).await.map_err(StoreError::from)
-        };
-        tokio::time::timeout(self.timeout, attempt)
-            .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
-    }
 }
 
 impl Store for RedisStore {
     async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
-        let mut invocation = self.script.prepare_invoke();
-        self.now_arg(&mut invocation);
-        for check in checks {
-            let (algorithm, burst) = match check.algorithm {
-                _ if check.gate => ("g", 0),
-                Algorithm::TokenBucket { burst } => ("t", burst),
-                other => (other.code(), 0),
-            };
-            invocation
-                .key(&check.key)
-                .arg(algorithm)
-                .arg(check.limit)
-                .arg(check.window_secs.saturating_mul(1000))
-                .arg(check.hits)
-                .arg(u8::from(check.shadow))
-                .arg(burst);
+        if self.batcher.is_some() {
+            return self.decide_call(checks, false).await;
         }
-        let reply: Vec<i64> = self
-            .call(|mut conn| async move { invocation.invoke_async(&mut conn).await })
-            .await?;
-        decode(&reply, checks.len())
+        // A cluster: one call per slot. With several slots, all are first evaluated without
+        // writing; only if every one admits are they counted (each slot atomically, re-checking
+        // its limits), so a request denied anywhere consumes nothing (see docs/redis.md).
+        let groups = slot_groups(checks);
+        if groups.len() == 1 {
+            return self.decide_call(checks, false).await;
+        }
+        let mut counters = vec![None; checks.len()];
+        let mut admitted = true;
+        for (_, members) in &groups {
+            let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
+            let dry = self.decide_call(&part, true).await?;
+            admitted &= dry.admitted;
+            for (&i, counter) in members.iter().zip(dry.counters) {
+                counters[i] = Some(counter);
+            }
+        }
+        if admitted {
+            for (_, members) in &groups {
+                let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
+                let applied = self.decide_call(&part, false).await?;
+                admitted &= applied.admitted;
+                for (&i, counter) in members.iter().zip(applied.counters) {
+                    counters[i] = Some(counter);
+                }
+            }
+        }
+        Ok(Applied {
+            admitted,
+            counters: counters
+                .into_iter()
+                .map(|c| {
+                    c.unwrap_or(Counter {
+                        over: false,
+                        remaining: 0,
+                        reset_ms: 0,
+                    })
+                })
+                .collect(),
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.call(
-            |mut conn| async move { redis::cmd("PING").query_async::<String>(&mut conn).await },
-        )
-        .await
-        .map(drop)
+        self.command::<String>(redis::cmd("PING")).await.map(drop)
     }
 
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let mut invocation = self.flag.prepare_invoke();
         invocation.key(key);
-        self.now_arg(&mut invocation);
+        match &self.clock {
+            Some(clock) => invocation.arg(clock.now_ms()),
+            None => invocation.arg(""),
+        };
         invocation.arg(ttl_ms);
-        self.call(|mut conn| async move { invocation.invoke_async::<i64>(&mut conn).await })
-            .await
-            .map(drop)
+        self.invoke::<i64>(invocation).await.map(drop)
     }
 
     async fn health(&self) -> Result<Option<HealthRecord>, StoreError> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.health_key());
-        let stored: Option<String> = self
-            .call(|mut conn| async move { cmd.query_async(&mut conn).await })
-            .await?;
+        let stored: Option<String> = self.command(cmd).await?;
         stored
             .map(|json| {
                 serde_json::from_str(&json)
@@ -247,8 +392,7 @@ impl Store for RedisStore {
             // Redis drops the record when its TTL ends: the state reverts to NORMAL everywhere.
             cmd.arg("PXAT").arg(expires_ms);
         }
-        self.call(|mut conn| async move { cmd.query_async::<()>(&mut conn).await })
-            .await
+        self.command::<()>(cmd).await
     }
 
     async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
@@ -325,6 +469,19 @@ impl Store for RedisStore {
         self.change(domain, "tier", &[user_id, tier], user_id, &[])
             .await
     }
+}
+
+/// Check indices grouped by Redis Cluster slot, in first-seen order.
+fn slot_groups(checks: &[Check]) -> Vec<(u16, Vec<usize>)> {
+    let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+    for (i, check) in checks.iter().enumerate() {
+        let s = slot(check.key.as_bytes());
+        match groups.iter_mut().find(|(g, _)| *g == s) {
+            Some((_, members)) => members.push(i),
+            None => groups.push((s, vec![i])),
+        }
+    }
+    groups
 }
 
 /// Reads the script's reply: { admitted, over_1, remaining_1, reset_ms_1, ... }.

@@ -1,5 +1,7 @@
 -- Floodgate: users and API keys of one domain, changed atomically.
 --
+-- KEYS[1]   <prefix>users (declared so that a Redis Cluster routes the call to the registry's
+--           slot; every other key shares its hash tag)
 -- ARGV[1]   the operation (below)
 -- ARGV[2]   the domain's registry prefix (see src/store/key.rs: registry_prefix); every key
 --           used here starts with it, and its hash tag keeps them in one Cluster slot

@@ -1,0 +1,188 @@
+//! A circuit breaker in front of the store: after `threshold` consecutive failures it opens and
+//! calls fail at once (no connection attempt, no timeout), until a cool-down has passed; then
+//! one probe call goes through (half-open): success closes it, failure opens it again. An
+//! outage then costs microseconds per request instead of a timeout each.
+//!
+//! Lock-free: a few atomics read on every call, written only on state changes.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+/// Settings of a [`CircuitBreaker`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Consecutive failures that open the circuit; 0 disables the breaker.
+    pub threshold: u32,
+    /// How long the circuit stays open before a probe, in milliseconds.
+    pub cooldown_ms: u64,
+}
+
+impl Default for BreakerSettings {
+    /// Five failures in a row is past a blip; a second is short enough to notice recovery fast.
+    fn default() -> BreakerSettings {
+        BreakerSettings {
+            threshold: 5,
+            cooldown_ms: 1_000,
+        }
+    }
+}
+
+/// The breaker's state, for metrics and health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail at once.
+    Open,
+    /// One probe call is deciding.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The state as a number for the `floodgate_circuit_state` gauge.
+    pub const fn gauge(self) -> f64 {
+        match self {
+            BreakerState::Closed => 0.0,
+            BreakerState::Open => 1.0,
+            BreakerState::HalfOpen => 2.0,
+        }
+    }
+}
+
+/// What the breaker says about one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permit {
+    /// Make the call.
+    Call,
+    /// Make the call: it is the probe that decides whether the circuit closes.
+    Probe,
+    /// Do not call: the circuit is open.
+    Reject,
+}
+
+/// Counts failures and opens the circuit; see the module doc.
+#[derive(Debug)]
+pub struct CircuitBreaker {
+    settings: BreakerSettings,
+    consecutive_failures: AtomicU32,
+    /// When the circuit opened (Unix ms); 0 while closed.
+    opened_at: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl CircuitBreaker {
+    /// A closed breaker.
+    pub fn new(settings: BreakerSettings) -> CircuitBreaker {
+        CircuitBreaker {
+            settings,
+            consecutive_failures: AtomicU32::new(0),
+            opened_at: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    /// May a call be made at `now_ms`?
+    pub fn permit(&self, now_ms: u64) -> Permit {
+        let opened_at = self.opened_at.load(Ordering::Acquire);
+        if opened_at == 0 {
+            return Permit::Call;
+        }
+        if now_ms < opened_at.saturating_add(self.settings.cooldown_ms) {
+            return Permit::Reject;
+        }
+        // Cool-down over: exactly one caller gets to probe.
+        if self.probing.swap(true, Ordering::AcqRel) {
+            Permit::Reject
+        } else {
+            Permit::Probe
+        }
+    }
+
+    /// Records the outcome of a call made under `permit`.
+    pub fn record(&self, permit: Permit, success: bool, now_ms: u64) {
+        if success {
+            self.consecutive_failures.store(0, Ordering::Release);
+            if permit == Permit::Probe || self.opened_at.load(Ordering::Acquire) != 0 {
+                self.opened_at.store(0, Ordering::Release);
+                self.probing.store(false, Ordering::Release);
+            }
+            return;
+        }
+        if permit == Permit::Probe {
+            // The probe failed: open again for another cool-down.
+            self.opened_at.store(now_ms.max(1), Ordering::Release);
+            self.probing.store(false, Ordering::Release);
+            return;
+        }
+        let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if self.settings.threshold > 0 && failures >= self.settings.threshold {
+            // Only the first caller to see the threshold opens it (and dates it).
+            let _ = self.opened_at.compare_exchange(
+                0,
+                now_ms.max(1),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
+    /// The state at `now_ms`.
+    pub fn state(&self, now_ms: u64) -> BreakerState {
+        let opened_at = self.opened_at.load(Ordering::Acquire);
+        if opened_at == 0 {
+            BreakerState::Closed
+        } else if self.probing.load(Ordering::Acquire)
+            || now_ms >= opened_at.saturating_add(self.settings.cooldown_ms)
+        {
+            BreakerState::HalfOpen
+        } else {
+            BreakerState::Open
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_after_threshold_probes_after_cooldown() {
+        let breaker = CircuitBreaker::new(BreakerSettings {
+            threshold: 3,
+            cooldown_ms: 100,
+        });
+        for _ in 0..2 {
+            assert_eq!(breaker.permit(0), Permit::Call);
+            breaker.record(Permit::Call, false, 10);
+        }
+        // a success resets the count
+        breaker.record(Permit::Call, true, 10);
+        for _ in 0..3 {
+            breaker.record(Permit::Call, false, 10);
+        }
+        assert_eq!(breaker.state(10), BreakerState::Open);
+        assert_eq!(breaker.permit(109), Permit::Reject);
+        // after the cool-down, one probe; everyone else is still refused
+        assert_eq!(breaker.permit(110), Permit::Probe);
+        assert_eq!(breaker.permit(110), Permit::Reject);
+        assert_eq!(breaker.state(110), BreakerState::HalfOpen);
+        // the probe fails: open again, counted from now
+        breaker.record(Permit::Probe, false, 120);
+        assert_eq!(breaker.permit(200), Permit::Reject);
+        assert_eq!(breaker.permit(220), Permit::Probe);
+        breaker.record(Permit::Probe, true, 221);
+        assert_eq!(breaker.state(221), BreakerState::Closed);
+        assert_eq!(breaker.permit(221), Permit::Call);
+    }
+
+    #[test]
+    fn threshold_zero_never_opens() {
+        let breaker = CircuitBreaker::new(BreakerSettings {
+            threshold: 0,
+            cooldown_ms: 100,
+        });
+        for _ in 0..100 {
+            breaker.record(Permit::Call, false, 1);
+        }
+        assert_eq!(breaker.permit(2), Permit::Call);
+    }
+}

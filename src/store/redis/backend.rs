@@ -1,0 +1,144 @@
+//! One handle for the two ways of reaching Redis: a pool of connections to one master
+//! (standalone or found through Sentinels), or a cluster connection that routes by key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
+use tokio::sync::OnceCell;
+
+use super::connect::{Connector, TlsFiles, Tracked, pool};
+use crate::store::StoreError;
+
+/// Where connections come from.
+#[derive(Clone)]
+pub(crate) enum Backend {
+    Pool(bb8::Pool<Connector>),
+    /// Connected on first use, so that Floodgate starts while the cluster is down.
+    Cluster(Arc<LazyCluster>),
+}
+
+/// A cluster client and, once it has connected, its connection.
+pub(crate) struct LazyCluster {
+    client: ClusterClient,
+    connection: OnceCell<ClusterConnection>,
+}
+
+/// A connection for one call.
+pub(crate) enum Conn {
+    Single(Tracked),
+    Cluster(ClusterConnection),
+}
+
+impl Backend {
+    pub(crate) fn pooled(connector: Connector, size: u32, timeout: Duration) -> Backend {
+        Backend::Pool(pool(connector, size, timeout))
+    }
+
+    /// A Redis Cluster reached through `nodes` (`host:port`), with the credentials and scheme
+    /// of `url`.
+    pub(crate) fn cluster(
+        nodes: &[String],
+        url: &str,
+        tls: &TlsFiles,
+        timeout: Duration,
+    ) -> Result<Backend, StoreError> {
+        let bad =
+            |e: RedisError| StoreError::Unavailable(format!("bad Redis Cluster settings: {e}"));
+        let info = url.into_connection_info().map_err(bad)?;
+        let settings = info.redis_settings();
+        let scheme = if url.starts_with("rediss://") {
+            "rediss"
+        } else {
+            "redis"
+        };
+        let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
+        let mut builder = ClusterClient::builder(urls)
+            .connection_timeout(timeout)
+            .response_timeout(timeout);
+        if let Some(user) = settings.username() {
+            builder = builder.username(user);
+        }
+        if let Some(password) = settings.password() {
+            builder = builder.password(password);
+        }
+        if tls.is_set() {
+            builder = builder.certs(tls.load()?);
+        }
+        let client = builder.build().map_err(bad)?;
+        Ok(Backend::Cluster(Arc::new(LazyCluster {
+            client,
+            connection: OnceCell::new(),
+        })))
+    }
+
+    /// A connection, skipping pooled ones already seen broken (bb8 drops those on return).
+    pub(crate) async fn connection(&self) -> Result<Conn, StoreError> {
+        match self {
+            Backend::Cluster(lazy) => {
+                let connection = lazy
+                    .connection
+                    .get_or_try_init(|| lazy.client.get_async_connection())
+                    .await
+                    .map_err(StoreError::from)?;
+                Ok(Conn::Cluster(connection.clone()))
+            }
+            Backend::Pool(pool) => {
+                for _ in 0..=pool.state().connections {
+                    let pooled = pool
+                        .get()
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    let tracked = Tracked::clone(&pooled);
+                    if !tracked.broken.load(std::sync::atomic::Ordering::Acquire) {
+                        // A multiplexed connection is a cheap handle: the pooled slot goes back
+                        // at once while calls share its socket.
+                        return Ok(Conn::Single(tracked));
+                    }
+                }
+                Err(StoreError::Unavailable("no usable Redis connection".into()))
+            }
+        }
+    }
+}
+
+impl Conn {
+    /// Retires the connection if `error` shows it unusable (the cluster client heals itself).
+    pub(crate) fn check(&self, error: &RedisError) {
+        if let Conn::Single(tracked) = self {
+            tracked.check(error);
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn ConnectionLike {
+        match self {
+            Conn::Single(tracked) => &mut tracked.conn as &mut MultiplexedConnection,
+            Conn::Cluster(cluster) => cluster,
+        }
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.inner().req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.inner().req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(tracked) => tracked.conn.get_db(),
+            Conn::Cluster(cluster) => cluster.get_db(),
+        }
+    }
+}

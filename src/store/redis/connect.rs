@@ -1,0 +1,209 @@
+//! Connections to Redis: where the master is (a URL, or asked of Sentinels) and a bb8 pool of
+//! multiplexed connections that replaces a connection as soon as it is seen broken.
+//!
+//! (bb8-redis' manager never reports a connection broken, so after a Redis restart or a
+//! failover its pool would hand out dead connections forever; ours marks a connection broken
+//! on a connection error or a READONLY reply, and bb8 then drops it and connects again, asking
+//! the Sentinels for the current master.)
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::MultiplexedConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
+use redis::{Client, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode};
+
+use crate::store::StoreError;
+
+/// Where the Redis master is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server at `--redis-url`.
+    Standalone,
+    /// The master named `master_name`, found through these Sentinels (`host:port`).
+    Sentinel {
+        /// Sentinel addresses.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master_name: String,
+        /// Password of the Sentinels themselves, if they require one.
+        sentinel_password: Option<String>,
+    },
+    /// A Redis Cluster reached through these nodes (`host:port`).
+    Cluster {
+        /// Seed nodes.
+        nodes: Vec<String>,
+    },
+}
+
+impl Topology {
+    /// A short name for logs.
+    pub const fn kind(&self) -> &'static str {
+        match self {
+            Topology::Standalone => "standalone",
+            Topology::Sentinel { .. } => "sentinel",
+            Topology::Cluster { .. } => "cluster",
+        }
+    }
+}
+
+/// Certificates for `rediss://` connections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificate (PEM) to verify the server with, instead of the system's roots.
+    pub ca_cert: Option<PathBuf>,
+    /// Client certificate (PEM), for servers that require one.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    pub client_key: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// The certificates, read from their files.
+    pub fn load(&self) -> Result<TlsCertificates, StoreError> {
+        let read = |path: &PathBuf| {
+            std::fs::read(path)
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))
+        };
+        let client_tls = match (&self.client_cert, &self.client_key) {
+            (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+                client_cert: read(cert)?,
+                client_key: read(key)?,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(StoreError::Unavailable(
+                    "a Redis client certificate needs both --redis-tls-cert and --redis-tls-key"
+                        .into(),
+                ));
+            }
+        };
+        Ok(TlsCertificates {
+            client_tls,
+            root_cert: self.ca_cert.as_ref().map(read).transpose()?,
+        })
+    }
+
+    pub(crate) fn is_set(&self) -> bool {
+        self.ca_cert.is_some() || self.client_cert.is_some()
+    }
+}
+
+/// A pooled connection and the flag that retires it.
+#[derive(Clone)]
+pub(crate) struct Tracked {
+    pub(crate) conn: MultiplexedConnection,
+    pub(crate) broken: Arc<AtomicBool>,
+}
+
+impl Tracked {
+    /// Retires the connection if `error` shows it is unusable.
+    pub(crate) fn check(&self, error: &RedisError) {
+        let unusable = error.is_io_error()
+            || error.is_connection_dropped()
+            || error.is_connection_refusal()
+            || error.is_timeout()
+            // A master demoted by a failover answers writes with READONLY: go find the new one.
+            || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if unusable {
+            self.broken.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// Makes connections to the master, for bb8.
+pub(crate) enum Connector {
+    Single(Client),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
+impl Connector {
+    /// A connector for a standalone server or a Sentinel-managed master.
+    pub(crate) fn new(
+        url: &str,
+        topology: &Topology,
+        tls: &TlsFiles,
+    ) -> Result<Connector, StoreError> {
+        let bad = |e: RedisError| StoreError::Unavailable(format!("bad Redis settings: {e}"));
+        match topology {
+            Topology::Standalone | Topology::Cluster { .. } => {
+                let client = if tls.is_set() {
+                    Client::build_with_tls(url, tls.load()?).map_err(bad)?
+                } else {
+                    Client::open(url).map_err(bad)?
+                };
+                Ok(Connector::Single(client))
+            }
+            Topology::Sentinel {
+                sentinels,
+                master_name,
+                sentinel_password,
+            } => {
+                let info = url.into_connection_info().map_err(bad)?;
+                let secure = url.starts_with("rediss://");
+                let mut node = SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(info.redis_settings().clone());
+                if secure {
+                    node = node.set_tls_mode(TlsMode::Secure);
+                }
+                let scheme = if secure { "rediss" } else { "redis" };
+                let auth = sentinel_password
+                    .as_deref()
+                    .map(|p| format!(":{p}@"))
+                    .unwrap_or_default();
+                let urls: Vec<String> = sentinels
+                    .iter()
+                    .map(|s| format!("{scheme}://{auth}{s}"))
+                    .collect();
+                let client = SentinelClient::build(
+                    urls,
+                    master_name.as_str(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(bad)?;
+                Ok(Connector::Sentinel(tokio::sync::Mutex::new(client)))
+            }
+        }
+    }
+}
+
+impl bb8::ManageConnection for Connector {
+    type Connection = Tracked;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Tracked, RedisError> {
+        let conn = match self {
+            Connector::Single(client) => client.get_multiplexed_async_connection().await?,
+            // Each new connection asks the Sentinels where the master is now.
+            Connector::Sentinel(client) => client.lock().await.get_async_connection().await?,
+        };
+        Ok(Tracked {
+            conn,
+            broken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn is_valid(&self, tracked: &mut Tracked) -> Result<(), RedisError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut tracked.conn)
+            .await
+    }
+
+    fn has_broken(&self, tracked: &mut Tracked) -> bool {
+        tracked.broken.load(Ordering::Acquire)
+    }
+}
+
+/// The pool: lazily connected (Floodgate starts while Redis is down), no PING per checkout
+/// (it would double the round trips), connection attempts bounded by `timeout`.
+pub(crate) fn pool(connector: Connector, size: u32, timeout: Duration) -> bb8::Pool<Connector> {
+    bb8::Pool::builder()
+        .max_size(size.max(1))
+        .connection_timeout(timeout)
+        .test_on_check_out(false)
+        .retry_connection(false)
+        .build_unchecked(connector)
+}
