@@ -67,12 +67,30 @@ impl TestServer {
         plan: PlanOptions,
         options: ServerOptions,
     ) -> TestServer {
-        let config = Config::from_yaml(config).expect("test config is valid");
-        let options_ = LimiterOptions {
+        let limiter_options = LimiterOptions {
             plan,
             ..LimiterOptions::default()
         };
-        let limiter = Arc::new(Limiter::new(config, store, options_, Arc::new(SystemClock)));
+        TestServer::with_limiter(config, store, limiter_options, options)
+            .await
+            .0
+    }
+
+    /// A server on `store` with `limiter_options`; also returns its limiter, for inspection.
+    pub async fn with_limiter<S: Store>(
+        config: &str,
+        store: S,
+        limiter_options: LimiterOptions,
+        options: ServerOptions,
+    ) -> (TestServer, Arc<Limiter<S>>) {
+        let config = Config::from_yaml(config).expect("test config is valid");
+        let limiter = Arc::new(Limiter::new(
+            config,
+            store,
+            limiter_options,
+            Arc::new(SystemClock),
+        ));
+        let inspect = limiter.clone();
         let grpc = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (grpc_addr, http_addr) = (grpc.local_addr().unwrap(), http.local_addr().unwrap());
@@ -85,12 +103,13 @@ impl TestServer {
                 .await
                 .expect("server runs");
         });
-        TestServer {
+        let server = TestServer {
             grpc_addr,
             http_addr,
             stop: Some(stop),
             task: Some(task),
-        }
+        };
+        (server, inspect)
     }
 
     /// A gRPC client connected to the server.
@@ -230,27 +249,55 @@ impl RedisServer {
         }
         for _ in 0..5 {
             let port = free_port();
-            let child = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
-            let mut server = RedisServer { port, child };
-            if server.wait_ready() {
+            if let Some(server) = RedisServer::start_on(port) {
                 return Some(server);
             }
         }
         panic!("could not start redis-server on a free port");
+    }
+
+    /// Starts redis-server on `port`; `None` if it did not come up (e.g. the port was taken).
+    pub fn start_on(port: u16) -> Option<RedisServer> {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server");
+        let mut server = RedisServer { port, child };
+        server.wait_ready().then_some(server)
+    }
+
+    /// Kills the server (as a crash would) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server again on the same port, empty.
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(mut again) = RedisServer::start_on(self.port) {
+                std::mem::swap(self, &mut again);
+                // `again` now holds the dead child; dropping it is harmless.
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "could not restart redis-server on its port"
+            );
+        }
     }
 
     pub fn url(&self) -> String {

@@ -1,0 +1,236 @@
+//! Redis failing: killed and restarted under load, down at start-up, and each failure mode.
+//! Every call is guarded against hanging; none may.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use floodgate::breaker::{BreakerSettings, BreakerState};
+use floodgate::decision::{FailureMode, PlanOptions};
+use floodgate::limiter::LimiterOptions;
+use floodgate::pb::rate_limit_response::Code;
+use floodgate::server::ServerOptions;
+use floodgate::store::RedisStore;
+use floodgate::store::redis::RedisOptions;
+use support::http::http;
+use support::{RedisServer, TestServer, free_port, request};
+
+const CONFIG: &str = r#"
+domain: chaos
+descriptors:
+  - key: client
+    rate_limit: { unit: day, requests_per_unit: 5 }
+"#;
+
+/// Longest any call may take: far above the 200 ms Redis deadline, only to catch a hang.
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+fn options(mode: FailureMode) -> LimiterOptions {
+    LimiterOptions {
+        plan: PlanOptions {
+            key_prefix: "chaos:".into(),
+            global_shadow: false,
+        },
+        failure_mode: mode,
+        breaker: BreakerSettings {
+            threshold: 3,
+            cooldown_ms: 300,
+        },
+        ..LimiterOptions::default()
+    }
+}
+
+fn store(url: &str) -> RedisStore {
+    RedisStore::new(&RedisOptions {
+        timeout: Duration::from_millis(200),
+        pool_size: 2,
+        ..RedisOptions::standalone(url, "chaos:")
+    })
+    .unwrap()
+}
+
+async fn wait_for<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, mut ready: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_under_load() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let (server, limiter) = TestServer::with_limiter(
+        CONFIG,
+        store(&redis.url()),
+        options(FailureMode::Error),
+        ServerOptions::default(),
+    )
+    .await;
+    let client = server.client().await;
+
+    // Steady load from 8 clients, each call guarded against hanging.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, unavailable) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut workers = Vec::new();
+    for worker in 0..8 {
+        let (mut client, stop) = (client.clone(), stop.clone());
+        let (answered, unavailable) = (answered.clone(), unavailable.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            // Bounded in count as well as by the stop flag.
+            while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                n += 1;
+                let req = request("chaos", &[&[("client", &format!("w{worker}-{n}"))]]);
+                let call = tokio::time::timeout(HANG_GUARD, client.should_rate_limit(req)).await;
+                match call.expect("a call hung past the guard") {
+                    Ok(_) => answered.fetch_add(1, Ordering::Relaxed),
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                        unavailable.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    wait_for("answers before the crash", || async {
+        answered.load(Ordering::Relaxed) > 50
+    })
+    .await;
+
+    redis.kill();
+    wait_for("the circuit to open", || async {
+        limiter.breaker_state() != BreakerState::Closed
+    })
+    .await;
+    let failed_before = unavailable.load(Ordering::Relaxed);
+    wait_for("more refusals while Redis is down", || async {
+        unavailable.load(Ordering::Relaxed) > failed_before + 100
+    })
+    .await;
+    let (http_status, _) = http(server.http_addr, "GET", "/healthcheck", "").await;
+    assert_eq!(http_status, 500, "not healthy while Redis is down");
+
+    redis.restart();
+    let answered_at_restart = answered.load(Ordering::Relaxed);
+    wait_for("answers after the restart", || async {
+        answered.load(Ordering::Relaxed) > answered_at_restart + 50
+    })
+    .await;
+    assert_eq!(limiter.breaker_state(), BreakerState::Closed);
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("no panic in a worker");
+    }
+    eprintln!(
+        "answered {}, unavailable {}",
+        answered.load(Ordering::Relaxed),
+        unavailable.load(Ordering::Relaxed)
+    );
+
+    // Decisions are exact again: a fresh client gets exactly its 5.
+    let mut client = client.clone();
+    let mut ok = 0;
+    for _ in 0..8 {
+        let req = request("chaos", &[&[("client", "after-recovery")]]);
+        if client
+            .should_rate_limit(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .overall_code()
+            == Code::Ok
+        {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 5);
+    let (http_status, _) = http(server.http_addr, "GET", "/healthcheck", "").await;
+    assert_eq!(http_status, 200);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_then_recovers_by_itself() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let (server, _) = TestServer::with_limiter(
+        CONFIG,
+        store(&url),
+        options(FailureMode::Error),
+        ServerOptions::default(),
+    )
+    .await;
+    let (status, body) = http(server.http_addr, "GET", "/healthcheck", "").await;
+    assert_eq!(status, 500, "{body}");
+    let mut client = server.client().await;
+    let status = client
+        .should_rate_limit(request("chaos", &[&[("client", "x")]]))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+
+    let Some(_redis) = RedisServer::start_on(port) else {
+        if support::is_ci() {
+            panic!("could not start redis-server on port {port}");
+        }
+        return;
+    };
+    wait_for("healthy once Redis is up", || async {
+        http(server.http_addr, "GET", "/healthcheck", "").await.0 == 200
+    })
+    .await;
+    wait_for("decisions once Redis is up", || {
+        let mut client = client.clone();
+        async move {
+            client
+                .should_rate_limit(request("chaos", &[&[("client", "y")]]))
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn failure_modes_answer_without_redis() {
+    let url = format!("redis://127.0.0.1:{}/0", free_port());
+    let header = |r: &floodgate::pb::RateLimitResponse, name: &str| {
+        r.response_headers_to_add
+            .iter()
+            .find(|h| h.key == name)
+            .map(|h| h.value.clone())
+    };
+    for (mode, code) in [
+        (FailureMode::Allow, Code::Ok),
+        (FailureMode::Deny, Code::OverLimit),
+    ] {
+        let (server, limiter) =
+            TestServer::with_limiter(CONFIG, store(&url), options(mode), ServerOptions::default())
+                .await;
+        let mut client = server.client().await;
+        for _ in 0..10 {
+            let req = request("chaos", &[&[("client", "x")], &[("unknown", "y")]]);
+            let call = tokio::time::timeout(HANG_GUARD, client.should_rate_limit(req)).await;
+            let response = call.expect("answered").unwrap().into_inner();
+            assert_eq!(response.overall_code(), code, "{mode:?}");
+            assert_eq!(response.statuses.len(), 2);
+            assert_eq!(
+                header(&response, "x-floodgate-degraded").as_deref(),
+                Some("store-unavailable")
+            );
+            assert_eq!(
+                header(&response, "retry-after").is_some(),
+                code == Code::OverLimit
+            );
+        }
+        // After 3 failures the breaker stopped calling Redis at all.
+        assert_ne!(limiter.breaker_state(), BreakerState::Closed, "{mode:?}");
+    }
+}
