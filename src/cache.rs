@@ -44,6 +44,18 @@ impl<V: Clone> TtlCache<V> {
             .map(|(value, _)| value.clone())
     }
 
+    /// When the entry under `key` expires, if it is live at `now_ms`.
+    pub fn expiry(&self, key: &str, now_ms: u64) -> Option<u64> {
+        let shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        shard
+            .get(key)
+            .map(|(_, expires)| *expires)
+            .filter(|expires| now_ms < *expires)
+    }
+
     /// Stores `value` under `key` until `expires_ms`. A full shard first drops what has
     /// expired, then (if still full) an arbitrary entry.
     pub fn insert(&self, key: String, value: V, now_ms: u64, expires_ms: u64) {

@@ -35,6 +35,9 @@ pub struct LimiterOptions {
     pub failure_mode: FailureMode,
     /// When to stop calling a failing store.
     pub breaker: BreakerSettings,
+    /// Counters remembered as full until their window resets, answered without the store;
+    /// 0 turns the local over-limit cache off.
+    pub over_limit_cache: usize,
 }
 
 impl Default for LimiterOptions {
@@ -44,6 +47,7 @@ impl Default for LimiterOptions {
             cache_ttl: DEFAULT_CACHE_TTL,
             failure_mode: FailureMode::default(),
             breaker: BreakerSettings::default(),
+            over_limit_cache: 0,
         }
     }
 }
@@ -60,6 +64,9 @@ pub struct Limiter<S> {
     /// "domain\0api key" → owner, or None for a key nobody owns.
     identities: TtlCache<Option<Identity>>,
     breaker: CircuitBreaker,
+    /// Keys known full until the instant stored, so that attack traffic on them costs the
+    /// store nothing; `None` when off.
+    over_limit: Option<TtlCache<()>>,
 }
 
 impl<S> std::fmt::Debug for Limiter<S> {
@@ -85,6 +92,8 @@ impl<S: Store> Limiter<S> {
             health: ArcSwap::from_pointee(HealthRecord::default()),
             identities: TtlCache::new(IDENTITY_CACHE_ENTRIES),
             breaker: CircuitBreaker::new(options.breaker),
+            over_limit: (options.over_limit_cache > 0)
+                .then(|| TtlCache::new(options.over_limit_cache)),
             options,
         }
     }
@@ -165,6 +174,9 @@ impl<S: Store> Limiter<S> {
                 counters: Vec::new(),
             });
         }
+        if let Some(denied) = self.known_over_limit(checks) {
+            return Ok(denied);
+        }
         let applied = self.guarded(self.store.apply(checks)).await?;
         if applied.counters.len() != checks.len() {
             return Err(StoreError::Protocol(format!(
@@ -173,7 +185,65 @@ impl<S: Store> Limiter<S> {
                 checks.len()
             )));
         }
+        self.remember_full(checks, &applied);
         Ok(applied)
+    }
+
+    /// Whether a check can be answered from the local over-limit cache: it may deny, and a
+    /// full counter of its algorithm stays full until its reset (a sliding window drains
+    /// continuously, so it is never cached).
+    fn cacheable(check: &Check) -> bool {
+        !check.shadow
+            && !check.gate
+            && check.algorithm != crate::algorithm::Algorithm::SlidingWindow
+    }
+
+    /// A denial made locally when some counter of the request is known full. The request is
+    /// denied, so nothing would be written anyway; the other counters are not read (their
+    /// `remaining` is reported as 0).
+    fn known_over_limit(&self, checks: &[Check]) -> Option<Applied> {
+        let cache = self.over_limit.as_ref()?;
+        let now = self.clock.now_ms();
+        let full: Vec<Option<u64>> = checks
+            .iter()
+            .map(|c| {
+                (Self::cacheable(c) && c.hits > 0)
+                    .then(|| cache.expiry(&c.key, now))
+                    .flatten()
+            })
+            .collect();
+        if full.iter().all(Option::is_none) {
+            return None;
+        }
+        metrics::counter!("floodgate_local_cache_hits_total").increment(1);
+        Some(Applied {
+            admitted: false,
+            counters: full
+                .into_iter()
+                .map(|until| crate::store::Counter {
+                    over: until.is_some(),
+                    remaining: 0,
+                    reset_ms: until.map_or(0, |until| until - now),
+                })
+                .collect(),
+        })
+    }
+
+    /// Remembers the counters this answer found full, until they reset: those found over, and
+    /// fixed windows left with nothing (the next hit is over until the window ends).
+    fn remember_full(&self, checks: &[Check], applied: &Applied) {
+        let Some(cache) = &self.over_limit else {
+            return;
+        };
+        let now = self.clock.now_ms();
+        for (check, counter) in checks.iter().zip(&applied.counters) {
+            let full = counter.over
+                || (applied.admitted
+                    && check.algorithm == crate::algorithm::Algorithm::FixedWindow);
+            if full && counter.remaining == 0 && counter.reset_ms > 0 && Self::cacheable(check) {
+                cache.insert(check.key.clone(), (), now, now + counter.reset_ms);
+            }
+        }
     }
 
     /// The owner of `api_key`, from the cache if it is fresh enough.

@@ -162,6 +162,11 @@ pub async fn serve(
         cache_ttl: settings.state_cache_ttl,
         failure_mode: settings.failure_mode.into(),
         breaker: settings.breaker(),
+        // The memory store answers as fast as the cache would.
+        over_limit_cache: match settings.store {
+            StoreKind::Memory => 0,
+            StoreKind::Redis => settings.local_cache_size,
+        },
     };
     let clock = Arc::new(SystemClock);
     let options = ServerOptions {

@@ -201,6 +201,10 @@ pub struct ServeSettings {
     /// failure_mode_deny decides), allow (OK, marked x-floodgate-degraded) or deny (OVER_LIMIT).
     #[arg(long, env = "FLOODGATE_FAILURE_MODE", value_enum, default_value_t = FailureModeArg::Error)]
     pub failure_mode: FailureModeArg,
+    /// Counters remembered as full (answered OVER_LIMIT without Redis until their window
+    /// resets); 0 turns the local over-limit cache off. Redis store only.
+    #[arg(long, env = "FLOODGATE_LOCAL_CACHE_SIZE", default_value_t = 100_000)]
+    pub local_cache_size: usize,
     /// Consecutive store failures that open the circuit breaker (0: never open).
     #[arg(long, env = "FLOODGATE_CIRCUIT_FAILURES", default_value_t = BreakerSettings::default().threshold)]
     pub circuit_failures: u32,

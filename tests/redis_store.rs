@@ -170,3 +170,124 @@ async fn the_script_is_reloaded_after_script_flush() {
     let (status, _) = http(server.http_addr, "GET", "/healthcheck", "").await;
     assert_eq!(status, 200);
 }
+
+fn limiter_options(over_limit_cache: usize) -> floodgate::limiter::LimiterOptions {
+    floodgate::limiter::LimiterOptions {
+        plan: floodgate::decision::PlanOptions {
+            key_prefix: "fg:".into(),
+            global_shadow: false,
+        },
+        over_limit_cache,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_local_cache_keeps_redis_flat_under_attack() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    for (cache, attack_calls_reaching_redis) in [(1000, 0), (0, 50)] {
+        let store =
+            floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions::standalone(
+                &redis.url(),
+                &format!("fg{cache}:"),
+            ))
+            .unwrap();
+        let (server, limiter) = TestServer::with_limiter(
+            CONFIG,
+            store,
+            limiter_options(cache),
+            ServerOptions::default(),
+        )
+        .await;
+        let mut client = server.client().await;
+        let req = request("shared", &[&[("user", "mallory")]]);
+        for _ in 0..5 {
+            client.should_rate_limit(req.clone()).await.unwrap();
+        }
+        let (_, before) = limiter.store().pipeline_stats();
+        for _ in 0..50 {
+            let response = client
+                .should_rate_limit(req.clone())
+                .await
+                .unwrap()
+                .into_inner();
+            assert_eq!(response.overall_code(), Code::OverLimit);
+            assert_eq!(response.statuses[0].code(), Code::OverLimit);
+            assert!(response.statuses[0].duration_until_reset.is_some());
+        }
+        let (_, after) = limiter.store().pipeline_stats();
+        assert_eq!(
+            after - before,
+            attack_calls_reaching_redis,
+            "cache size {cache}"
+        );
+        // Other keys are unaffected.
+        let other = request("shared", &[&[("user", "trent")]]);
+        assert_eq!(
+            client
+                .should_rate_limit(other)
+                .await
+                .unwrap()
+                .into_inner()
+                .overall_code(),
+            Code::Ok
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_share_round_trips() {
+    use floodgate::store::{Check, Store};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = std::sync::Arc::new(
+        floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions::standalone(
+            &redis.url(),
+            "rt:",
+        ))
+        .unwrap(),
+    );
+    // Warm up: the first call loads the script (a NOSCRIPT round trip, then the real one).
+    let warm = Check {
+        key: "rt:warm".into(),
+        limit: 1000,
+        window_secs: 86_400,
+        hits: 1,
+        shadow: false,
+        gate: false,
+        algorithm: floodgate::algorithm::Algorithm::FixedWindow,
+    };
+    store.apply(&[warm]).await.unwrap();
+    let (trips_before, calls_before) = store.pipeline_stats();
+    let calls: Vec<_> = (0..256)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let check = Check {
+                    key: format!("rt:{}", i % 64),
+                    limit: 1000,
+                    window_secs: 86_400,
+                    hits: 1,
+                    shadow: false,
+                    gate: false,
+                    algorithm: floodgate::algorithm::Algorithm::FixedWindow,
+                };
+                store.apply(&[check]).await.unwrap().admitted
+            })
+        })
+        .collect();
+    for call in calls {
+        assert!(call.await.unwrap());
+    }
+    let (round_trips, script_calls) = store.pipeline_stats();
+    let (round_trips, script_calls) = (round_trips - trips_before, script_calls - calls_before);
+    eprintln!("{script_calls} script calls in {round_trips} round trips");
+    assert_eq!(script_calls, 256, "one script call per decision");
+    assert!(
+        round_trips < script_calls,
+        "concurrent calls shared round trips"
+    );
+}
