@@ -12,11 +12,11 @@ pub fn security_event(event: &'static str, domain: &str, target: &str, source: O
         source = source.unwrap_or("unknown"),
         "security event"
     );
-    metrics::counter!("floodgate_security_events_total", "event" => event).increment(1);
+    metrics::counter!(crate::telemetry::SECURITY_EVENTS, "event" => event).increment(1);
 }
 
 /// Logs and counts an admin change.
 pub fn admin_change(action: &'static str, actor: &str, target: &str, source: &str) {
     tracing::info!(target: "audit", event = action, actor, target, source, "admin change");
-    metrics::counter!("floodgate_admin_changes_total", "action" => action).increment(1);
+    metrics::counter!(crate::telemetry::ADMIN_CHANGES, "action" => action).increment(1);
 }

@@ -44,16 +44,16 @@ impl<V: Clone> TtlCache<V> {
             .map(|(value, _)| value.clone())
     }
 
-    /// When the entry under `key` expires, if it is live at `now_ms`.
-    pub fn expiry(&self, key: &str, now_ms: u64) -> Option<u64> {
+    /// The value under `key` and when it expires, if it is live at `now_ms`.
+    pub fn entry(&self, key: &str, now_ms: u64) -> Option<(V, u64)> {
         let shard = self
             .shard(key)
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         shard
             .get(key)
-            .map(|(_, expires)| *expires)
-            .filter(|expires| now_ms < *expires)
+            .filter(|(_, expires)| now_ms < *expires)
+            .cloned()
     }
 
     /// Stores `value` under `key` until `expires_ms`. A full shard first drops what has

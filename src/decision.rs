@@ -2,6 +2,8 @@
 //! which checks the query needs given what the limiter resolved (`plan`), and what the store's
 //! answer means for each descriptor and for the request (`decide`).
 
+use std::sync::Arc;
+
 use crate::config::{Config, Domain, Limit};
 use crate::health::HealthStatus;
 use crate::matcher::{RuleMatch, find_rule};
@@ -37,6 +39,13 @@ pub struct AppliedLimit {
     pub limit: Limit,
     /// The limit's configured name (for tiered limits: the tier), if any.
     pub name: Option<String>,
+    /// The label of the rule's metrics: its key path, or the request's values for rules with
+    /// `detailed_metric` / `value_to_metric`.
+    pub metric_key: Arc<str>,
+    /// The limit came from a tier (`name` is the tier).
+    pub tiered: bool,
+    /// `metric_key` holds request values (so its cardinality must be capped).
+    pub metric_values: bool,
 }
 
 /// The outcome for one descriptor.
@@ -50,6 +59,12 @@ pub struct DescriptorStatus {
     pub remaining: u32,
     /// Milliseconds until the window resets, for limited descriptors.
     pub reset_ms: Option<u64>,
+    /// Hits this descriptor asked for.
+    pub hits: u64,
+    /// The rule is in shadow mode (its code is OK even when over).
+    pub shadow: bool,
+    /// The counter went over its limit (also for shadow rules, whose code stays OK).
+    pub over: bool,
 }
 
 /// The outcome of one request.
@@ -96,6 +111,9 @@ pub fn fallback(descriptors: usize, mode: FailureMode) -> Option<Decision> {
                 limit: None,
                 remaining: 0,
                 reset_ms: None,
+                hits: 0,
+                shadow: false,
+                over: false,
             })
             .collect(),
         denial: None,
@@ -143,6 +161,17 @@ impl Plan {
     pub fn denial(&self) -> Option<Denial> {
         self.denial
     }
+}
+
+/// What a matched descriptor is checked against.
+struct Applying<'a> {
+    limit: Limit,
+    name: Option<&'a str>,
+    shadow: bool,
+    shared: Vec<(usize, &'a str)>,
+    metric_key: Arc<str>,
+    metric_values: bool,
+    tiered: bool,
 }
 
 #[derive(Debug)]
@@ -202,6 +231,23 @@ pub fn remote_address(query: &RateLimitQuery) -> Option<&str> {
         .map(|e| e.value.as_str())
 }
 
+/// A metric label from a descriptor's entries: the keys joined with '.', or with `values`,
+/// `key_value` levels (bounded later by the metrics' cardinality cap).
+fn key_path(descriptor: &crate::query::DescriptorQuery, values: bool) -> Arc<str> {
+    let mut path = String::new();
+    for (i, entry) in descriptor.entries.iter().enumerate() {
+        if i > 0 {
+            path.push('.');
+        }
+        path.push_str(&entry.key);
+        if values {
+            path.push('_');
+            path.push_str(&entry.value);
+        }
+    }
+    path.into()
+}
+
 /// Key of the flag that blocks `address` in `domain`.
 pub fn block_key(prefix: &str, domain: &str, address: &str) -> String {
     state_key(prefix, "block", domain, address)
@@ -248,56 +294,85 @@ pub fn plan(
     for (i, (descriptor, matched)) in query.descriptors.iter().zip(matches).enumerate() {
         let resolution = context.keys.get(i).unwrap_or(&KeyResolution::NotTiered);
         let user_value;
-        let (limit, name, shadow, shared): (Limit, Option<&str>, bool, Vec<(usize, &str)>) =
-            match (descriptor.limit_override, matched, resolution) {
-                (Some(limit), _, _) => (limit, None, false, Vec::new()),
-                (None, None, _) => {
-                    slots.push(Slot::NoLimit);
-                    continue;
-                }
-                (None, Some(_), KeyResolution::Unknown) => {
+        let applied = match (descriptor.limit_override, matched, resolution) {
+            (Some(limit), _, _) => Applying {
+                limit,
+                name: None,
+                shadow: false,
+                shared: Vec::new(),
+                metric_key: key_path(descriptor, false),
+                metric_values: false,
+                tiered: false,
+            },
+            (None, None, _) => {
+                slots.push(Slot::NoLimit);
+                continue;
+            }
+            (None, Some(_), KeyResolution::Unknown) => {
+                slots.push(Slot::InvalidKey);
+                continue;
+            }
+            (None, Some(m), KeyResolution::Known(identity)) if m.rule.tiered => {
+                let Some(tier) = domain.tier(&identity.tier) else {
+                    // The user's tier was removed from the config: the key grants nothing.
                     slots.push(Slot::InvalidKey);
                     continue;
+                };
+                // Counted per user: every key of a user shares this counter.
+                user_value = format!("user:{}", identity.user_id);
+                Applying {
+                    limit: tier.limit(context.health),
+                    name: Some(tier.name.as_str()),
+                    shadow: m.rule.shadow_mode,
+                    shared: vec![(descriptor.entries.len() - 1, user_value.as_str())],
+                    metric_key: m.rule.metric_key.clone(),
+                    metric_values: false,
+                    tiered: true,
                 }
-                (None, Some(m), KeyResolution::Known(identity)) if m.rule.tiered => {
-                    let Some(tier) = domain.tier(&identity.tier) else {
-                        // The user's tier was removed from the config: the key grants nothing.
-                        slots.push(Slot::InvalidKey);
-                        continue;
-                    };
-                    // Counted per user: every key of a user shares this counter.
-                    user_value = format!("user:{}", identity.user_id);
-                    let last = descriptor.entries.len() - 1;
-                    (
-                        tier.limit(context.health),
-                        Some(tier.name.as_str()),
-                        m.rule.shadow_mode,
-                        vec![(last, user_value.as_str())],
-                    )
-                }
-                (None, Some(m), _) if is_replaced(m.rule.name.as_deref()) => {
-                    slots.push(Slot::NoLimit);
+            }
+            (None, Some(m), _) if is_replaced(m.rule.name.as_deref()) => {
+                slots.push(Slot::NoLimit);
+                continue;
+            }
+            (None, Some(m), _) => {
+                let Some(limit) = m.rule.limit else {
+                    slots.push(Slot::Unlimited);
                     continue;
+                };
+                let metric_values = m.rule.detailed_metric || m.rule.value_to_metric;
+                Applying {
+                    limit,
+                    name: m.rule.name.as_deref(),
+                    shadow: m.rule.shadow_mode,
+                    shared: m.shared_values.clone(),
+                    metric_key: if metric_values {
+                        key_path(descriptor, true)
+                    } else {
+                        m.rule.metric_key.clone()
+                    },
+                    metric_values,
+                    tiered: false,
                 }
-                (None, Some(m), _) => match m.rule.limit {
-                    None => {
-                        slots.push(Slot::Unlimited);
-                        continue;
-                    }
-                    Some(limit) => (
-                        limit,
-                        m.rule.name.as_deref(),
-                        m.rule.shadow_mode,
-                        m.shared_values.clone(),
-                    ),
-                },
-            };
+            }
+        };
+        let Applying {
+            limit,
+            name,
+            shadow,
+            shared,
+            metric_key,
+            metric_values,
+            tiered,
+        } = applied;
         let window_secs = limit.window_secs();
         slots.push(Slot::Checked {
             check: checks.len(),
             applied: AppliedLimit {
                 limit,
                 name: name.map(str::to_owned),
+                metric_values,
+                metric_key,
+                tiered,
             },
             shadow,
         });
@@ -354,18 +429,27 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
                 limit: None,
                 remaining: 0,
                 reset_ms: None,
+                hits: 0,
+                shadow: false,
+                over: false,
             },
             Slot::Unlimited => DescriptorStatus {
                 code: Code::Ok,
                 limit: None,
                 remaining: u32::MAX,
                 reset_ms: None,
+                hits: 0,
+                shadow: false,
+                over: false,
             },
             Slot::InvalidKey => DescriptorStatus {
                 code: Code::OverLimit,
                 limit: None,
                 remaining: 0,
                 reset_ms: None,
+                hits: 0,
+                shadow: false,
+                over: false,
             },
             Slot::Checked {
                 check,
@@ -391,6 +475,9 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
                         u32::try_from(counter.remaining).unwrap_or(u32::MAX)
                     },
                     reset_ms: Some(counter.reset_ms),
+                    hits: plan.checks[check].hits,
+                    shadow,
+                    over: counter.over,
                 }
             }
         })

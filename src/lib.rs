@@ -19,6 +19,7 @@
 //! - [`audit`]: one log line and one metric per admin change or security event;
 //!   [`cache`]: the bounded TTL cache for shared state read on the hot path.
 //! - [`server`]: runs both servers on given listeners until a shutdown future resolves.
+//! - [`telemetry`]: metric names, the Prometheus recorder, per-descriptor statistics.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
 //!   generated protobuf code.
 
@@ -40,3 +41,4 @@ pub mod rls;
 pub mod server;
 pub mod settings;
 pub mod store;
+pub mod telemetry;

@@ -18,6 +18,7 @@ use crate::decision::{
 use crate::health::{HealthRecord, HealthStatus};
 use crate::query::RateLimitQuery;
 use crate::store::{Applied, Check, Identity, RegistryError, Store, StoreError, UserRecord};
+use crate::telemetry::{self, DescriptorStats};
 
 /// Default bound on how stale a replica's view of shared state (health, API key owners) may be.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(2);
@@ -38,6 +39,8 @@ pub struct LimiterOptions {
     /// Counters remembered as full until their window resets, answered without the store;
     /// 0 turns the local over-limit cache off.
     pub over_limit_cache: usize,
+    /// A descriptor within its limit counts as "near" once it has used this share of it.
+    pub near_limit_ratio: f64,
 }
 
 impl Default for LimiterOptions {
@@ -48,6 +51,7 @@ impl Default for LimiterOptions {
             failure_mode: FailureMode::default(),
             breaker: BreakerSettings::default(),
             over_limit_cache: 0,
+            near_limit_ratio: 0.8,
         }
     }
 }
@@ -64,9 +68,10 @@ pub struct Limiter<S> {
     /// "domain\0api key" → owner, or None for a key nobody owns.
     identities: TtlCache<Option<Identity>>,
     breaker: CircuitBreaker,
-    /// Keys known full until the instant stored, so that attack traffic on them costs the
-    /// store nothing; `None` when off.
-    over_limit: Option<TtlCache<()>>,
+    /// Keys known full (at the limit stored: a tier switch may raise it) until the instant
+    /// stored, so that attack traffic on them costs the store nothing; `None` when off.
+    over_limit: Option<TtlCache<u64>>,
+    stats: DescriptorStats,
 }
 
 impl<S> std::fmt::Debug for Limiter<S> {
@@ -92,6 +97,7 @@ impl<S: Store> Limiter<S> {
             health: ArcSwap::from_pointee(HealthRecord::default()),
             identities: TtlCache::new(IDENTITY_CACHE_ENTRIES),
             breaker: CircuitBreaker::new(options.breaker),
+            stats: DescriptorStats::new(options.near_limit_ratio),
             over_limit: (options.over_limit_cache > 0)
                 .then(|| TtlCache::new(options.over_limit_cache)),
             options,
@@ -102,9 +108,13 @@ impl<S: Store> Limiter<S> {
     /// (or, in mode `error`, the error is returned).
     pub async fn decide(&self, query: &RateLimitQuery) -> Result<Decision, StoreError> {
         match self.decide_with_store(query).await {
-            Ok(decision) => Ok(decision),
+            Ok(decision) => {
+                self.stats
+                    .record(&query.domain, &decision, self.clock.now_ms());
+                Ok(decision)
+            }
             Err(e) => {
-                metrics::counter!("floodgate_store_errors_total", "kind" => e.kind()).increment(1);
+                metrics::counter!(telemetry::STORE_ERRORS, "kind" => e.kind()).increment(1);
                 tracing::debug!(error = %e, "store failed");
                 decision::fallback(query.descriptors.len(), self.options.failure_mode).ok_or(e)
             }
@@ -133,6 +143,18 @@ impl<S: Store> Limiter<S> {
     /// The circuit breaker's state now.
     pub fn breaker_state(&self) -> BreakerState {
         self.breaker.state(self.clock.now_ms())
+    }
+
+    /// Publishes the gauges (circuit, health state, caches, the store's own); called
+    /// periodically.
+    pub fn observe(&self) {
+        metrics::gauge!(telemetry::CIRCUIT_STATE).set(self.breaker_state().gauge());
+        let degraded = self.health_status() == HealthStatus::Degraded;
+        metrics::gauge!(telemetry::HEALTH_STATE).set(if degraded { 1.0 } else { 0.0 });
+        if let Some(cache) = &self.over_limit {
+            metrics::gauge!(telemetry::LOCAL_CACHE_ENTRIES).set(cache.len() as f64);
+        }
+        self.store.observe();
     }
 
     async fn decide_with_store(&self, query: &RateLimitQuery) -> Result<Decision, StoreError> {
@@ -177,7 +199,11 @@ impl<S: Store> Limiter<S> {
         if let Some(denied) = self.known_over_limit(checks) {
             return Ok(denied);
         }
-        let applied = self.guarded(self.store.apply(checks)).await?;
+        let started = std::time::Instant::now();
+        let applied = self.guarded(self.store.apply(checks)).await;
+        metrics::histogram!(telemetry::STORE_DURATION, "op" => "decide")
+            .record(started.elapsed().as_secs_f64());
+        let applied = applied?;
         if applied.counters.len() != checks.len() {
             return Err(StoreError::Protocol(format!(
                 "{} counters for {} checks",
@@ -208,14 +234,16 @@ impl<S: Store> Limiter<S> {
             .iter()
             .map(|c| {
                 (Self::cacheable(c) && c.hits > 0)
-                    .then(|| cache.expiry(&c.key, now))
+                    .then(|| cache.entry(&c.key, now))
                     .flatten()
+                    .filter(|(full_at, _)| c.limit <= *full_at)
+                    .map(|(_, until)| until)
             })
             .collect();
         if full.iter().all(Option::is_none) {
             return None;
         }
-        metrics::counter!("floodgate_local_cache_hits_total").increment(1);
+        metrics::counter!(telemetry::LOCAL_CACHE_HITS).increment(1);
         Some(Applied {
             admitted: false,
             counters: full
@@ -241,7 +269,7 @@ impl<S: Store> Limiter<S> {
                 || (applied.admitted
                     && check.algorithm == crate::algorithm::Algorithm::FixedWindow);
             if full && counter.remaining == 0 && counter.reset_ms > 0 && Self::cacheable(check) {
-                cache.insert(check.key.clone(), (), now, now + counter.reset_ms);
+                cache.insert(check.key.clone(), check.limit, now, now + counter.reset_ms);
             }
         }
     }

@@ -163,6 +163,7 @@ pub async fn serve(
         failure_mode: settings.failure_mode.into(),
         breaker: settings.breaker(),
         // The memory store answers as fast as the cache would.
+        near_limit_ratio: settings.near_limit_ratio,
         over_limit_cache: match settings.store {
             StoreKind::Memory => 0,
             StoreKind::Redis => settings.local_cache_size,

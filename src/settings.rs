@@ -211,6 +211,9 @@ pub struct ServeSettings {
     /// How long the open circuit waits before probing the store again.
     #[arg(long, env = "FLOODGATE_CIRCUIT_COOLDOWN", default_value = "1s", value_parser = humantime::parse_duration)]
     pub circuit_cooldown: Duration,
+    /// Share of a limit past which a descriptor counts as near its limit (metrics).
+    #[arg(long, env = "FLOODGATE_NEAR_LIMIT_RATIO", default_value_t = 0.8)]
+    pub near_limit_ratio: f64,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLOODGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

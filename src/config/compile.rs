@@ -382,7 +382,7 @@ impl Builder {
             replaces: Vec::new(),
             detailed_metric: spec.detailed_metric,
             value_to_metric: false,
-            metric_key: metric_key.to_owned(),
+            metric_key: metric_key.into(),
             tiered: true,
         }))
     }
@@ -426,7 +426,7 @@ impl Builder {
             replaces,
             detailed_metric: spec.detailed_metric,
             value_to_metric: spec.value_to_metric,
-            metric_key: metric_key.to_owned(),
+            metric_key: metric_key.into(),
             tiered: false,
         }))
     }

@@ -1,6 +1,7 @@
 //! Limits as the service applies them: units, limits and the rules that carry them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::algorithm::Algorithm;
 
@@ -121,8 +122,8 @@ pub struct Rule {
     pub detailed_metric: bool,
     /// Put the matched value into the metric name.
     pub value_to_metric: bool,
-    /// Human-readable key path of the node ("key.value" pairs joined with '.'), for metrics.
-    pub metric_key: String,
+    /// Key path of the node ("key_value" levels joined with '.'), the label of its metrics.
+    pub metric_key: Arc<str>,
     /// The matched entry's value is an API key: its user's tier gives the limit.
     pub tiered: bool,
 }

@@ -182,6 +182,10 @@ impl<C: Clock> Store for MemoryStore<C> {
         Ok(())
     }
 
+    fn observe(&self) {
+        metrics::gauge!(crate::telemetry::MEMORY_KEYS).set(self.len() as f64);
+    }
+
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let mut shard = lock(&self.shards[self.shard_of(key)]);

@@ -152,6 +152,9 @@ pub trait Store: Send + Sync + 'static {
     /// Answers when the store is reachable.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Publishes the store's own gauges (pool connections, keys held); called periodically.
+    fn observe(&self) {}
+
     /// Sets the flag at `key` for `ttl_ms` (read by gate checks).
     fn set_flag(
         &self,

@@ -75,6 +75,20 @@ impl Backend {
         })))
     }
 
+    /// (in use, idle) connections of the pool; `None` for a cluster.
+    pub(crate) fn pool_state(&self) -> Option<(u32, u32)> {
+        match self {
+            Backend::Pool(pool) => {
+                let state = pool.state();
+                Some((
+                    state.connections - state.idle_connections,
+                    state.idle_connections,
+                ))
+            }
+            Backend::Cluster(_) => None,
+        }
+    }
+
     /// A connection, skipping pooled ones already seen broken (bb8 drops those on return).
     pub(crate) async fn connection(&self) -> Result<Conn, StoreError> {
         match self {

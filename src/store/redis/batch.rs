@@ -152,8 +152,8 @@ impl Dispatcher {
         }
         self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
         self.stats.script_calls.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!("floodgate_redis_round_trips_total").increment(1);
-        metrics::counter!("floodgate_redis_script_calls_total").increment(n);
+        metrics::counter!(crate::telemetry::REDIS_ROUND_TRIPS).increment(1);
+        metrics::counter!(crate::telemetry::REDIS_SCRIPT_CALLS).increment(n);
         // Errors of single calls (e.g. NOSCRIPT) come back as values, not as a failed batch.
         pipe.ignore_errors();
         let result: Result<Vec<Value>, RedisError> = pipe.query_async(conn).await;

@@ -356,6 +356,15 @@ impl Store for RedisStore {
         })
     }
 
+    fn observe(&self) {
+        if let Some((in_use, idle)) = self.backend.pool_state() {
+            metrics::gauge!(crate::telemetry::REDIS_CONNECTIONS, "state" => "in_use")
+                .set(f64::from(in_use));
+            metrics::gauge!(crate::telemetry::REDIS_CONNECTIONS, "state" => "idle")
+                .set(f64::from(idle));
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.command::<String>(redis::cmd("PING")).await.map(drop)
     }
