@@ -10,6 +10,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::limiter::Limiter;
 use crate::pb::{RateLimitRequest, rate_limit_response};
@@ -28,12 +29,17 @@ pub struct HttpState<S> {
     pub limiter: Arc<Limiter<S>>,
     /// False once shutdown has begun.
     pub serving: Arc<AtomicBool>,
+    /// Renders /metrics.
+    pub metrics: PrometheusHandle,
 }
 
 /// The HTTP routes.
 pub fn router<S: Store>(state: Arc<HttpState<S>>) -> Router {
     Router::new()
         .route("/healthcheck", get(healthcheck::<S>))
+        .route("/readyz", get(healthcheck::<S>))
+        .route("/livez", get(livez))
+        .route("/metrics", get(metrics::<S>))
         .route("/json", post(json::<S>))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state)
@@ -48,6 +54,20 @@ async fn healthcheck<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Respon
         Ok(()) => (StatusCode::OK, "OK\n").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// 200 while the process runs its event loop: restarts help only when this fails.
+async fn livez() -> &'static str {
+    "OK\n"
+}
+
+/// The Prometheus text exposition of every metric.
+async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 /// A RateLimitRequest as proto3 JSON in; the response as JSON out, with 200 for OK, 429 for

@@ -1,6 +1,9 @@
 //! The `floodgate` binary: parse the command line, set up logging, run.
 
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use tokio::sync::Notify;
 
 use clap::Parser;
 use floodgate::config::Config;
@@ -27,7 +30,11 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Serve(settings) => {
             init_logging(settings.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
-            runtime.block_on(floodgate::server::serve(&settings, shutdown_signal()))?;
+            runtime.block_on(async {
+                let reload = Arc::new(Notify::new());
+                tokio::spawn(reload_on_sighup(reload.clone()));
+                floodgate::server::serve(&settings, shutdown_signal(), reload).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -41,6 +48,20 @@ fn init_logging(format: LogFormat) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+}
+
+/// Asks for a config reload on every SIGHUP.
+async fn reload_on_sighup(reload: Arc<Notify>) {
+    #[cfg(unix)]
+    if let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    {
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            reload.notify_one();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reload;
 }
 
 /// Resolves on SIGTERM or SIGINT.

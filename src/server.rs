@@ -1,14 +1,23 @@
-//! Runs the gRPC and HTTP servers on given listeners until a shutdown future resolves.
+//! Runs the gRPC and HTTP servers on given listeners until a shutdown future resolves: overload
+//! protection and TLS on gRPC, the standard health service, a background task that keeps shared
+//! state and gauges fresh, config hot reload, and graceful shutdown.
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use thiserror::Error;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, AdminState};
 use crate::clock::SystemClock;
@@ -20,6 +29,10 @@ use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
 use crate::settings::{ServeSettings, StoreKind};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
+use crate::telemetry;
+
+/// The gRPC service name health checks ask about.
+pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
 
 /// Why the server stopped or could not start.
 #[derive(Debug, Error)]
@@ -30,7 +43,7 @@ pub enum ServerError {
     /// The store could not be set up.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A listener could not be bound or failed.
+    /// A listener could not be bound, a file read, or a server failed.
     #[error("{what}: {source}")]
     Io {
         /// What was being done.
@@ -38,7 +51,7 @@ pub enum ServerError {
         /// The I/O error.
         source: io::Error,
     },
-    /// The gRPC server failed.
+    /// The gRPC server failed (or its TLS settings are invalid).
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
 }
@@ -46,10 +59,63 @@ pub enum ServerError {
 /// The bound sockets the servers accept on.
 #[derive(Debug)]
 pub struct Listeners {
-    /// For ShouldRateLimit.
+    /// For ShouldRateLimit and gRPC health.
     pub grpc: TcpListener,
-    /// For /healthcheck and /json.
+    /// For /healthcheck, /json, /metrics and /admin.
     pub http: TcpListener,
+}
+
+/// TLS for the gRPC server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrpcTls {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mTLS).
+    pub client_ca: Option<PathBuf>,
+}
+
+/// Where the config comes from, for hot reload.
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// How often to look for changes; zero disables watching (SIGHUP still reloads).
+    pub poll_interval: Duration,
+    /// Notified to reload now (SIGHUP).
+    pub reload: Arc<Notify>,
+}
+
+/// How the gRPC server protects itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protection {
+    /// Deadline of one call; past it the call fails with CANCELLED.
+    pub request_timeout: Duration,
+    /// Calls in flight at once, over all connections; more are refused at once
+    /// (RESOURCE_EXHAUSTED) instead of queueing.
+    pub max_concurrent: usize,
+    /// HTTP/2 keepalive ping interval (`None`: no pings).
+    pub keepalive_interval: Option<Duration>,
+    /// How long a keepalive ping may go unanswered before the connection is closed.
+    pub keepalive_timeout: Duration,
+    /// Connections are closed (GOAWAY) after this age, so clients reconnect and spread over
+    /// new replicas after a scale-up.
+    pub max_connection_age: Option<Duration>,
+}
+
+impl Default for Protection {
+    /// A rate limit call that takes a second has failed already; Envoy's own default timeout
+    /// is 20 ms. 10,000 calls in flight is far above what a replica can serve well.
+    fn default() -> Protection {
+        Protection {
+            request_timeout: Duration::from_secs(1),
+            max_concurrent: 10_000,
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
+            max_connection_age: None,
+        }
+    }
 }
 
 /// Request handling options.
@@ -61,80 +127,184 @@ pub struct ServerOptions {
     pub response_options: ResponseOptions,
     /// The admin key; `None` keeps the admin API closed.
     pub admin_key: Option<String>,
+    /// Overload protection and connection management.
+    pub protection: Protection,
+    /// TLS for gRPC; `None` serves plaintext (h2c).
+    pub grpc_tls: Option<GrpcTls>,
+    /// Where to reload the config from; `None` disables reloading.
+    pub config_source: Option<ConfigSource>,
+    /// After shutdown begins, how long in-flight calls may take before the server stops anyway.
+    pub shutdown_grace: Duration,
 }
 
-/// Serves `limiter` on `listeners` until `shutdown` resolves, then stops accepting, lets
-/// in-flight calls finish and returns.
+/// Serves `limiter` on `listeners` until `shutdown` resolves; then reports NOT_SERVING, stops
+/// accepting, lets in-flight calls finish (within the grace period) and returns.
 pub async fn run<S: Store>(
     limiter: Arc<Limiter<S>>,
     options: ServerOptions,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    let metrics = telemetry::prometheus();
     let serving = Arc::new(AtomicBool::new(true));
     let stop = CancellationToken::new();
     let rls = RlsService::new(
         limiter.clone(),
         options.input_limits,
-        options.response_options,
+        options.response_options.clone(),
     );
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    set_health(&health_reporter, ServingStatus::NotServing).await;
 
-    let grpc = tonic::transport::Server::builder()
+    let protection = options.protection;
+    let mut builder = tonic::transport::Server::builder()
+        .timeout(protection.request_timeout)
+        .http2_keepalive_interval(protection.keepalive_interval)
+        .http2_keepalive_timeout(Some(protection.keepalive_timeout));
+    if let Some(age) = protection.max_connection_age {
+        builder = builder
+            .max_connection_age(age)
+            .max_connection_age_grace(protection.request_timeout);
+    }
+    if let Some(tls) = &options.grpc_tls {
+        builder = builder.tls_config(grpc_tls_config(tls)?)?;
+    }
+    // Shed load beyond the concurrency limit at once, over all connections.
+    let overload = tower::ServiceBuilder::new()
+        .layer(tower::load_shed::LoadShedLayer::new())
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            protection.max_concurrent.max(1),
+        ));
+    let grpc = builder
+        .layer(overload)
+        .add_service(health_service)
         .add_service(RateLimitServiceServer::new(rls.clone()))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(listeners.grpc),
             stop.clone().cancelled_owned(),
         );
+
     let admin = admin::router(Arc::new(AdminState {
         limiter: limiter.clone(),
         admin_key: options.admin_key.clone(),
     }));
-    let refresher = tokio::spawn(keep_shared_state_fresh(limiter.clone(), stop.clone()));
+    let background = tokio::spawn(keep_fresh(
+        limiter.clone(),
+        health_reporter.clone(),
+        serving.clone(),
+        stop.clone(),
+    ));
+    let watcher = options
+        .config_source
+        .clone()
+        .map(|source| tokio::spawn(watch_config(limiter.clone(), source, stop.clone())));
     let state = Arc::new(HttpState {
         rls,
         limiter,
         serving: serving.clone(),
+        metrics,
     });
     let app = http::router(state).merge(admin);
     let http = axum::serve(
         listeners.http,
-        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(stop.clone().cancelled_owned());
 
+    let grace = options.shutdown_grace;
+    let stopping = stop.clone();
     let trigger = tokio::spawn(async move {
         shutdown.await;
-        tracing::info!("shutting down: finishing in-flight calls");
+        tracing::info!("shutting down: not serving, finishing in-flight calls");
         serving.store(false, Ordering::Release);
+        set_health(&health_reporter, ServingStatus::NotServing).await;
         stop.cancel();
     });
-    let (grpc, http) = tokio::join!(grpc, async {
-        http.await.map_err(|source| ServerError::Io {
-            what: "HTTP server".into(),
-            source,
+    let servers = async {
+        tokio::join!(grpc, async {
+            http.await.map_err(|source| ServerError::Io {
+                what: "HTTP server".into(),
+                source,
+            })
         })
-    });
+    };
+    tokio::pin!(servers);
+    let (grpc, http) = tokio::select! {
+        results = &mut servers => results,
+        () = async {
+            // Once shutdown has begun, in-flight calls get the grace period and no more.
+            stopping.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => {
+            tracing::warn!(?grace, "grace period over: stopping with calls still in flight");
+            (Ok(()), Ok(()))
+        }
+    };
     trigger.abort();
-    refresher.abort();
+    background.abort();
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
     grpc?;
     http
 }
 
-/// Re-reads the shared health state every half cache TTL (so no replica's view is older than
-/// the TTL), and seeds the config's API keys once the store answers.
-async fn keep_shared_state_fresh<S: Store>(limiter: Arc<Limiter<S>>, stop: CancellationToken) {
-    let period = (limiter.options().cache_ttl / 2).max(std::time::Duration::from_millis(50));
+async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
+    reporter.set_service_status("", status).await;
+    reporter.set_service_status(RLS_SERVICE_NAME, status).await;
+}
+
+fn grpc_tls_config(tls: &GrpcTls) -> Result<ServerTlsConfig, ServerError> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| ServerError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })
+    };
+    let mut config =
+        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
+}
+
+/// Every half cache TTL: re-reads the shared health state (so no replica's view is older than
+/// the TTL), seeds the config's API keys until that has worked once, reports gRPC health
+/// (SERVING only while the store answers) and publishes the gauges.
+async fn keep_fresh<S: Store>(
+    limiter: Arc<Limiter<S>>,
+    reporter: HealthReporter,
+    serving: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let period = (limiter.options().cache_ttl / 2).max(Duration::from_millis(50));
     let mut seeded = false;
+    let mut last = None;
     loop {
-        if let Err(e) = limiter.refresh_health().await {
-            tracing::debug!(error = %e, "could not refresh the health state");
-        }
-        if !seeded {
-            match limiter.seed_registry().await {
-                Ok(()) => seeded = true,
-                Err(e) => tracing::warn!(error = %e, "could not seed API keys yet; retrying"),
+        let store_ok = limiter.store().ping().await.is_ok();
+        if store_ok {
+            if let Err(e) = limiter.refresh_health().await {
+                tracing::debug!(error = %e, "could not refresh the health state");
+            }
+            if !seeded {
+                match limiter.seed_registry().await {
+                    Ok(()) => seeded = true,
+                    Err(e) => tracing::warn!(error = %e, "could not seed API keys yet; retrying"),
+                }
             }
         }
+        let status = if store_ok && serving.load(Ordering::Acquire) {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            tracing::info!(?status, "gRPC health");
+            set_health(&reporter, status).await;
+            last = Some(status);
+        }
+        limiter.observe();
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period) => {}
@@ -142,14 +312,90 @@ async fn keep_shared_state_fresh<S: Store>(limiter: Arc<Limiter<S>>, stop: Cance
     }
 }
 
+/// Reloads the config when its files change (polled, which also sees Kubernetes ConfigMap
+/// symlink swaps) or when asked (SIGHUP). A valid new config replaces the old one atomically
+/// (requests in flight finish on the old one); an invalid one is logged and counted, and the
+/// old one keeps serving.
+async fn watch_config<S: Store>(
+    limiter: Arc<Limiter<S>>,
+    source: ConfigSource,
+    stop: CancellationToken,
+) {
+    let mut seen = fingerprint(&source.path);
+    loop {
+        let poll = async {
+            if source.poll_interval.is_zero() {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(source.poll_interval).await;
+        };
+        let asked = tokio::select! {
+            () = stop.cancelled() => return,
+            () = source.reload.notified() => true,
+            () = poll => false,
+        };
+        let now = fingerprint(&source.path);
+        if !asked && now == seen {
+            continue;
+        }
+        seen = now;
+        reload(&limiter, &source.path).await;
+    }
+}
+
+/// Loads the config at `path` into `limiter`, or keeps the old one and says why.
+pub async fn reload<S: Store>(limiter: &Limiter<S>, path: &std::path::Path) -> bool {
+    match Config::load(path) {
+        Ok(config) if config.version() == limiter.config().version() => true,
+        Ok(config) => {
+            tracing::info!(domains = ?config.domain_names(), version = config.version(), "config reloaded");
+            limiter.replace_config(config);
+            metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "success").increment(1);
+            if let Err(e) = limiter.seed_registry().await {
+                tracing::warn!(error = %e, "could not seed the reloaded config's API keys");
+            }
+            true
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "config reload refused; still serving the previous config");
+            metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "failure").increment(1);
+            false
+        }
+    }
+}
+
+/// A cheap summary of the config files' contents: changes when any file changes.
+fn fingerprint(path: &std::path::Path) -> u64 {
+    let mut bytes = Vec::new();
+    let mut add = |file: &std::path::Path| {
+        bytes.extend_from_slice(file.as_os_str().as_encoded_bytes());
+        if let Ok(content) = std::fs::read(file) {
+            bytes.extend_from_slice(&content);
+        }
+    };
+    match std::fs::read_dir(path) {
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            files.sort();
+            for file in files {
+                add(&file);
+            }
+        }
+        Err(_) => add(path),
+    }
+    crate::store::key::fnv1a(&bytes)
+}
+
 /// `floodgate serve`: loads the config, builds the store, binds the addresses and runs until
-/// `shutdown` resolves.
+/// `shutdown` resolves; `reload` is notified on SIGHUP.
 pub async fn serve(
     settings: &ServeSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    reload: Arc<Notify>,
 ) -> Result<(), ServerError> {
     let config = Config::load(&settings.config)?;
-    tracing::info!(domains = ?config.domain_names(), path = %settings.config.display(), "config loaded");
+    tracing::info!(domains = ?config.domain_names(), path = %settings.config.display(), version = config.version(), "config loaded");
     let listeners = Listeners {
         grpc: bind(settings.grpc_addr, "gRPC").await?,
         http: bind(settings.http_addr, "HTTP").await?,
@@ -162,8 +408,8 @@ pub async fn serve(
         cache_ttl: settings.state_cache_ttl,
         failure_mode: settings.failure_mode.into(),
         breaker: settings.breaker(),
-        // The memory store answers as fast as the cache would.
         near_limit_ratio: settings.near_limit_ratio,
+        // The memory store answers as fast as the cache would.
         over_limit_cache: match settings.store {
             StoreKind::Memory => 0,
             StoreKind::Redis => settings.local_cache_size,
@@ -176,8 +422,16 @@ pub async fn serve(
             limit_headers: settings.response_headers,
         },
         admin_key: settings.admin_key.clone().filter(|k| !k.is_empty()),
+        protection: settings.protection(),
+        grpc_tls: settings.grpc_tls(),
+        config_source: Some(ConfigSource {
+            path: settings.config.clone(),
+            poll_interval: settings.config_poll_interval,
+            reload,
+        }),
+        shutdown_grace: settings.shutdown_grace,
     };
-    tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, "serving");
+    tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, tls = options.grpc_tls.is_some(), "serving");
     match settings.store {
         StoreKind::Memory => {
             let store = MemoryStore::new(clock.clone(), settings.memory_max_keys);
@@ -194,7 +448,7 @@ pub async fn serve(
     }
 }
 
-async fn bind(addr: std::net::SocketAddr, what: &str) -> Result<TcpListener, ServerError> {
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| ServerError::Io {

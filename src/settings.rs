@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::breaker::BreakerSettings;
 use crate::decision::FailureMode;
 use crate::rls::InputLimits;
+use crate::server::{GrpcTls, Protection};
 use crate::store::memory::DEFAULT_MAX_KEYS;
 use crate::store::redis::{RedisOptions, TlsFiles, Topology};
 
@@ -214,6 +215,36 @@ pub struct ServeSettings {
     /// Share of a limit past which a descriptor counts as near its limit (metrics).
     #[arg(long, env = "FLOODGATE_NEAR_LIMIT_RATIO", default_value_t = 0.8)]
     pub near_limit_ratio: f64,
+    /// gRPC server certificate chain (PEM); with --grpc-tls-key, gRPC is served over TLS.
+    #[arg(long, env = "FLOODGATE_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    pub grpc_tls_cert: Option<PathBuf>,
+    /// The gRPC server certificate's key (PEM).
+    #[arg(long, env = "FLOODGATE_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    pub grpc_tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (mTLS).
+    #[arg(long, env = "FLOODGATE_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
+    pub grpc_tls_client_ca: Option<PathBuf>,
+    /// Deadline of one gRPC call.
+    #[arg(long, env = "FLOODGATE_REQUEST_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// gRPC calls in flight at once; more are refused at once (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "FLOODGATE_MAX_CONCURRENT_REQUESTS", default_value_t = Protection::default().max_concurrent)]
+    pub max_concurrent_requests: usize,
+    /// HTTP/2 keepalive ping interval on gRPC connections (0s: none).
+    #[arg(long, env = "FLOODGATE_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered.
+    #[arg(long, env = "FLOODGATE_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+    /// Close gRPC connections after this age (0s: never) so clients rebalance over new replicas.
+    #[arg(long, env = "FLOODGATE_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+    /// On SIGTERM/SIGINT, how long in-flight calls may take before Floodgate exits anyway.
+    #[arg(long, env = "FLOODGATE_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How often to look for config changes (0s: only on SIGHUP).
+    #[arg(long, env = "FLOODGATE_CONFIG_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub config_poll_interval: Duration,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLOODGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -252,6 +283,27 @@ impl ServeSettings {
             key_prefix: self.key_prefix.clone(),
             clock: None,
         }
+    }
+
+    /// Overload protection.
+    pub fn protection(&self) -> Protection {
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        Protection {
+            request_timeout: self.request_timeout,
+            max_concurrent: self.max_concurrent_requests,
+            keepalive_interval: nonzero(self.grpc_keepalive_interval),
+            keepalive_timeout: self.grpc_keepalive_timeout,
+            max_connection_age: nonzero(self.max_connection_age),
+        }
+    }
+
+    /// gRPC TLS, if configured.
+    pub fn grpc_tls(&self) -> Option<GrpcTls> {
+        Some(GrpcTls {
+            cert: self.grpc_tls_cert.clone()?,
+            key: self.grpc_tls_key.clone()?,
+            client_ca: self.grpc_tls_client_ca.clone(),
+        })
     }
 
     /// The circuit breaker settings.

@@ -13,6 +13,7 @@ use crate::limiter::Limiter;
 use crate::pb::rate_limit_service_server::RateLimitService;
 use crate::pb::{RateLimitRequest, RateLimitResponse};
 use crate::store::Store;
+use crate::telemetry;
 
 pub use error::ServiceError;
 pub use request::InputLimits;
@@ -55,6 +56,23 @@ impl<S: Store> RlsService<S> {
         &self,
         request: RateLimitRequest,
     ) -> Result<RateLimitResponse, ServiceError> {
+        let started = std::time::Instant::now();
+        let answer = self.decide(request).await;
+        let result = match &answer {
+            Ok(r) if r.overall_code == crate::pb::rate_limit_response::Code::OverLimit as i32 => {
+                "over_limit"
+            }
+            Ok(_) => "ok",
+            Err(ServiceError::Request(_)) => "invalid_argument",
+            Err(ServiceError::Store(_)) => "unavailable",
+        };
+        metrics::histogram!(telemetry::REQUEST_DURATION, "result" => result)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(telemetry::REQUESTS, "result" => result).increment(1);
+        answer
+    }
+
+    async fn decide(&self, request: RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
         let query = request::to_query(request, &self.input_limits)?;
         let decision = self.limiter.decide(&query).await?;
         Ok(response::build(decision, &self.response_options))
