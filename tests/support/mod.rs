@@ -2,6 +2,7 @@
 //! processes that are killed when dropped, even when the test fails.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod certs;
 pub mod http;
 pub mod process;
 
@@ -302,6 +303,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The server's process id (to pause it with SIGSTOP).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A plain client connection, for inspecting keys.

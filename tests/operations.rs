@@ -1,0 +1,466 @@
+//! Operations: metrics, gRPC health, hot reload, graceful shutdown, overload protection, TLS.
+
+mod support;
+
+use std::process::Command;
+use std::time::Duration;
+
+use floodgate::limiter::LimiterOptions;
+use floodgate::pb::rate_limit_response::Code;
+use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
+use floodgate::server::{GrpcTls, Protection, ServerOptions};
+use floodgate::store::RedisStore;
+use floodgate::store::redis::RedisOptions;
+use support::certs::Certs;
+use support::http::http;
+use support::process::Floodgate;
+use support::{RedisServer, TestServer, request};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+const CONFIG: &str = r#"
+domain: ops
+descriptors:
+  - key: client
+    rate_limit: { unit: day, requests_per_unit: 3 }
+  - key: user
+    detailed_metric: true
+    rate_limit: { unit: day, requests_per_unit: 100 }
+"#;
+
+async fn wait_for<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, mut ready: F) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !ready().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of the first sample of `metric` whose labels contain every one of `labels`.
+fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_are_present_and_move_after_traffic() {
+    // Its own domain: the metrics recorder is shared by every test of this binary.
+    let config = CONFIG.replace("domain: ops", "domain: metered");
+    let server = TestServer::memory(&config, ServerOptions::default()).await;
+    let mut client = server.client().await;
+    for _ in 0..5 {
+        let req = request("metered", &[&[("client", "c1")]]);
+        client.should_rate_limit(req).await.unwrap();
+    }
+    let req = request("metered", &[&[("user", "u1")]]);
+    client.should_rate_limit(req).await.unwrap();
+    let (status, text) = http(server.http_addr, "GET", "/metrics", "").await;
+    assert_eq!(status, 200);
+    let key = |k: &str| format!("key=\"{k}\"");
+    let client_key = key("client");
+    let labels = ["domain=\"metered\"", client_key.as_str()];
+    assert_eq!(
+        sample(&text, "floodgate_rate_limit_total_hits", &labels),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "floodgate_rate_limit_within_limit", &labels),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&text, "floodgate_rate_limit_near_limit", &labels),
+        Some(1.0),
+        "3 of 3 is past 80%"
+    );
+    assert_eq!(
+        sample(&text, "floodgate_rate_limit_over_limit", &labels),
+        Some(2.0)
+    );
+    let detailed = key("user_u1");
+    assert_eq!(
+        sample(
+            &text,
+            "floodgate_rate_limit_total_hits",
+            &[detailed.as_str()]
+        ),
+        Some(1.0),
+        "detailed_metric puts the value in the key"
+    );
+    assert!(
+        sample(
+            &text,
+            "floodgate_request_duration_seconds_bucket",
+            &["result=\"over_limit\"", "le=\"0.001\""]
+        )
+        .is_some(),
+        "latency is a histogram with buckets"
+    );
+    assert!(sample(&text, "floodgate_requests_total", &["result=\"ok\""]).unwrap() >= 4.0);
+}
+
+#[tokio::test]
+async fn grpc_health_follows_the_store() {
+    let Some(mut redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::new(&RedisOptions {
+        timeout: Duration::from_millis(300),
+        ..RedisOptions::standalone(&redis.url(), "ops:")
+    })
+    .unwrap();
+    let limiter = LimiterOptions {
+        cache_ttl: Duration::from_millis(200),
+        ..LimiterOptions::default()
+    };
+    let (server, _) =
+        TestServer::with_limiter(CONFIG, store, limiter, ServerOptions::default()).await;
+    let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = |service: &'static str| {
+        let mut health = health.clone();
+        async move {
+            let request = HealthCheckRequest {
+                service: service.into(),
+            };
+            health.check(request).await.map(|r| r.into_inner().status())
+        }
+    };
+    let serving = || async { status("").await.ok() == Some(ServingStatus::Serving) };
+    wait_for("SERVING", serving).await;
+    assert_eq!(
+        status("envoy.service.ratelimit.v3.RateLimitService")
+            .await
+            .unwrap(),
+        ServingStatus::Serving
+    );
+    redis.kill();
+    wait_for("NOT_SERVING while Redis is down", || async {
+        status("").await.ok() == Some(ServingStatus::NotServing)
+    })
+    .await;
+    assert_eq!(http(server.http_addr, "GET", "/readyz", "").await.0, 500);
+    assert_eq!(
+        http(server.http_addr, "GET", "/livez", "").await.0,
+        200,
+        "alive, only not ready"
+    );
+    redis.restart();
+    wait_for("SERVING again", serving).await;
+}
+
+#[tokio::test]
+async fn config_changes_apply_without_restart_and_broken_ones_are_refused() {
+    let dir = std::env::temp_dir().join(format!("floodgate-reload-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("ops.yaml");
+    let limit = |n: u32| {
+        format!(
+            "domain: ops\ndescriptors:\n  - key: client\n    rate_limit: {{ unit: day, requests_per_unit: {n} }}\n"
+        )
+    };
+    std::fs::write(&file, limit(10)).unwrap();
+    let floodgate =
+        Floodgate::start(dir.to_str().unwrap(), &["--config-poll-interval", "100ms"]).await;
+    let mut client = floodgate.client().await;
+    let current = |client: &mut RateLimitServiceClient<Channel>| {
+        let mut client = client.clone();
+        async move {
+            let r = client
+                .should_rate_limit(request("ops", &[&[("client", "x")]]))
+                .await
+                .unwrap()
+                .into_inner();
+            r.statuses[0]
+                .current_limit
+                .as_ref()
+                .map(|l| l.requests_per_unit)
+        }
+    };
+    assert_eq!(current(&mut client).await, Some(10));
+
+    // A valid change is picked up while serving.
+    std::fs::write(&file, limit(20)).unwrap();
+    wait_for("the new limit", || {
+        let c = current(&mut client);
+        async move { c.await == Some(20) }
+    })
+    .await;
+
+    // A broken one is refused and counted; the previous config keeps serving.
+    std::fs::write(
+        &file,
+        "domain: ops\ndescriptors:\n  - key: client\n    rate_limit: { unit: fortnight }\n",
+    )
+    .unwrap();
+    wait_for("the refusal to be counted", || async {
+        let text = http(floodgate.http_addr, "GET", "/metrics", "").await.1;
+        sample(
+            &text,
+            "floodgate_config_reloads_total",
+            &["result=\"failure\""],
+        )
+        .is_some_and(|n| n >= 1.0)
+    })
+    .await;
+    assert_eq!(current(&mut client).await, Some(20));
+
+    // A Kubernetes-style swap: the directory gets a new file through a renamed temp file.
+    let tmp = dir.join(".tmp.yaml");
+    std::fs::write(&tmp, limit(30)).unwrap();
+    std::fs::rename(&tmp, &file).unwrap();
+    wait_for("the swapped file", || {
+        let c = current(&mut client);
+        async move { c.await == Some(30) }
+    })
+    .await;
+
+    // SIGHUP reloads at once even with polling off.
+    let quiet = Floodgate::start(dir.to_str().unwrap(), &["--config-poll-interval", "0s"]).await;
+    let mut quiet_client = quiet.client().await;
+    std::fs::write(&file, limit(40)).unwrap();
+    let pid = quiet.child.0.as_ref().unwrap().id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("the SIGHUP reload", || {
+        let c = current(&mut quiet_client);
+        async move { c.await == Some(40) }
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_load_finishes_in_flight_calls() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config");
+    let mut floodgate = Floodgate::start(
+        config,
+        &[
+            "--store",
+            "redis",
+            "--redis-url",
+            &url,
+            "--redis-timeout",
+            "3s",
+            "--failure-mode",
+            "allow",
+            "--shutdown-grace",
+            "20s",
+        ],
+    )
+    .await;
+    let client = floodgate.client().await;
+    // Freeze Redis so that calls stay in flight, send them, then SIGTERM.
+    let redis_pid = redis.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &redis_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let calls: Vec<_> = (0..10)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                let req = request("edge", &[&[("remote_address", &format!("198.51.100.{i}"))]]);
+                client.should_rate_limit(req).await
+            })
+        })
+        .collect();
+    // Let the calls reach Floodgate (its first pipeline to the frozen Redis) before the signal.
+    wait_for("calls in flight", || async {
+        let text = http(floodgate.http_addr, "GET", "/metrics", "").await.1;
+        sample(&text, "floodgate_redis_round_trips_total", &[]).is_some()
+    })
+    .await;
+    let mut child = floodgate.child.take();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Redis wakes up later; the frozen calls then finish on the store or its timeout.
+    assert!(
+        Command::new("kill")
+            .args(["-CONT", &redis_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for call in calls {
+        let response = call
+            .await
+            .unwrap()
+            .expect("an in-flight call got its answer, not a reset");
+        assert_eq!(response.into_inner().overall_code(), Code::Ok);
+    }
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_refused_fast_not_queued() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = RedisStore::new(&RedisOptions {
+        timeout: Duration::from_secs(1),
+        ..RedisOptions::standalone(&redis.url(), "ops:")
+    })
+    .unwrap();
+    let options = ServerOptions {
+        protection: Protection {
+            max_concurrent: 2,
+            ..Protection::default()
+        },
+        ..ServerOptions::default()
+    };
+    let (server, _) =
+        TestServer::with_limiter(CONFIG, store, LimiterOptions::default(), options).await;
+    let client = server.client().await;
+    let redis_pid = redis.pid().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &redis_pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .should_rate_limit(request("ops", &[&[("client", &format!("o{i}"))]]))
+                    .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for call in calls {
+        results.push(call.await.unwrap().map(|r| r.into_inner().overall_code()));
+    }
+    let _ = Command::new("kill").args(["-CONT", &redis_pid]).status();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(s) if s.code() == tonic::Code::ResourceExhausted))
+        .count();
+    assert!(
+        refused >= 18,
+        "at most 2 in flight, the rest refused at once: {results:?}"
+    );
+    // The two admitted calls waited on the frozen store and got UNAVAILABLE at its deadline:
+    // every call was answered, none queued.
+    for result in &results {
+        if let Err(status) = result {
+            let code = status.code();
+            assert!(
+                matches!(
+                    code,
+                    tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+                ),
+                "{status:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn grpc_tls_and_mtls_handshakes() {
+    let certs = Certs::generate("grpc");
+    let client_for = |tls: Option<ClientTlsConfig>, addr: std::net::SocketAddr| async move {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}")).unwrap();
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).unwrap();
+        }
+        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut client = RateLimitServiceClient::new(channel);
+        client
+            .should_rate_limit(request("ops", &[&[("client", "tls")]]))
+            .await
+            .map(|r| r.into_inner().overall_code())
+            .map_err(|s| s.to_string())
+    };
+    let tls = |ca: &str| {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(certs.read(ca)))
+            .domain_name("localhost")
+    };
+
+    // TLS: a client trusting the CA gets answers; plaintext and a wrong CA do not.
+    let options = ServerOptions {
+        grpc_tls: Some(GrpcTls {
+            cert: certs.path("server.pem"),
+            key: certs.path("server-key.pem"),
+            client_ca: None,
+        }),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::memory(CONFIG, options).await;
+    assert_eq!(
+        client_for(Some(tls("ca.pem")), server.grpc_addr)
+            .await
+            .unwrap(),
+        Code::Ok
+    );
+    assert!(
+        client_for(Some(tls("wrong-ca.pem")), server.grpc_addr)
+            .await
+            .is_err()
+    );
+    assert!(client_for(None, server.grpc_addr).await.is_err());
+
+    // mTLS: a client certificate signed by the CA is required.
+    let options = ServerOptions {
+        grpc_tls: Some(GrpcTls {
+            cert: certs.path("server.pem"),
+            key: certs.path("server-key.pem"),
+            client_ca: Some(certs.path("ca.pem")),
+        }),
+        ..ServerOptions::default()
+    };
+    let server = TestServer::memory(CONFIG, options).await;
+    assert!(
+        client_for(Some(tls("ca.pem")), server.grpc_addr)
+            .await
+            .is_err(),
+        "no client certificate"
+    );
+    let with_identity = tls("ca.pem").identity(Identity::from_pem(
+        certs.read("client.pem"),
+        certs.read("client-key.pem"),
+    ));
+    assert_eq!(
+        client_for(Some(with_identity), server.grpc_addr)
+            .await
+            .unwrap(),
+        Code::Ok
+    );
+}
