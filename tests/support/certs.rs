@@ -3,7 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+};
+
+fn name_of(common_name: &str) -> DistinguishedName {
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, common_name);
+    name
+}
 
 /// PEM files in a temp dir.
 pub struct Certs {
@@ -47,6 +55,7 @@ fn authority(dir: &Path, name: &str) -> Issuer<'static, KeyPair> {
     let key = KeyPair::generate().unwrap();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name = name_of(&format!("Floodgate test {name}"));
     let cert = params.self_signed(&key).unwrap();
     std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
     Issuer::new(params, key)

@@ -15,7 +15,8 @@
 --             shadow      "1" if this check may not deny the request
 --             burst       bucket size (token bucket only)
 -- Returns   { admitted (1|0), over_1 (1|0), remaining_1, reset_ms_1, ..., over_n, ... }
---           remaining_i counts this request's hits if it was admitted, and not otherwise.
+--           remaining_i counts this request's hits if they were recorded (admitted, not a dry
+--           run), and not otherwise.
 --
 -- The rules are those of src/algorithm.rs, line by line:
 --   f  state "start:count"              window start (ms) and count
@@ -116,7 +117,8 @@ local reply = { admitted }
 for i = 1, n do
   local b = 2 + 6 * (i - 1)
   local remaining = before[i]
-  if admitted == 1 then
+  -- A dry run records nothing, so it reports what is left without this request's hits.
+  if admitted == 1 and not dry_run then
     remaining = after[i]
     if not dry_run and ARGV[b + 1] ~= 'g' and tonumber(ARGV[b + 4]) > 0 and expires[i] > now then
       -- the last check on a key carries its final state; writing each in turn ends there

@@ -234,25 +234,23 @@ impl RedisStore {
     /// EVALSHA on the cluster, loading the script on the slot's node on NOSCRIPT.
     async fn cluster_eval(&self, cmd: Cmd) -> Result<Value, StoreError> {
         self.call(|mut conn| async move {
-            match conn.req_packed_command(&cmd).await {
-                Err(e)
-                    if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) =>
-                {
-                    // Load it where the call was routed: SCRIPT LOAD with the same first key.
-                    let key = cmd.args_iter().nth(3).and_then(|a| match a {
-                        redis::Arg::Simple(bytes) => Some(bytes.to_vec()),
-                        _ => None,
-                    });
-                    let mut load = redis::cmd("EVAL");
-                    load.arg("return redis.call('SCRIPT', 'LOAD', ARGV[1])")
-                        .arg(1);
-                    load.arg(key.unwrap_or_default()).arg(DECIDE_SCRIPT);
-                    let _: String = load.query_async(&mut conn).await?;
-                    conn.req_packed_command(&cmd).await
-                }
-                other => other,
+            let first = conn.req_packed_command(&cmd).await;
+            // The cluster client may hand NOSCRIPT back as an error or as an error value.
+            let missing = match &first {
+                Err(e) => e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript),
+                Ok(Value::ServerError(e)) => e.code() == "NOSCRIPT",
+                Ok(_) => false,
+            };
+            if !missing {
+                return first.map_err(StoreError::from);
             }
-            .map_err(StoreError::from)
+            // The cluster client sends SCRIPT LOAD to every master.
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(DECIDE_SCRIPT);
+            let _: Value = load.query_async(&mut conn).await?;
+            conn.req_packed_command(&cmd)
+                .await
+                .map_err(StoreError::from)
         })
         .await
     }

@@ -1,0 +1,317 @@
+//! Sentinel failover under load, Cluster across slots, and TLS with ACL users, against real
+//! redis-server and redis-sentinel processes.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use floodgate::breaker::BreakerSettings;
+use floodgate::decision::PlanOptions;
+use floodgate::limiter::LimiterOptions;
+use floodgate::pb::rate_limit_response::Code;
+use floodgate::server::ServerOptions;
+use floodgate::store::key::slot;
+use floodgate::store::redis::{RedisOptions, TlsFiles, Topology};
+use floodgate::store::{RedisStore, Store};
+use support::certs::Certs;
+use support::redis_topology::{ClusterSet, MASTER_NAME, SentinelSet, TlsRedis};
+use support::{TestServer, request};
+
+const CONFIG: &str = r#"
+domain: topo
+descriptors:
+  - key: client
+    rate_limit: { unit: day, requests_per_unit: 5 }
+  - key: a
+    rate_limit: { unit: day, requests_per_unit: 2 }
+  - key: b
+    rate_limit: { unit: day, requests_per_unit: 5 }
+  - key: c
+    rate_limit: { unit: day, requests_per_unit: 5 }
+"#;
+
+/// Longest any call may take: only to catch a hang (the Redis deadline is 300 ms).
+const HANG_GUARD: Duration = Duration::from_secs(10);
+
+fn limiter_options() -> LimiterOptions {
+    LimiterOptions {
+        plan: PlanOptions {
+            key_prefix: "topo:".into(),
+            global_shadow: false,
+        },
+        breaker: BreakerSettings {
+            threshold: 5,
+            cooldown_ms: 200,
+        },
+        ..LimiterOptions::default()
+    }
+}
+
+async fn admitted(
+    client: &mut floodgate::pb::rate_limit_service_client::RateLimitServiceClient<
+        tonic::transport::Channel,
+    >,
+    value: &str,
+    tries: usize,
+) -> usize {
+    let mut ok = 0;
+    for _ in 0..tries {
+        let req = request("topo", &[&[("client", value)]]);
+        if client
+            .should_rate_limit(req)
+            .await
+            .unwrap()
+            .into_inner()
+            .overall_code()
+            == Code::Ok
+        {
+            ok += 1;
+        }
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_under_load() {
+    const DOWN_AFTER_MS: u64 = 1000;
+    let Some(mut set) = SentinelSet::start(DOWN_AFTER_MS) else {
+        return;
+    };
+    let options = RedisOptions {
+        topology: Topology::Sentinel {
+            sentinels: set.sentinel_addrs().split(',').map(str::to_owned).collect(),
+            master_name: MASTER_NAME.into(),
+            sentinel_password: None,
+        },
+        timeout: Duration::from_millis(300),
+        ..RedisOptions::standalone("redis://ignored:6379/0", "topo:")
+    };
+    let store = RedisStore::new(&options).unwrap();
+    let (server, _) =
+        TestServer::with_limiter(CONFIG, store, limiter_options(), ServerOptions::default()).await;
+    let mut client = server.client().await;
+    assert_eq!(admitted(&mut client, "before", 8).await, 5);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let last_failure_ms = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..4 {
+        let (mut client, stop, last_failure_ms) =
+            (client.clone(), stop.clone(), last_failure_ms.clone());
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 100_000 {
+                n += 1;
+                let req = request("topo", &[&[("client", &format!("load-{worker}-{n}"))]]);
+                let call = tokio::time::timeout(HANG_GUARD, client.should_rate_limit(req)).await;
+                match call.expect("a call hung past the guard") {
+                    Ok(_) => {}
+                    Err(status) => {
+                        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+                        last_failure_ms
+                            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }));
+    }
+    let old = set.kill_master();
+    let killed_at = started.elapsed();
+    let new = tokio::task::spawn_blocking(move || {
+        let new = set.wait_new_master(old, Duration::from_secs(60));
+        (set, new)
+    })
+    .await
+    .unwrap();
+    let (set, new_master) = new;
+    let promoted_at = started.elapsed();
+    // Decisions resume from the new master.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let req = request("topo", &[&[("client", "probe")]]);
+        if client.should_rate_limit(req).await.is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "decisions did not resume after the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let recovered_at = started.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("no panic, no hang");
+    }
+    eprintln!(
+        "sentinel failover: master {old} killed at {killed_at:?}, {new_master} promoted after {:?}, decisions back {:?} after the kill (down-after {DOWN_AFTER_MS} ms; last failed call at {} ms)",
+        promoted_at - killed_at,
+        recovered_at - killed_at,
+        last_failure_ms.load(Ordering::Relaxed),
+    );
+    // Correct decisions on the new master: a fresh client gets exactly its 5.
+    assert_eq!(admitted(&mut client, "after", 8).await, 5);
+    drop(set);
+}
+
+#[tokio::test]
+async fn cluster_decides_across_slots() {
+    let Some(cluster) = ClusterSet::start() else {
+        return;
+    };
+    let options = RedisOptions {
+        topology: Topology::Cluster {
+            nodes: cluster.node_addrs().split(',').map(str::to_owned).collect(),
+        },
+        ..RedisOptions::standalone("redis://127.0.0.1:1/0", "topo:")
+    };
+    let store = RedisStore::new(&options).unwrap();
+    let (server, limiter) =
+        TestServer::with_limiter(CONFIG, store, limiter_options(), ServerOptions::default()).await;
+    let mut client = server.client().await;
+    let req = request("topo", &[&[("a", "1")], &[("b", "1")], &[("c", "1")]]);
+    for round in 1..=2 {
+        let r = client
+            .should_rate_limit(req.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code(), Code::Ok, "round {round}");
+        assert_eq!(r.statuses[1].limit_remaining, 5 - round);
+    }
+    // "a" is exhausted: denied, and the other slots' counters are left as they were.
+    for _ in 0..3 {
+        let r = client
+            .should_rate_limit(req.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.overall_code(), Code::OverLimit);
+        assert_eq!(r.statuses[0].code(), Code::OverLimit);
+        assert_eq!(
+            (r.statuses[1].limit_remaining, r.statuses[2].limit_remaining),
+            (3, 3)
+        );
+    }
+    let alone = client
+        .should_rate_limit(request("topo", &[&[("b", "1")]]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(alone.statuses[0].limit_remaining, 2, "b counted only twice");
+    // The keys really are spread over the cluster.
+    let keys: Vec<String> = ["a", "b", "c"]
+        .iter()
+        .map(|k| {
+            floodgate::store::counter_key(
+                "topo:",
+                "topo",
+                &[floodgate::query::Entry {
+                    key: (*k).into(),
+                    value: "1".into(),
+                }],
+                &[],
+                86_400,
+                floodgate::algorithm::Algorithm::FixedWindow,
+            )
+        })
+        .collect();
+    let slots: std::collections::HashSet<u16> = keys.iter().map(|k| slot(k.as_bytes())).collect();
+    assert!(slots.len() > 1, "the test needs keys in different slots");
+    assert!(
+        cluster.keys_per_node().iter().filter(|&&n| n > 0).count() > 1,
+        "{:?}",
+        cluster.keys_per_node()
+    );
+    // Registry and health state work on a cluster too.
+    limiter.store().ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_with_password_acl_user_and_client_certificates() {
+    let certs = Certs::generate("redis-tls");
+    let Some(redis) = TlsRedis::start(&certs, false) else {
+        return;
+    };
+    let tls = |ca: &str, client: bool| TlsFiles {
+        ca_cert: Some(certs.path(ca)),
+        client_cert: client.then(|| certs.path("client.pem")),
+        client_key: client.then(|| certs.path("client-key.pem")),
+    };
+    let store = |url: String, tls: TlsFiles| {
+        RedisStore::new(&RedisOptions {
+            tls,
+            timeout: Duration::from_secs(2),
+            ..RedisOptions::standalone(&url, "tls:")
+        })
+        .unwrap()
+    };
+    let port = redis.port;
+    let check = floodgate::store::Check {
+        key: "tls:k".into(),
+        limit: 5,
+        window_secs: 86_400,
+        hits: 1,
+        shadow: false,
+        gate: false,
+        algorithm: floodgate::algorithm::Algorithm::FixedWindow,
+    };
+    // The right CA and the password: decisions work.
+    let good = store(
+        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
+        tls("ca.pem", false),
+    );
+    assert!(
+        good.apply(std::slice::from_ref(&check))
+            .await
+            .unwrap()
+            .admitted
+    );
+    // An ACL user.
+    let acl = store(
+        format!("rediss://floodgate:app-pass@127.0.0.1:{port}/0"),
+        tls("ca.pem", false),
+    );
+    acl.ping().await.unwrap();
+    // A server certificate the given CA did not sign is refused.
+    let wrong_ca = store(
+        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
+        tls("wrong-ca.pem", false),
+    );
+    assert!(wrong_ca.ping().await.is_err(), "wrong CA accepted");
+    // A wrong password is refused.
+    let wrong_password = store(
+        format!("rediss://floodgate:nope@127.0.0.1:{port}/0"),
+        tls("ca.pem", false),
+    );
+    assert!(wrong_password.ping().await.is_err());
+    // Plain redis:// to a TLS port does not work.
+    let plain = store(
+        format!("redis://:s3cret@127.0.0.1:{port}/0"),
+        TlsFiles::default(),
+    );
+    assert!(plain.ping().await.is_err());
+
+    // A server that requires client certificates.
+    let Some(strict) = TlsRedis::start(&certs, true) else {
+        return;
+    };
+    let port = strict.port;
+    let without = store(
+        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
+        tls("ca.pem", false),
+    );
+    assert!(
+        without.ping().await.is_err(),
+        "no client certificate accepted"
+    );
+    let with = store(
+        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
+        tls("ca.pem", true),
+    );
+    with.ping().await.unwrap();
+}
