@@ -28,26 +28,98 @@ fn main() -> anyhow::Result<ExitCode> {
             }
         },
         Command::Serve(settings) => {
-            init_logging(settings.log_format);
             let runtime = tokio::runtime::Runtime::new()?;
+            // The span exporter starts its connection on the runtime.
+            let telemetry = {
+                let _runtime = runtime.enter();
+                init_logging(settings.log_format, settings.otlp_endpoint.as_deref())?
+            };
             runtime.block_on(async {
                 let reload = Arc::new(Notify::new());
                 tokio::spawn(reload_on_sighup(reload.clone()));
                 floodgate::server::serve(&settings, shutdown_signal(), reload).await
             })?;
+            drop(telemetry);
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Sets up logging (and, with the `otel` feature, span export); the returned guard flushes
+/// exported spans when dropped.
+fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let (otel, guard) = otel_layer(otlp_endpoint)?;
+    let registry = tracing_subscriber::registry().with(filter).with(otel);
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => registry.with(tracing_subscriber::fmt::layer()).init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json())
+            .init(),
     }
+    Ok(guard)
+}
+
+/// Flushes exported spans on drop.
+struct TelemetryGuard {
+    #[cfg(feature = "otel")]
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        #[cfg(feature = "otel")]
+        if let Some(provider) = self.provider.take() {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+#[cfg(feature = "otel")]
+fn otel_layer<S>(
+    endpoint: Option<&str>,
+) -> anyhow::Result<(Option<impl tracing_subscriber::Layer<S>>, TelemetryGuard)>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig as _;
+
+    let Some(endpoint) = endpoint else {
+        return Ok((None, TelemetryGuard { provider: None }));
+    };
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .build()?;
+    let resource = opentelemetry_sdk::Resource::builder()
+        .with_service_name("floodgate")
+        .build();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_resource(resource)
+        .build();
+    let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("floodgate"));
+    Ok((
+        Some(layer),
+        TelemetryGuard {
+            provider: Some(provider),
+        },
+    ))
+}
+
+#[cfg(not(feature = "otel"))]
+fn otel_layer(
+    endpoint: Option<&str>,
+) -> anyhow::Result<(Option<tracing_subscriber::layer::Identity>, TelemetryGuard)> {
+    if endpoint.is_some() {
+        anyhow::bail!("--otlp-endpoint needs a floodgate built with `--features otel`");
+    }
+    Ok((None, TelemetryGuard {}))
 }
 
 /// Asks for a config reload on every SIGHUP.

@@ -245,6 +245,11 @@ pub struct ServeSettings {
     /// How often to look for config changes (0s: only on SIGHUP).
     #[arg(long, env = "FLOODGATE_CONFIG_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub config_poll_interval: Duration,
+    /// Export tracing spans to this OpenTelemetry collector (OTLP/gRPC, e.g.
+    /// http://otel-collector:4317); needs a build with `--features otel`. Per-request spans are
+    /// at debug level: RUST_LOG=info,floodgate=debug.
+    #[arg(long, env = "FLOODGATE_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
     /// Log format; the level comes from RUST_LOG (default info).
     #[arg(long, env = "FLOODGATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

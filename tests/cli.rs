@@ -84,3 +84,24 @@ async fn serve_answers_then_exits_cleanly_on_sigterm() {
         .unwrap();
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn otlp_export_needs_the_otel_build() {
+    // The tests build floodgate without the `otel` feature: asking for export must say so.
+    let output = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            EXAMPLES,
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--otlp-endpoint", "http://127.0.0.1:4317"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("--features otel"), "{stderr}");
+}

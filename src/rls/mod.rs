@@ -57,7 +57,13 @@ impl<S: Store> RlsService<S> {
         request: RateLimitRequest,
     ) -> Result<RateLimitResponse, ServiceError> {
         let started = std::time::Instant::now();
-        let answer = self.decide(request).await;
+        // A debug span: free unless RUST_LOG enables it (e.g. to export traces).
+        let span = tracing::debug_span!(
+            "should_rate_limit",
+            domain = %request.domain,
+            descriptors = request.descriptors.len()
+        );
+        let answer = tracing::Instrument::instrument(self.decide(request), span).await;
         let result = match &answer {
             Ok(r) if r.overall_code == crate::pb::rate_limit_response::Code::OverLimit as i32 => {
                 "over_limit"
