@@ -26,6 +26,11 @@
 -- state written (a denied request consumes nothing). Keys expire when their state no longer
 -- matters (PX, relative to `now`, so that injected time and the server's clock agree). Lua numbers are doubles: exact up to 2^53, far above any count or µs time here.
 
+-- Keys live a little past the moment their state stops mattering: state from an older window
+-- reads as empty anyway, and the slack keeps a key from vanishing early when `now` is injected
+-- (tests) or when Redis' expiry clock runs a hair ahead of TIME.
+local EXPIRY_SLACK_MS = 1000
+
 local now = tonumber(ARGV[1])
 if not now then
   local t = redis.call('TIME')
@@ -122,7 +127,7 @@ for i = 1, n do
     remaining = after[i]
     if not dry_run and ARGV[b + 1] ~= 'g' and tonumber(ARGV[b + 4]) > 0 and expires[i] > now then
       -- the last check on a key carries its final state; writing each in turn ends there
-      redis.call('SET', KEYS[i], nexts[i], 'PX', expires[i] - now)
+      redis.call('SET', KEYS[i], nexts[i], 'PX', expires[i] - now + EXPIRY_SLACK_MS)
     end
   end
   local over = 0

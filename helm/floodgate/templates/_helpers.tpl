@@ -1,0 +1,167 @@
+{{/* Names and labels. */}}
+{{- define "floodgate.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "floodgate.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "floodgate.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "floodgate.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "floodgate.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "floodgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: server
+{{- end -}}
+
+{{- define "floodgate.redisLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "floodgate.redisSelectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "floodgate.redisSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "floodgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{- define "floodgate.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "floodgate.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "floodgate.redisName" -}}
+{{- printf "%s-redis" (include "floodgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "floodgate.redisHeadless" -}}
+{{- printf "%s-redis-headless" (include "floodgate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "floodgate.configMapName" -}}
+{{- default (printf "%s-config" (include "floodgate.fullname" .)) .Values.config.existingConfigMap -}}
+{{- end -}}
+
+{{- define "floodgate.secretName" -}}
+{{- printf "%s-secrets" (include "floodgate.fullname" .) -}}
+{{- end -}}
+
+{{/* Whether this release runs its own Redis. */}}
+{{- define "floodgate.bundledRedis" -}}
+{{- if and (eq .Values.store.type "redis") (has .Values.redis.topology (list "sentinel" "standalone")) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "floodgate.bundledReplicas" -}}
+{{- if eq .Values.redis.topology "sentinel" -}}3{{- else -}}1{{- end -}}
+{{- end -}}
+
+{{/* Where the Redis password comes from: (secret name, key). */}}
+{{- define "floodgate.redisPasswordSecret" -}}
+{{- if .Values.redis.auth.existingSecret -}}{{ .Values.redis.auth.existingSecret }}{{- else -}}{{ include "floodgate.secretName" . }}{{- end -}}
+{{- end -}}
+
+{{- define "floodgate.redisPasswordKey" -}}
+{{- if .Values.redis.auth.existingSecret -}}{{ .Values.redis.auth.existingSecretKey }}{{- else -}}redis-password{{- end -}}
+{{- end -}}
+
+{{- define "floodgate.adminSecret" -}}
+{{- if .Values.admin.existingSecret -}}{{ .Values.admin.existingSecret }}{{- else -}}{{ include "floodgate.secretName" . }}{{- end -}}
+{{- end -}}
+
+{{- define "floodgate.adminKey" -}}
+{{- if .Values.admin.existingSecret -}}{{ .Values.admin.existingSecretKey }}{{- else -}}admin-key{{- end -}}
+{{- end -}}
+
+{{/* Refuse combinations that cannot work, with a message saying what to change. */}}
+{{- define "floodgate.validate" -}}
+{{- if eq .Values.store.type "memory" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- fail "store.type=memory keeps counters inside one process: set autoscaling.enabled=false (and replicaCount=1), or use store.type=redis to scale" -}}
+{{- end -}}
+{{- if gt (int .Values.replicaCount) 1 -}}
+{{- fail "store.type=memory keeps counters inside one process: replicaCount must be 1 (each replica would count alone), or use store.type=redis" -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq .Values.store.type "redis") .Values.redis.auth.enabled (not .Values.redis.auth.existingSecret) (not .Values.redis.auth.password) (include "floodgate.bundledRedis" .) -}}
+{{- fail "redis.auth.enabled: set redis.auth.password or redis.auth.existingSecret" -}}
+{{- end -}}
+{{- if and .Values.admin.enabled (not .Values.admin.key) (not .Values.admin.existingSecret) -}}
+{{- fail "admin.enabled: set admin.key or admin.existingSecret" -}}
+{{- end -}}
+{{- if and (eq .Values.redis.topology "externalSentinel") (eq .Values.store.type "redis") (not .Values.redis.externalSentinel.sentinels) -}}
+{{- fail "redis.topology=externalSentinel needs redis.externalSentinel.sentinels" -}}
+{{- end -}}
+{{- if and (eq .Values.redis.topology "externalCluster") (eq .Values.store.type "redis") (not .Values.redis.externalCluster.nodes) -}}
+{{- fail "redis.topology=externalCluster needs redis.externalCluster.nodes" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Floodgate's environment for the chosen store and topology. */}}
+{{- define "floodgate.storeEnv" -}}
+- name: FLOODGATE_STORE
+  value: {{ .Values.store.type | quote }}
+{{- if eq .Values.store.type "redis" }}
+{{- $t := .Values.redis.topology }}
+{{- if eq $t "sentinel" }}
+{{- $headless := include "floodgate.redisHeadless" . }}
+{{- $name := include "floodgate.redisName" . }}
+- name: FLOODGATE_REDIS_SENTINELS
+  value: {{ printf "%s-0.%s:26379,%s-1.%s:26379,%s-2.%s:26379" $name $headless $name $headless $name $headless | quote }}
+- name: FLOODGATE_REDIS_MASTER_NAME
+  value: {{ .Values.redis.bundled.masterName | quote }}
+- name: FLOODGATE_REDIS_URL
+  value: "redis://unused:6379/0"
+{{- else if eq $t "standalone" }}
+- name: FLOODGATE_REDIS_URL
+  value: {{ printf "redis://%s-0.%s:6379/0" (include "floodgate.redisName" .) (include "floodgate.redisHeadless" .) | quote }}
+{{- else if eq $t "external" }}
+- name: FLOODGATE_REDIS_URL
+  value: {{ .Values.redis.external.url | quote }}
+{{- else if eq $t "externalSentinel" }}
+- name: FLOODGATE_REDIS_SENTINELS
+  value: {{ join "," .Values.redis.externalSentinel.sentinels | quote }}
+- name: FLOODGATE_REDIS_MASTER_NAME
+  value: {{ .Values.redis.externalSentinel.masterName | quote }}
+- name: FLOODGATE_REDIS_URL
+  value: "redis://unused:6379/0"
+{{- if .Values.redis.externalSentinel.sentinelPassword }}
+- name: FLOODGATE_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "floodgate.secretName" . }}
+      key: sentinel-password
+{{- end }}
+{{- else if eq $t "externalCluster" }}
+- name: FLOODGATE_REDIS_CLUSTER_NODES
+  value: {{ join "," .Values.redis.externalCluster.nodes | quote }}
+- name: FLOODGATE_REDIS_URL
+  value: "redis://unused:6379/0"
+{{- end }}
+{{- if and .Values.redis.auth.enabled (or .Values.redis.auth.password .Values.redis.auth.existingSecret) }}
+- name: FLOODGATE_REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "floodgate.redisPasswordSecret" . }}
+      key: {{ include "floodgate.redisPasswordKey" . }}
+{{- end }}
+{{- end }}
+{{- end -}}
