@@ -165,3 +165,48 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* The bundled Redis nodes' host names, first (the initial master) first. */}}
+{{- define "floodgate.redisNodes" -}}
+{{- $name := include "floodgate.redisName" . -}}
+{{- $headless := include "floodgate.redisHeadless" . -}}
+{{- $nodes := list -}}
+{{- range $i := until (int (include "floodgate.bundledReplicas" .)) -}}
+{{- $nodes = append $nodes (printf "%s-%d.%s.%s.svc.cluster.local" $name $i $headless $.Release.Namespace) -}}
+{{- end -}}
+{{- join " " $nodes -}}
+{{- end -}}
+
+{{/* Environment of the bundled Redis and Sentinel containers (read by scripts/*.sh). */}}
+{{- define "floodgate.redisEnv" -}}
+{{- $headless := include "floodgate.redisHeadless" . -}}
+{{- $b := .Values.redis.bundled -}}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: MY_HOST
+  value: "$(POD_NAME).{{ $headless }}.{{ .Release.Namespace }}.svc.cluster.local"
+- name: REDIS_NODES
+  value: {{ include "floodgate.redisNodes" . | quote }}
+- name: MASTER_NAME
+  value: {{ $b.masterName | quote }}
+- name: QUORUM
+  value: {{ $b.sentinel.quorum | quote }}
+- name: DOWN_AFTER_MS
+  value: {{ $b.sentinel.downAfterMilliseconds | quote }}
+- name: FAILOVER_TIMEOUT_MS
+  value: {{ $b.sentinel.failoverTimeout | quote }}
+{{- if and .Values.redis.auth.enabled (or .Values.redis.auth.password .Values.redis.auth.existingSecret) }}
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "floodgate.redisPasswordSecret" . }}
+      key: {{ include "floodgate.redisPasswordKey" . }}
+{{- end }}
+{{- if ne .Values.redis.topology "sentinel" }}
+# Standalone: no Sentinels to ask; the one node is master.
+- name: SENTINEL_PORT
+  value: "1"
+{{- end }}
+{{- end -}}
