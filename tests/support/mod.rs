@@ -6,6 +6,7 @@ pub mod certs;
 pub mod http;
 pub mod process;
 pub mod redis_topology;
+pub mod topology;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, Stdio};
