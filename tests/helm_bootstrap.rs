@@ -7,8 +7,15 @@ mod support;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::redis_topology::cli;
 use support::{ChildGuard, free_port, is_ci};
+
+/// Runs redis-cli with `args`; its trimmed output, or None if it failed.
+fn cli(args: &[&str]) -> Option<String> {
+    let out = Command::new("redis-cli").args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
 
 const SCRIPTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/helm/floodgate/scripts");
 const HOSTS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];

@@ -15,8 +15,7 @@ use floodgate::server::ServerOptions;
 use floodgate::store::key::slot;
 use floodgate::store::redis::{RedisOptions, TlsFiles, Topology};
 use floodgate::store::{RedisStore, Store};
-use support::certs::Certs;
-use support::redis_topology::{ClusterSet, MASTER_NAME, SentinelSet, TlsRedis};
+use support::topology::{ClusterTopology, SENTINEL_MASTER_NAME, SentinelTopology, TlsRedis};
 use support::{TestServer, request};
 
 const CONFIG: &str = r#"
@@ -76,13 +75,13 @@ async fn admitted(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_under_load() {
     const DOWN_AFTER_MS: u64 = 1000;
-    let Some(mut set) = SentinelSet::start(DOWN_AFTER_MS) else {
+    let Some(mut set) = SentinelTopology::start(DOWN_AFTER_MS) else {
         return;
     };
     let options = RedisOptions {
         topology: Topology::Sentinel {
-            sentinels: set.sentinel_addrs().split(',').map(str::to_owned).collect(),
-            master_name: MASTER_NAME.into(),
+            sentinels: set.sentinel_addrs(),
+            master_name: SENTINEL_MASTER_NAME.into(),
             sentinel_password: None,
         },
         timeout: Duration::from_millis(300),
@@ -122,7 +121,7 @@ async fn sentinel_failover_under_load() {
     let old = set.kill_master();
     let killed_at = started.elapsed();
     let new = tokio::task::spawn_blocking(move || {
-        let new = set.wait_new_master(old, Duration::from_secs(60));
+        let new = set.wait_for_new_master(old, Duration::from_secs(60));
         (set, new)
     })
     .await
@@ -160,12 +159,12 @@ async fn sentinel_failover_under_load() {
 
 #[tokio::test]
 async fn cluster_decides_across_slots() {
-    let Some(cluster) = ClusterSet::start() else {
+    let Some(cluster) = ClusterTopology::start() else {
         return;
     };
     let options = RedisOptions {
         topology: Topology::Cluster {
-            nodes: cluster.node_addrs().split(',').map(str::to_owned).collect(),
+            nodes: cluster.node_addrs(),
         },
         ..RedisOptions::standalone("redis://127.0.0.1:1/0", "topo:")
     };
@@ -223,9 +222,9 @@ async fn cluster_decides_across_slots() {
     let slots: std::collections::HashSet<u16> = keys.iter().map(|k| slot(k.as_bytes())).collect();
     assert!(slots.len() > 1, "the test needs keys in different slots");
     assert!(
-        cluster.keys_per_node().iter().filter(|&&n| n > 0).count() > 1,
+        keys_per_node(&cluster).iter().filter(|&&n| n > 0).count() > 1,
         "{:?}",
-        cluster.keys_per_node()
+        keys_per_node(&cluster)
     );
     // Registry and health state work on a cluster too.
     limiter.store().ping().await.unwrap();
@@ -233,14 +232,18 @@ async fn cluster_decides_across_slots() {
 
 #[tokio::test]
 async fn tls_with_password_acl_user_and_client_certificates() {
-    let certs = Certs::generate("redis-tls");
-    let Some(redis) = TlsRedis::start(&certs, false) else {
+    let Some(redis) = TlsRedis::start_with(false, Some("s3cret")) else {
         return;
     };
-    let tls = |ca: &str, client: bool| TlsFiles {
-        ca_cert: Some(certs.path(ca)),
-        client_cert: client.then(|| certs.path("client.pem")),
-        client_key: client.then(|| certs.path("client-key.pem")),
+    redis.add_acl_user("floodgate", "app-pass");
+    let tls = |server: &TlsRedis, right_ca: bool, client: bool| TlsFiles {
+        ca_cert: Some(if right_ca {
+            server.ca_cert()
+        } else {
+            server.wrong_ca_cert()
+        }),
+        client_cert: client.then(|| server.client_cert()),
+        client_key: client.then(|| server.client_key()),
     };
     let store = |url: String, tls: TlsFiles| {
         RedisStore::new(&RedisOptions {
@@ -250,7 +253,6 @@ async fn tls_with_password_acl_user_and_client_certificates() {
         })
         .unwrap()
     };
-    let port = redis.port;
     let check = floodgate::store::Check {
         key: "tls:k".into(),
         limit: 5,
@@ -261,57 +263,49 @@ async fn tls_with_password_acl_user_and_client_certificates() {
         algorithm: floodgate::algorithm::Algorithm::FixedWindow,
     };
     // The right CA and the password: decisions work.
-    let good = store(
-        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
-        tls("ca.pem", false),
-    );
-    assert!(
-        good.apply(std::slice::from_ref(&check))
-            .await
-            .unwrap()
-            .admitted
-    );
+    let good = store(redis.url(None, Some("s3cret")), tls(&redis, true, false));
+    let applied = good.apply(std::slice::from_ref(&check)).await.unwrap();
+    assert!(applied.admitted);
     // An ACL user.
     let acl = store(
-        format!("rediss://floodgate:app-pass@127.0.0.1:{port}/0"),
-        tls("ca.pem", false),
+        redis.url(Some("floodgate"), Some("app-pass")),
+        tls(&redis, true, false),
     );
     acl.ping().await.unwrap();
     // A server certificate the given CA did not sign is refused.
-    let wrong_ca = store(
-        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
-        tls("wrong-ca.pem", false),
-    );
+    let wrong_ca = store(redis.url(None, Some("s3cret")), tls(&redis, false, false));
     assert!(wrong_ca.ping().await.is_err(), "wrong CA accepted");
     // A wrong password is refused.
     let wrong_password = store(
-        format!("rediss://floodgate:nope@127.0.0.1:{port}/0"),
-        tls("ca.pem", false),
+        redis.url(Some("floodgate"), Some("nope")),
+        tls(&redis, true, false),
     );
     assert!(wrong_password.ping().await.is_err());
     // Plain redis:// to a TLS port does not work.
     let plain = store(
-        format!("redis://:s3cret@127.0.0.1:{port}/0"),
+        format!("redis://:s3cret@127.0.0.1:{}/0", redis.port()),
         TlsFiles::default(),
     );
     assert!(plain.ping().await.is_err());
 
     // A server that requires client certificates.
-    let Some(strict) = TlsRedis::start(&certs, true) else {
+    let Some(strict) = TlsRedis::start_with(true, Some("s3cret")) else {
         return;
     };
-    let port = strict.port;
-    let without = store(
-        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
-        tls("ca.pem", false),
-    );
+    let without = store(strict.url(None, Some("s3cret")), tls(&strict, true, false));
     assert!(
         without.ping().await.is_err(),
         "no client certificate accepted"
     );
-    let with = store(
-        format!("rediss://:s3cret@127.0.0.1:{port}/0"),
-        tls("ca.pem", true),
-    );
+    let with = store(strict.url(None, Some("s3cret")), tls(&strict, true, true));
     with.ping().await.unwrap();
+}
+
+/// Keys held by each cluster node.
+fn keys_per_node(cluster: &ClusterTopology) -> Vec<u64> {
+    cluster
+        .ports()
+        .into_iter()
+        .map(|port| cluster.dbsize(port))
+        .collect()
 }

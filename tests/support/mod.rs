@@ -5,7 +5,6 @@
 pub mod certs;
 pub mod http;
 pub mod process;
-pub mod redis_topology;
 pub mod topology;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
