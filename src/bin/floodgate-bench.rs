@@ -1,0 +1,508 @@
+//! `floodgate-bench`: a load generator for any Envoy RLS v3 server (Floodgate or another), and
+//! micro-benchmarks of Floodgate's stores.
+//!
+//! - `grpc`: ShouldRateLimit over gRPC. Closed loop (N concurrent streams over M connections) or
+//!   open loop (`--rate`: requests are sent on a fixed schedule and latency is measured from the
+//!   intended send time, so a stall cannot hide behind unsent requests).
+//! - `store`: the Redis store's decision calls straight from this process (no gRPC), with the
+//!   same script and pipelining as the server: the ceiling Floodgate-on-Redis is measured against.
+//! - `memory`: bytes per active key in the memory store.
+//!
+//! Results print as a table line, and as JSON with `--json FILE`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
+use floodgate::pb::{
+    RateLimitDescriptor, RateLimitRequest, rate_limit_descriptor, rate_limit_response,
+};
+use hdrhistogram::Histogram;
+use tokio::sync::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "floodgate-bench",
+    about = "Load generator for Envoy RLS v3 servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Mode,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    /// ShouldRateLimit over gRPC.
+    Grpc(GrpcArgs),
+    /// Floodgate's Redis store without gRPC: the Redis ceiling.
+    Store(StoreArgs),
+    /// Memory store bytes per active key.
+    Memory(MemoryArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct Load {
+    /// Name printed with the results.
+    #[arg(long, default_value = "run")]
+    name: String,
+    /// Concurrent requests in flight (closed loop), or at most in flight (open loop).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Descriptors per request.
+    #[arg(long, default_value_t = 1)]
+    descriptors: usize,
+    /// Distinct values per descriptor key (1, 1000, 1000000...).
+    #[arg(long, default_value_t = 1000)]
+    keys: u64,
+    /// Share of requests sent to one hot key that is over its limit (attack traffic).
+    #[arg(long, default_value_t = 0.0)]
+    hot_share: f64,
+    /// Measured duration.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before it.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
+struct GrpcArgs {
+    /// Server address.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    addr: String,
+    /// Rate limit domain.
+    #[arg(long, default_value = "bench")]
+    domain: String,
+    /// HTTP/2 connections to spread the load over.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Open loop: send this many requests per second on a fixed schedule.
+    #[arg(long)]
+    rate: Option<u64>,
+    #[command(flatten)]
+    load: Load,
+}
+
+#[derive(Debug, clap::Args)]
+struct StoreArgs {
+    /// Redis URL.
+    #[arg(long, default_value = "redis://127.0.0.1:6379/0")]
+    redis_url: String,
+    /// Pooled connections (pipeline dispatchers).
+    #[arg(long, default_value_t = 4)]
+    pool_size: u32,
+    #[command(flatten)]
+    load: Load,
+}
+
+#[derive(Debug, clap::Args)]
+struct MemoryArgs {
+    /// Active keys to create.
+    #[arg(long, default_value_t = 1_000_000)]
+    keys: u64,
+}
+
+/// What one run measured.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    name: String,
+    mode: String,
+    concurrency: usize,
+    descriptors: usize,
+    target_rate: Option<u64>,
+    requests: u64,
+    rps: f64,
+    ok: u64,
+    over_limit: u64,
+    errors: u64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+/// Per-run shared counters and latencies (merged histograms under a lock only at the end).
+struct Tally {
+    measuring: AtomicBool,
+    stop: AtomicBool,
+    ok: AtomicU64,
+    over: AtomicU64,
+    errors: AtomicU64,
+    histograms: Mutex<Histogram<u64>>,
+}
+
+impl Tally {
+    fn new() -> Arc<Tally> {
+        Arc::new(Tally {
+            measuring: AtomicBool::new(false),
+            stop: AtomicBool::new(false),
+            ok: AtomicU64::new(0),
+            over: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            histograms: Mutex::new(histogram()),
+        })
+    }
+
+    fn count(&self, outcome: Outcome) {
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        let counter = match outcome {
+            Outcome::Ok => &self.ok,
+            Outcome::OverLimit => &self.over,
+            Outcome::Error => &self.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    OverLimit,
+    Error,
+}
+
+fn histogram() -> Histogram<u64> {
+    // 1 µs to 60 s at 3 significant digits.
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
+}
+
+/// The i-th request's descriptor values: the hot key for `hot_share` of them, else spread over
+/// `keys` values (a cheap deterministic mix, so runs are repeatable).
+fn value_for(i: u64, load: &Load) -> String {
+    let mixed = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    if load.hot_share > 0.0 && (mixed % 10_000) < (load.hot_share * 10_000.0) as u64 {
+        return "hot".to_owned();
+    }
+    format!("v{}", (mixed >> 16) % load.keys.max(1))
+}
+
+fn request(domain: &str, i: u64, load: &Load) -> RateLimitRequest {
+    let value = value_for(i, load);
+    let descriptors = (0..load.descriptors)
+        .map(|d| RateLimitDescriptor {
+            entries: vec![rate_limit_descriptor::Entry {
+                key: if value == "hot" {
+                    "hot".to_owned()
+                } else {
+                    format!("k{d}")
+                },
+                value: value.clone(),
+            }],
+            ..Default::default()
+        })
+        .collect();
+    RateLimitRequest {
+        domain: domain.to_owned(),
+        descriptors,
+        hits_addend: 0,
+    }
+}
+
+async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
+    let mut channels = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let endpoint = Endpoint::from_shared(format!("http://{}", args.addr))?.tcp_nodelay(true);
+        channels.push(endpoint.connect().await?);
+    }
+    let tally = Tally::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let load = args.load.clone();
+    let started;
+    match args.rate {
+        None => {
+            // Closed loop: each worker sends its next request when the last one is answered.
+            let mut workers = Vec::new();
+            for w in 0..load.concurrency.max(1) {
+                let mut client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
+                let (tally, next, load, domain) = (
+                    tally.clone(),
+                    next.clone(),
+                    load.clone(),
+                    args.domain.clone(),
+                );
+                workers.push(tokio::spawn(async move {
+                    let mut local = histogram();
+                    while !tally.stop.load(Ordering::Relaxed) {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let sent = Instant::now();
+                        let outcome = send(&mut client, request(&domain, i, &load)).await;
+                        if tally.measuring.load(Ordering::Relaxed) {
+                            let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
+                        }
+                        tally.count(outcome);
+                    }
+                    let _ = tally.histograms.lock().await.add(local);
+                }));
+            }
+            started = run_phases(&tally, &load).await;
+            for worker in workers {
+                worker.await?;
+            }
+        }
+        Some(rate) => {
+            // Open loop: requests leave on schedule whatever the server does; latency counts
+            // from the scheduled time, and a full in-flight budget counts as an error.
+            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+            let in_flight = Arc::new(tokio::sync::Semaphore::new(load.concurrency.max(1) * 64));
+            let scheduler = {
+                let (tally, load, domain, channels) = (
+                    tally.clone(),
+                    load.clone(),
+                    args.domain.clone(),
+                    channels.clone(),
+                );
+                tokio::spawn(async move {
+                    let origin = Instant::now();
+                    let mut i: u64 = 0;
+                    while !tally.stop.load(Ordering::Relaxed) {
+                        let due = origin + interval.mul_f64(i as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
+                            tally.count(Outcome::Error);
+                            i += 1;
+                            continue;
+                        };
+                        let mut client = RateLimitServiceClient::new(
+                            channels[(i as usize) % channels.len()].clone(),
+                        );
+                        let (tally, req) = (tally.clone(), request(&domain, i, &load));
+                        tokio::spawn(async move {
+                            let outcome = send(&mut client, req).await;
+                            if tally.measuring.load(Ordering::Relaxed) {
+                                let micros = due.elapsed().as_micros().max(1) as u64;
+                                let _ = tally.histograms.lock().await.record(micros);
+                            }
+                            tally.count(outcome);
+                            drop(permit);
+                        });
+                        i += 1;
+                    }
+                })
+            };
+            started = run_phases(&tally, &load).await;
+            scheduler.await?;
+            // Let the last answers land.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(report(&load, "grpc", args.rate, &tally, started).await)
+}
+
+async fn send(client: &mut RateLimitServiceClient<Channel>, request: RateLimitRequest) -> Outcome {
+    match client.should_rate_limit(request).await {
+        Ok(r) if r.get_ref().overall_code == rate_limit_response::Code::OverLimit as i32 => {
+            Outcome::OverLimit
+        }
+        Ok(_) => Outcome::Ok,
+        Err(_) => Outcome::Error,
+    }
+}
+
+/// Warm-up, then the measured phase; returns how long the measured phase lasted.
+async fn run_phases(tally: &Tally, load: &Load) -> Duration {
+    tokio::time::sleep(load.warmup).await;
+    tally.measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(load.duration).await;
+    tally.measuring.store(false, Ordering::Relaxed);
+    tally.stop.store(true, Ordering::Relaxed);
+    started.elapsed()
+}
+
+async fn report(
+    load: &Load,
+    mode: &str,
+    rate: Option<u64>,
+    tally: &Tally,
+    elapsed: Duration,
+) -> Report {
+    let h = tally.histograms.lock().await;
+    let (ok, over, errors) = (
+        tally.ok.load(Ordering::Relaxed),
+        tally.over.load(Ordering::Relaxed),
+        tally.errors.load(Ordering::Relaxed),
+    );
+    let requests = ok + over + errors;
+    Report {
+        name: load.name.clone(),
+        mode: mode.to_owned(),
+        concurrency: load.concurrency,
+        descriptors: load.descriptors,
+        target_rate: rate,
+        requests,
+        rps: requests as f64 / elapsed.as_secs_f64(),
+        ok,
+        over_limit: over,
+        errors,
+        p50_us: h.value_at_quantile(0.5),
+        p90_us: h.value_at_quantile(0.9),
+        p99_us: h.value_at_quantile(0.99),
+        p999_us: h.value_at_quantile(0.999),
+        max_us: h.max(),
+    }
+}
+
+async fn store(args: StoreArgs) -> anyhow::Result<Report> {
+    use floodgate::algorithm::Algorithm;
+    use floodgate::store::redis::RedisOptions;
+    use floodgate::store::{Check, RedisStore, Store};
+
+    let store = Arc::new(RedisStore::new(&RedisOptions {
+        pool_size: args.pool_size,
+        ..RedisOptions::standalone(&args.redis_url, "bench-ceiling:")
+    })?);
+    let load = args.load.clone();
+    let tally = Tally::new();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..load.concurrency.max(1) {
+        let (store, tally, next, load) = (store.clone(), tally.clone(), next.clone(), load.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local = histogram();
+            while !tally.stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let value = value_for(i, &load);
+                let checks: Vec<Check> = (0..load.descriptors)
+                    .map(|d| Check {
+                        key: format!("bench-ceiling:k{d}:{value}"),
+                        limit: if value == "hot" {
+                            1
+                        } else {
+                            u64::from(u32::MAX)
+                        },
+                        window_secs: 3600,
+                        hits: 1,
+                        shadow: false,
+                        gate: false,
+                        algorithm: Algorithm::FixedWindow,
+                    })
+                    .collect();
+                let sent = Instant::now();
+                let outcome = match store.apply(&checks).await {
+                    Ok(applied) if applied.admitted => Outcome::Ok,
+                    Ok(_) => Outcome::OverLimit,
+                    Err(_) => Outcome::Error,
+                };
+                if tally.measuring.load(Ordering::Relaxed) {
+                    let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
+                }
+                tally.count(outcome);
+            }
+            let _ = tally.histograms.lock().await.add(local);
+        }));
+    }
+    let elapsed = run_phases(&tally, &load).await;
+    for worker in workers {
+        worker.await?;
+    }
+    let mut report = report(&load, "store", None, &tally, elapsed).await;
+    let (round_trips, calls) = store.pipeline_stats();
+    eprintln!(
+        "{calls} script calls in {round_trips} round trips ({:.3} per call)",
+        round_trips as f64 / calls.max(1) as f64
+    );
+    report.name = load.name;
+    Ok(report)
+}
+
+fn memory(args: MemoryArgs) -> anyhow::Result<()> {
+    use floodgate::algorithm::Algorithm;
+    use floodgate::clock::SystemClock;
+    use floodgate::store::{Check, MemoryStore, Store};
+
+    let rss = || -> u64 {
+        // Resident pages × page size, from /proc (Linux).
+        std::fs::read_to_string("/proc/self/statm")
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.parse::<u64>().ok())
+            })
+            .map_or(0, |pages| pages * 4096)
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let store = MemoryStore::new(Arc::new(SystemClock), args.keys as usize + 1024);
+    let before = rss();
+    runtime.block_on(async {
+        for i in 0..args.keys {
+            // Keys shaped like real ones: prefix, domain, one entry, window.
+            let check = Check {
+                key: floodgate::store::counter_key(
+                    "floodgate:",
+                    "bench",
+                    &[floodgate::query::Entry {
+                        key: "remote_address".into(),
+                        value: format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255),
+                    }],
+                    &[],
+                    3600,
+                    Algorithm::FixedWindow,
+                ),
+                limit: 100,
+                window_secs: 3600,
+                hits: 1,
+                shadow: false,
+                gate: false,
+                algorithm: Algorithm::FixedWindow,
+            };
+            let _ = store.apply(std::slice::from_ref(&check)).await;
+        }
+    });
+    let after = rss();
+    let per_key = (after.saturating_sub(before)) as f64 / args.keys as f64;
+    println!(
+        "memory store: {} keys held, {:.0} bytes per active key (RSS {} -> {} MiB)",
+        store.len(),
+        per_key,
+        before >> 20,
+        after >> 20
+    );
+    Ok(())
+}
+
+fn print(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> {
+    println!(
+        "{:<28} {:>10.0} rps  p50 {:>6} µs  p90 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  max {:>7} µs  ok {} over {} errors {}",
+        report.name,
+        report.rps,
+        report.p50_us,
+        report.p90_us,
+        report.p99_us,
+        report.p999_us,
+        report.max_us,
+        report.ok,
+        report.over_limit,
+        report.errors
+    );
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Mode::Memory(args) => memory(args),
+        Mode::Grpc(args) => {
+            let json = args.load.json.clone();
+            let report = tokio::runtime::Runtime::new()?.block_on(grpc(args))?;
+            print(&report, json.as_deref())
+        }
+        Mode::Store(args) => {
+            let json = args.load.json.clone();
+            let report = tokio::runtime::Runtime::new()?.block_on(store(args))?;
+            print(&report, json.as_deref())
+        }
+    }
+}
