@@ -8,35 +8,36 @@ import pathlib
 
 
 def load(out):
-    return {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    for p in out.glob("*.redis"):
+        if p.stem in runs:
+            runs[p.stem]["redis"] = json.loads(p.read_text())
+    return runs
 
 
-def table(runs, args, out):
-    noop = runs.get("noop", {}).get("rps") or 0
+def table(runs, out):
+    noops = [r["rps"] for name, r in runs.items() if name.startswith("noop")]
+    noop = max(noops) if noops else 0
     ceiling = runs.get("redis-ceiling", {}).get("rps") or 0
     rows = []
     for name, r in runs.items():
         share = ""
-        if noop and name != "noop" and not name.startswith("redis-ceiling"):
+        if noop and not name.startswith("noop") and not name.startswith("redis-ceiling"):
             share = f"{100 * r['rps'] / noop:.0f} % of no-op"
         if ceiling and name.startswith("redis-") and "ceiling" not in name and "open" not in name:
             share += f", {100 * r['rps'] / ceiling:.0f} % of Redis ceiling"
         rate = f"{r['target_rate']}/s open" if r.get("target_rate") else f"closed, {r['concurrency']} in flight"
+        redis = r.get("redis")
+        calls = f"{redis['calls_per_decision']:.2f} / {redis['calls_per_decision'] * redis['trips_per_call']:.3f}" if redis else ""
         rows.append(
             f"| {name} | {rate} | {r['descriptors']} | {r['rps']:,.0f} | {r['p50_us']} | {r['p99_us']} | "
-            f"{r['p999_us']} | {r['max_us']} | {r['ok']:,} / {r['over_limit']:,} / {r['errors']:,} | {share.strip(', ')} |"
+            f"{r['p999_us']} | {r['max_us']} | {r['ok']:,} / {r['over_limit']:,} / {r['errors']:,} | {calls} | {share.strip(', ')} |"
         )
     lines = [
-        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | share |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | EVALSHA / round trips per decision | share |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
-    if args.decisions:
-        lines.append("")
-        lines.append(
-            f"Redis commands per decision (redis-1desc): {args.evalsha / args.decisions:.3f} EVALSHA; "
-            f"round trips per script call over the Redis runs: {args.round_trips / max(args.script_calls, 1):.3f}"
-        )
     memory = out / "memory-per-key.txt"
     if memory.exists():
         lines.append(memory.read_text().strip())
@@ -87,13 +88,9 @@ def plot(runs, out):
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=pathlib.Path)
-    parser.add_argument("--evalsha", type=int, default=0)
-    parser.add_argument("--decisions", type=int, default=0)
-    parser.add_argument("--round-trips", type=float, default=0)
-    parser.add_argument("--script-calls", type=float, default=0)
     args = parser.parse_args()
     runs = load(args.out)
-    table(runs, args, args.out)
+    table(runs, args.out)
     plot(runs, args.out)
 
 

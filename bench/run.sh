@@ -14,7 +14,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 out=bench/results
 mkdir -p "$out"
-rm -f "$out"/*.json
+rm -f "$out"/*.json "$out"/*.redis
 
 cargo build --release --quiet --bin floodgate --bin floodgate-bench --example noop_rls
 bin=target/release
@@ -57,8 +57,6 @@ run() { # name, address, extra bench args...
     --json "$out/$name.json" "$@"
 }
 
-evalsha_calls() { redis-cli -p "$redis_port" INFO commandstats | awk -F'[=,:]' '/cmdstat_evalsha:/ {print $3}' | tr -d '\r'; }
-
 echo "== no-op gRPC server (the ceiling of the gRPC stack)"
 noop_port=$(free_port)
 "$bin/examples/noop_rls" "127.0.0.1:$noop_port" >"$tmp/noop.log" 2>&1 &
@@ -75,24 +73,38 @@ for rate in 5000 10000 20000 40000; do
 done
 stop "$pid"
 
-echo "== Redis store"
-read -r grpc http pid < <(start_floodgate redis --store redis --redis-url "$redis")
-before=$(evalsha_calls || echo 0)
-run redis-1desc "127.0.0.1:$grpc" --concurrency 128 --connections 4
-after=$(evalsha_calls || echo 0)
-decisions=$(python3 -c "import json;print(json.load(open('$out/redis-1desc.json'))['requests'])")
-run redis-3desc "127.0.0.1:$grpc" --concurrency 128 --connections 4 --descriptors 3
+echo "== Redis store (a fresh Floodgate per run, so its counters describe that run alone)"
+redis_run() { # name, "floodgate args", bench args...
+  local name=$1 extra=$2; shift 2
+  # shellcheck disable=SC2086
+  read -r grpc http pid < <(start_floodgate "$name" --store redis --redis-url "$redis" $extra)
+  run "$name" "127.0.0.1:$grpc" "$@"
+  curl -s "127.0.0.1:$http/metrics" | python3 -c '
+import json, sys
+values = {}
+for line in sys.stdin:
+    if line.startswith("#") or " " not in line:
+        continue
+    name, value = line.rsplit(" ", 1)
+    metric = name.split("{")[0]
+    values[metric] = values.get(metric, 0) + float(value)
+requests = values.get("floodgate_requests_total", 0)
+calls = values.get("floodgate_redis_script_calls_total", 0)
+trips = values.get("floodgate_redis_round_trips_total", 0)
+json.dump({"requests": requests, "script_calls": calls, "round_trips": trips,
+           "calls_per_decision": calls / max(requests, 1), "trips_per_call": trips / max(calls, 1)},
+          open(sys.argv[1], "w"))
+' "$out/$name.redis"
+  stop "$pid"
+}
+redis_run redis-1desc "" --concurrency 128 --connections 4
+redis_run redis-3desc "" --concurrency 128 --connections 4 --descriptors 3
+redis_run redis-64conc "" --concurrency 64 --connections 4
 for rate in 5000 10000 20000; do
-  run "redis-open-$rate" "127.0.0.1:$grpc" --rate "$rate" --connections 4
+  redis_run "redis-open-$rate" "" --rate "$rate" --connections 4
 done
-metrics=$(curl -s "127.0.0.1:$http/metrics")
-trips=$(echo "$metrics" | awk '/^floodgate_redis_round_trips_total/ {print $2}')
-calls=$(echo "$metrics" | awk '/^floodgate_redis_script_calls_total/ {print $2}')
-run redis-attack-cache "127.0.0.1:$grpc" --concurrency 128 --connections 4 --hot-share 0.9
-stop "$pid"
-read -r grpc http pid < <(start_floodgate redis-nocache --store redis --redis-url "$redis" --local-cache-size 0)
-run redis-attack-nocache "127.0.0.1:$grpc" --concurrency 128 --connections 4 --hot-share 0.9
-stop "$pid"
+redis_run redis-attack-cache "" --concurrency 128 --connections 4 --hot-share 0.9
+redis_run redis-attack-nocache "--local-cache-size 0" --concurrency 128 --connections 4 --hot-share 0.9
 
 echo "== the Redis ceiling: the same script and pipelining, without gRPC"
 "$bench" store --name redis-ceiling --redis-url "$redis" --concurrency 128 --duration "$DURATION" \
@@ -101,6 +113,11 @@ echo "== the Redis ceiling: the same script and pipelining, without gRPC"
 echo "== memory per active key"
 "$bench" memory --keys 1000000 | tee "$out/memory-per-key.txt"
 
-python3 bench/report.py "$out" \
-  --evalsha "$(( ${after:-0} - ${before:-0} ))" --decisions "$decisions" \
-  --round-trips "${trips:-0}" --script-calls "${calls:-0}"
+echo "== no-op gRPC server again (to see how much the ceiling moves between runs)"
+"$bin/examples/noop_rls" "127.0.0.1:$noop_port" >"$tmp/noop2.log" 2>&1 &
+noop_pid=$!; pids+=($noop_pid)
+wait_port "$noop_port"
+run noop-again "127.0.0.1:$noop_port" --concurrency 128 --connections 4
+stop "$noop_pid"
+
+python3 bench/report.py "$out"

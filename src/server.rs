@@ -180,7 +180,7 @@ pub async fn run<S: Store>(
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(rls.clone()))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            no_delay(TcpListenerStream::new(listeners.grpc)),
             stop.clone().cancelled_owned(),
         );
 
@@ -247,6 +247,19 @@ pub async fn run<S: Store>(
     }
     grpc?;
     http
+}
+
+/// Accepted connections with TCP_NODELAY: answers are small writes that must leave at once
+/// (with Nagle and delayed ACKs they can wait 40 ms).
+fn no_delay(
+    incoming: TcpListenerStream,
+) -> impl tokio_stream::Stream<Item = io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    incoming.map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

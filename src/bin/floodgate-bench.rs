@@ -260,12 +260,19 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                     args.domain.clone(),
                     channels.clone(),
                 );
-                tokio::spawn(async move {
+                // The schedule runs on its own thread: std's sleep wakes within tens of
+                // microseconds, where Tokio's timer rounds up to the next millisecond, which
+                // would add up to a millisecond to every measured latency.
+                let runtime = tokio::runtime::Handle::current();
+                std::thread::spawn(move || {
                     let origin = Instant::now();
                     let mut i: u64 = 0;
                     while !tally.stop.load(Ordering::Relaxed) {
                         let due = origin + interval.mul_f64(i as f64);
-                        tokio::time::sleep_until(due.into()).await;
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
                         let Ok(permit) = in_flight.clone().try_acquire_owned() else {
                             tally.count(Outcome::Error);
                             i += 1;
@@ -275,7 +282,7 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                             channels[(i as usize) % channels.len()].clone(),
                         );
                         let (tally, req) = (tally.clone(), request(&domain, i, &load));
-                        tokio::spawn(async move {
+                        runtime.spawn(async move {
                             let outcome = send(&mut client, req).await;
                             if tally.measuring.load(Ordering::Relaxed) {
                                 let micros = due.elapsed().as_micros().max(1) as u64;
@@ -289,7 +296,9 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                 })
             };
             started = run_phases(&tally, &load).await;
-            scheduler.await?;
+            scheduler
+                .join()
+                .map_err(|_| anyhow::anyhow!("the scheduler thread panicked"))?;
             // Let the last answers land.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -57,6 +57,7 @@ impl Backend {
         };
         let urls: Vec<String> = nodes.iter().map(|n| format!("{scheme}://{n}")).collect();
         let mut builder = ClusterClient::builder(urls)
+            .tcp_settings(super::connect::tcp_settings())
             .connection_timeout(timeout)
             .response_timeout(timeout);
         if let Some(user) = settings.username() {

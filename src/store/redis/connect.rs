@@ -129,10 +129,14 @@ impl Connector {
         let bad = |e: RedisError| StoreError::Unavailable(format!("bad Redis settings: {e}"));
         match topology {
             Topology::Standalone | Topology::Cluster { .. } => {
+                let info = url
+                    .into_connection_info()
+                    .map_err(bad)?
+                    .set_tcp_settings(tcp_settings());
                 let client = if tls.is_set() {
-                    Client::build_with_tls(url, tls.load()?).map_err(bad)?
+                    Client::build_with_tls(info, tls.load()?).map_err(bad)?
                 } else {
-                    Client::open(url).map_err(bad)?
+                    Client::open(info).map_err(bad)?
                 };
                 Ok(Connector::Single(client))
             }
@@ -144,7 +148,8 @@ impl Connector {
                 let info = url.into_connection_info().map_err(bad)?;
                 let secure = url.starts_with("rediss://");
                 let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(info.redis_settings().clone());
+                    .set_redis_connection_info(info.redis_settings().clone())
+                    .set_tcp_settings(tcp_settings());
                 if secure {
                     node = node.set_tls_mode(TlsMode::Secure);
                 }
@@ -195,6 +200,12 @@ impl bb8::ManageConnection for Connector {
     fn has_broken(&self, tracked: &mut Tracked) -> bool {
         tracked.broken.load(Ordering::Acquire)
     }
+}
+
+/// TCP options of every Redis connection: no Nagle delay, since pipelined writes must leave at
+/// once (with Nagle and delayed ACKs a small write can wait 40 ms).
+pub(crate) fn tcp_settings() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
 }
 
 /// The pool: lazily connected (Floodgate starts while Redis is down), no PING per checkout
