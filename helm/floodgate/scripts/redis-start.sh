@@ -1,41 +1,71 @@
 #!/bin/sh
 # Starts one Redis node of the bundled Sentinel topology, as master or as replica.
 #
-# Who is master: whatever the Sentinels say. When no Sentinel knows a master yet (a fresh
-# install), the first node is; every other node replicates it. A node that restarts after a
-# failover therefore comes back as a replica of the new master, never as a second master.
+# Who is master is what the Sentinels say (by majority). When no Sentinel knows a master yet (a
+# fresh install), a node that already reports itself master is, else the first node of
+# REDIS_NODES (pod ordinal 0). Every other node replicates the master, so a node that restarts
+# after a failover comes back as a replica of the new master, never as a second master.
 #
-# Environment (set by the chart; tests set loopback values):
-#   REDIS_NODES     space-separated host names of all Redis nodes, first one first
-#   MY_HOST         this node's host name (one of REDIS_NODES)
-#   REDIS_PORT      Redis port (every node)            SENTINEL_PORT  Sentinel port (every node)
-#   MASTER_NAME     the name the Sentinels monitor     REDIS_PASSWORD optional
-#   DATA_DIR        Redis data directory               CONF_DIR       where to write redis.conf
-#   BIND_ADDRESS    addresses to listen on (default: all; tests give each node its own)
-#   REDIS_SERVER    redis-server binary (default redis-server); REDIS_CLI likewise
+# A node that the Sentinels still name as master while it starts has restarted faster than they
+# noticed: it asks them to fail over to a replica and waits (bounded) for that, instead of coming
+# back as an empty master that the replicas would then copy. If no replica can be promoted, it
+# starts as master.
+#
+# Environment: see lib.sh, plus
+#   DATA_DIR        Redis data directory (/data)      CONF_DIR      where redis.conf goes (/tmp)
+#   BIND_ADDRESS    addresses to listen on (default all; tests give each node its own)
+#   DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS  as the Sentinels have them (bound the wait above)
+#   REDIS_SERVER    redis-server binary (default redis-server)
 set -eu
+. "$(dirname "$0")/lib.sh"
 
-: "${REDIS_PORT:=6379}" "${SENTINEL_PORT:=26379}" "${DATA_DIR:=/data}" "${CONF_DIR:=/tmp}"
-: "${REDIS_SERVER:=redis-server}" "${REDIS_CLI:=redis-cli}" "${REDIS_PASSWORD:=}"
-: "${BIND_ADDRESS:=* -::*}"
+: "${DATA_DIR:=/data}" "${CONF_DIR:=/tmp}" "${REDIS_SERVER:=redis-server}" "${BIND_ADDRESS:=* -::*}"
+: "${DOWN_AFTER_MS:=5000}" "${FAILOVER_TIMEOUT_MS:=10000}"
 
-first_node=$(echo "$REDIS_NODES" | awk '{print $1}')
-
-# Ask each Sentinel (they run beside every node) for the current master.
-current_master() {
-  for node in $REDIS_NODES; do
-    answer=$("$REDIS_CLI" -h "$node" -p "$SENTINEL_PORT" --raw SENTINEL get-master-addr-by-name "$MASTER_NAME" 2>/dev/null | head -n 1 || true)
-    if [ -n "$answer" ]; then
-      echo "$answer"
-      return 0
-    fi
-  done
-  return 1
-}
-
-master=$(current_master || true)
-if [ -z "$master" ]; then
-  master=$first_node
+master=$(sentinel_master)
+if [ -n "$master" ]; then
+  log "the Sentinels name $master as master"
+  if [ "$master" = "$MY_HOST" ]; then
+    # Wait no longer than the Sentinels would need to notice and finish a failover themselves.
+    deadline=$(( $(now) + (DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS) / 1000 + 2 ))
+    requested=""
+    while :; do
+      if [ -z "$requested" ]; then
+        # Ask once, of a Sentinel that still names this node (a second request would fail over
+        # the new master again).
+        for node in $REDIS_NODES; do
+          named=$(cli -h "$node" -p "$SENTINEL_PORT" --raw SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1 || true)
+          [ "$named" = "$MY_HOST" ] || continue
+          requested=$(cli -h "$node" -p "$SENTINEL_PORT" SENTINEL failover "$MASTER_NAME" || true)
+          [ -n "$requested" ] && break
+        done
+        case "$requested" in
+          *NOGOODSLAVE*) log "no replica can be promoted: starting as master"; master=$MY_HOST; break ;;
+          "") ;;
+          *) log "asked the Sentinels to fail over: $requested" ;;
+        esac
+      fi
+      master=$(sentinel_master)
+      if [ -n "$master" ] && [ "$master" != "$MY_HOST" ]; then
+        log "the Sentinels promoted $master"
+        break
+      fi
+      if [ "$(now)" -ge "$deadline" ]; then
+        log "no failover happened in time: starting as master"
+        master=$MY_HOST
+        break
+      fi
+      sleep 1
+    done
+  fi
+else
+  master=$(node_reporting_master "$MY_HOST")
+  if [ -n "$master" ]; then
+    log "no Sentinel knows a master; $master says it is one"
+  else
+    master=$first_node
+    log "no Sentinel and no node knows a master: $first_node is the initial master"
+  fi
 fi
 
 conf="$CONF_DIR/redis.conf"
@@ -48,17 +78,18 @@ mkdir -p "$CONF_DIR" "$DATA_DIR"
   echo "replica-announce-ip $MY_HOST"
   echo "replica-announce-port $REDIS_PORT"
   if [ -n "$REDIS_PASSWORD" ]; then
-    echo "requirepass $REDIS_PASSWORD"
-    echo "masterauth $REDIS_PASSWORD"
+    echo "requirepass \"$REDIS_PASSWORD\""
+    echo "masterauth \"$REDIS_PASSWORD\""
   fi
   if [ "$master" != "$MY_HOST" ]; then
     echo "replicaof $master $REDIS_PORT"
   fi
 } > "$conf"
+chmod 600 "$conf"
 
 if [ "$master" = "$MY_HOST" ]; then
-  echo "starting $MY_HOST as master"
+  log "starting as master"
 else
-  echo "starting $MY_HOST as replica of $master"
+  log "starting as replica of $master"
 fi
 exec "$REDIS_SERVER" "$conf"

@@ -1,0 +1,194 @@
+#!/usr/bin/env bash
+# Runs the chart's Redis/Sentinel bootstrap scripts (helm/floodgate/scripts/*.sh, the very files
+# the chart's ConfigMap carries) against real redis-server and redis-sentinel processes on
+# loopback. The three pods' host names are stood in for by 127.0.0.2-4, each node listening on its
+# own address with the same ports (as pods do), ports asked from the OS.
+#
+# Checks, in order:
+#   1. pods started in order form the topology: 1 master (ordinal 0), 2 replicas, 3 Sentinels agree
+#   2. the master is killed: the Sentinels promote a replica, data written before survives
+#   3. the old master restarted by its script rejoins as a replica of the new master
+#   4. the master restarted at once (faster than the Sentinels notice) does not come back as an
+#      empty master: its script has the Sentinels fail over first, and it rejoins as a replica
+#   5. a Sentinel restarted by its script rejoins with its old id; the Sentinels agree again
+# Every process started here is killed on exit, failure or not. Only loopback traffic.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/../.." && pwd)
+scripts="$root/helm/floodgate/scripts"
+hosts=(127.0.0.2 127.0.0.3 127.0.0.4)
+master_name=floodgate
+password='bootstrap s3cret'
+
+for bin in redis-server redis-sentinel redis-cli python3; do
+  command -v "$bin" >/dev/null || { echo "sentinel_bootstrap_test: $bin is required (apt-get install -y redis-server redis-sentinel)" >&2; exit 1; }
+done
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/floodgate-bootstrap.XXXXXX")
+declare -A pids=()   # "redis 127.0.0.2" -> pid (its own process group)
+passed=false
+cleanup() {
+  for key in "${!pids[@]}"; do
+    kill -KILL -- "-${pids[$key]}" 2>/dev/null || true
+  done
+  { wait; } 2>/dev/null || true
+  if [ "$passed" != true ]; then
+    echo "--- script logs (the test failed) ---"
+    for log in "$work"/*/*.log; do
+      [ -f "$log" ] && { echo "== $log"; tail -n 25 "$log"; }
+    done
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A TCP port free on every address (bound on 0.0.0.0 by the OS, then released).
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("0.0.0.0", 0)); print(s.getsockname()[1])'
+}
+redis_port=$(free_port)
+sentinel_port=$(free_port)
+while [ "$sentinel_port" = "$redis_port" ]; do sentinel_port=$(free_port); done
+
+step_started=$SECONDS
+say() { echo "  [$((SECONDS - step_started))s] $*"; }
+die() {
+  echo "FAIL: $*" >&2
+  local h
+  for h in "${hosts[@]}"; do
+    echo "  $h: role $(role "$h" || true); its Sentinel: master $(field "$h" ip || true)," \
+      "flags $(field "$h" flags || true), replicas $(field "$h" num-slaves || true)," \
+      "other Sentinels $(field "$h" num-other-sentinels || true)" >&2
+  done
+  exit 1
+}
+
+# wait_for DESCRIPTION SECONDS COMMAND...: polls COMMAND every 0.1 s until it succeeds.
+wait_for() {
+  local what=$1 limit=$2 deadline
+  shift 2
+  deadline=$(( $(date +%s%N) + limit * 1000000000 ))
+  until "$@"; do
+    [ "$(date +%s%N)" -lt "$deadline" ] || die "timed out after ${limit}s waiting for $what"
+    sleep 0.1
+  done
+}
+
+# run SCRIPT HOST: starts a bootstrap script as the chart's container would (own process group).
+run() {
+  local script=$1 host=$2 kind=${1%-start.sh}
+  mkdir -p "$work/$host"
+  env REDIS_NODES="${hosts[*]}" MY_HOST="$host" BIND_ADDRESS="$host" \
+    REDIS_PORT="$redis_port" SENTINEL_PORT="$sentinel_port" MASTER_NAME="$master_name" \
+    REDIS_PASSWORD="$password" DATA_DIR="$work/$host/data" CONF_DIR="$work/$host/$kind" \
+    QUORUM=2 DOWN_AFTER_MS=1000 FAILOVER_TIMEOUT_MS=3000 CLI_TIMEOUT=2 \
+    setsid sh "$scripts/$script" >>"$work/$host/$kind.log" 2>&1 &
+  pids["$kind $host"]=$!
+}
+stop() { # stop KIND HOST: kills that process like a crashed container
+  local pid=${pids["$1 $2"]}
+  kill -KILL -- "-$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  unset 'pids[$1 $2]'
+}
+
+redis() { local host=$1; shift; REDISCLI_AUTH="$password" redis-cli -h "$host" -p "$redis_port" "$@" 2>/dev/null; }
+sentinel() { local host=$1; shift; redis-cli -h "$host" -p "$sentinel_port" "$@" 2>/dev/null; }
+role() { redis "$1" ROLE | head -n 1; }
+is_up() { [ "$(redis "$1" PING)" = PONG ]; }
+sentinel_up() { [ "$(sentinel "$1" PING)" = PONG ]; }
+linked() { [ "$(role "$1")" = slave ] && redis "$1" INFO replication | grep -q '^master_link_status:up'; }
+named_master() { sentinel "$1" SENTINEL get-master-addr-by-name "$master_name" | head -n 1; }
+# field HOST NAME: a field of SENTINEL MASTER as that Sentinel sees it.
+field() { sentinel "$1" SENTINEL MASTER "$master_name" | awk -v f="$2" 'prev == f {print; exit} {prev = $0}'; }
+
+# Every Sentinel names $1 as a master that is up, with 2 replicas and 2 other Sentinels.
+sentinels_agree_on() {
+  local h
+  for h in "${hosts[@]}"; do
+    [ "$(field "$h" ip)" = "$1" ] || return 1
+    [ "$(field "$h" flags)" = master ] || return 1
+    [ "$(field "$h" num-slaves)" = 2 ] || return 1
+    [ "$(field "$h" num-other-sentinels)" = 2 ] || return 1
+  done
+  [ "$(role "$1")" = master ]
+}
+# The master all Sentinels name, if they agree on one other than $1 and it is a master.
+new_master_other_than() {
+  local h m="" n
+  for h in "${hosts[@]}"; do
+    n=$(named_master "$h") || return 1
+    [ -n "$n" ] && [ "$n" != "$1" ] || return 1
+    [ -z "$m" ] || [ "$m" = "$n" ] || return 1
+    m=$n
+  done
+  [ "$(role "$m")" = master ] && echo "$m"
+}
+has_new_master() { new_master_other_than "$1" >/dev/null; }
+last_start() { grep "starting as" "$work/$1/redis.log" | tail -n 1; }
+replicas_linked() { local h; for h in "$@"; do linked "$h" || return 1; done; }
+
+echo "sentinel bootstrap test: redis port $redis_port, sentinel port $sentinel_port, nodes ${hosts[*]}"
+
+# 1. The StatefulSet starts pods in order; each must be ready (Redis and Sentinel) before the next.
+for host in "${hosts[@]}"; do
+  run redis-start.sh "$host"
+  wait_for "redis on $host" 10 is_up "$host"
+  run sentinel-start.sh "$host"
+  wait_for "sentinel on $host" 10 sentinel_up "$host"
+done
+[ "$(role "${hosts[0]}")" = master ] || die "${hosts[0]} (ordinal 0) is not the initial master"
+wait_for "both replicas linked to ${hosts[0]}" 20 replicas_linked "${hosts[1]}" "${hosts[2]}"
+wait_for "the 3 Sentinels agreeing on ${hosts[0]}" 30 sentinels_agree_on "${hosts[0]}"
+say "ok 1: ${hosts[0]} master, ${hosts[1]} and ${hosts[2]} replicas, 3 Sentinels agree"
+redis "${hosts[0]}" SET bootstrap written-before-the-kill >/dev/null
+[ "$(redis "${hosts[0]}" WAIT 2 2000)" = 2 ] || die "the write did not reach both replicas"
+
+# 2. Kill the master: the Sentinels promote a replica.
+step_started=$SECONDS
+old=${hosts[0]}
+stop redis "$old"
+wait_for "the Sentinels to promote a replica" 60 has_new_master "$old"
+master=$(new_master_other_than "$old")
+[ "$(redis "$master" GET bootstrap)" = written-before-the-kill ] || die "the new master lost the data"
+say "ok 2: master $old killed; the Sentinels promoted $master, the data survived"
+
+# 3. The old master's container restarts with the same script: it rejoins as a replica.
+step_started=$SECONDS
+run redis-start.sh "$old"
+wait_for "$old back as a replica" 30 linked "$old"
+last_start "$old" | grep -q "starting as replica of $master" || die "$old did not start as a replica of $master"
+wait_for "$old to have the data" 10 bash -c "[ \"\$(REDISCLI_AUTH='$password' redis-cli -h $old -p $redis_port GET bootstrap 2>/dev/null)\" = written-before-the-kill ]"
+wait_for "the Sentinels agreeing on $master with $old as a replica" 30 sentinels_agree_on "$master"
+say "ok 3: $old restarted by its script and rejoined as a replica of $master"
+
+# 4. The master restarts at once, before the Sentinels would notice (down-after is 1 s): its
+#    script must get a replica promoted rather than come back as an empty master.
+step_started=$SECONDS
+old=$master
+redis "$old" SET bootstrap written-before-the-restart >/dev/null
+[ "$(redis "$old" WAIT 2 2000)" = 2 ] || die "the write did not reach both replicas"
+stop redis "$old"
+run redis-start.sh "$old"
+wait_for "the Sentinels to promote a replica of the restarted master" 60 has_new_master "$old"
+master=$(new_master_other_than "$old")
+wait_for "$old back as a replica" 30 linked "$old"
+[ "$(redis "$master" GET bootstrap)" = written-before-the-restart ] || die "the data was lost in the quick restart"
+last_start "$old" | grep -q "starting as replica of $master" || die "$old did not start as a replica of $master"
+wait_for "the Sentinels agreeing on $master" 30 sentinels_agree_on "$master"
+say "ok 4: $old restarted at once; its script had $master promoted and rejoined as its replica"
+
+# 5. A Sentinel container restarts: it rejoins, with its old id, and all agree again.
+step_started=$SECONDS
+victim=${hosts[1]}
+id_before=$(sentinel "$victim" SENTINEL myid)
+stop sentinel "$victim"
+run sentinel-start.sh "$victim"
+wait_for "the Sentinel on $victim" 10 sentinel_up "$victim"
+[ "$(sentinel "$victim" SENTINEL myid)" = "$id_before" ] || die "the restarted Sentinel has a new id"
+wait_for "the Sentinels agreeing on $master after a Sentinel restart" 30 sentinels_agree_on "$master"
+say "ok 5: the Sentinel on $victim restarted and rejoined; all 3 agree on $master"
+
+passed=true
+echo "sentinel bootstrap test: passed"
