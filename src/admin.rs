@@ -171,6 +171,20 @@ fn actor(headers: &HeaderMap, peer: SocketAddr) -> (String, String) {
     (actor, peer.ip().to_string())
 }
 
+/// After a registry change: forgets cached key owners here (other replicas follow within the
+/// cache TTL) and writes the audit record.
+fn record_change<S: Store>(
+    state: &AdminState<S>,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    action: &'static str,
+    target: &str,
+) {
+    state.limiter.forget_identities();
+    let (actor, source) = actor(headers, peer);
+    audit::admin_change(action, &actor, target, &source);
+}
+
 /// A JSON object body whose fields are read one by one, so every error names its field.
 struct Body(Map<String, Value>);
 
@@ -526,9 +540,7 @@ async fn create_user<S: Store>(
         .store()
         .create_user(domain.name(), &user)
         .await?;
-    state.limiter.forget_identities();
-    let (actor, source) = actor(&headers, peer);
-    audit::admin_change("create_user", &actor, &user.user_id, &source);
+    record_change(&state, &headers, peer, "create_user", &user.user_id);
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({
@@ -559,13 +571,12 @@ async fn add_key<S: Store>(
         .store()
         .add_key(domain.name(), &user_id, &api_key)
         .await?;
-    state.limiter.forget_identities();
-    let (actor, source) = actor(&headers, peer);
-    audit::admin_change(
+    record_change(
+        &state,
+        &headers,
+        peer,
         "add_api_key",
-        &actor,
         &format!("{user_id}/{}", mask_secret(&api_key)),
-        &source,
     );
     Ok((
         StatusCode::CREATED,
@@ -590,14 +601,13 @@ async fn revoke_key<S: Store>(
         .store()
         .revoke_key(domain.name(), &user_id, &api_key)
         .await?;
-    state.limiter.forget_identities();
-    let (actor, source) = actor(&headers, peer);
     let masked = mask_secret(&api_key);
-    audit::admin_change(
+    record_change(
+        &state,
+        &headers,
+        peer,
         "revoke_api_key",
-        &actor,
         &format!("{user_id}/{masked}"),
-        &source,
     );
     Ok(axum::Json(json!({ "user_id": user_id, "revoked": masked })).into_response())
 }
@@ -621,9 +631,13 @@ async fn set_tier<S: Store>(
         .store()
         .set_tier(domain.name(), &user_id, &tier)
         .await?;
-    state.limiter.forget_identities();
-    let (actor, source) = actor(&headers, peer);
-    audit::admin_change("set_tier", &actor, &format!("{user_id} -> {tier}"), &source);
+    record_change(
+        &state,
+        &headers,
+        peer,
+        "set_tier",
+        &format!("{user_id} -> {tier}"),
+    );
     Ok(axum::Json(json!({ "user_id": user_id, "tier": tier })).into_response())
 }
 
