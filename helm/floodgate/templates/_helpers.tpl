@@ -74,6 +74,28 @@ app.kubernetes.io/component: redis
 {{- if eq .Values.redis.topology "sentinel" -}}3{{- else -}}1{{- end -}}
 {{- end -}}
 
+{{/* Whether Floodgate and the bundled Redis use a Redis password: auth is on, and a password
+is given, or a Secret named, or the chart makes one up for its own Redis. */}}
+{{- define "floodgate.redisAuth" -}}
+{{- $r := .Values.redis -}}
+{{- if and (eq .Values.store.type "redis") $r.auth.enabled (or $r.auth.password $r.auth.existingSecret (include "floodgate.bundledRedis" .)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The Redis password the chart's Secret holds: redis.auth.password, else the one an earlier
+release generated (kept across upgrades), else a new random one. */}}
+{{- define "floodgate.redisPassword" -}}
+{{- if .Values.redis.auth.password -}}
+{{- .Values.redis.auth.password -}}
+{{- else -}}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "floodgate.secretName" .) -}}
+{{- if and $existing (index ($existing.data | default dict) "redis-password") -}}
+{{- index $existing.data "redis-password" | b64dec -}}
+{{- else -}}
+{{- randAlphaNum 32 -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Where the Redis password comes from: (secret name, key). */}}
 {{- define "floodgate.redisPasswordSecret" -}}
 {{- if .Values.redis.auth.existingSecret -}}{{ .Values.redis.auth.existingSecret }}{{- else -}}{{ include "floodgate.secretName" . }}{{- end -}}
@@ -100,9 +122,6 @@ app.kubernetes.io/component: redis
 {{- if gt (int .Values.replicaCount) 1 -}}
 {{- fail "store.type=memory keeps counters inside one process: replicaCount must be 1 (each replica would count alone), or use store.type=redis" -}}
 {{- end -}}
-{{- end -}}
-{{- if and (eq .Values.store.type "redis") .Values.redis.auth.enabled (not .Values.redis.auth.existingSecret) (not .Values.redis.auth.password) (include "floodgate.bundledRedis" .) -}}
-{{- fail "redis.auth.enabled: set redis.auth.password or redis.auth.existingSecret" -}}
 {{- end -}}
 {{- if and .Values.admin.enabled (not .Values.admin.key) (not .Values.admin.existingSecret) -}}
 {{- fail "admin.enabled: set admin.key or admin.existingSecret" -}}
@@ -156,7 +175,7 @@ app.kubernetes.io/component: redis
 - name: FLOODGATE_REDIS_URL
   value: "redis://unused:6379/0"
 {{- end }}
-{{- if and .Values.redis.auth.enabled (or .Values.redis.auth.password .Values.redis.auth.existingSecret) }}
+{{- if include "floodgate.redisAuth" . }}
 - name: FLOODGATE_REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
@@ -197,7 +216,7 @@ app.kubernetes.io/component: redis
   value: {{ $b.sentinel.downAfterMilliseconds | quote }}
 - name: FAILOVER_TIMEOUT_MS
   value: {{ $b.sentinel.failoverTimeout | quote }}
-{{- if and .Values.redis.auth.enabled (or .Values.redis.auth.password .Values.redis.auth.existingSecret) }}
+{{- if include "floodgate.redisAuth" . }}
 - name: REDIS_PASSWORD
   valueFrom:
     secretKeyRef:
