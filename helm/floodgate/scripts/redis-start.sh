@@ -7,9 +7,9 @@
 # after a failover comes back as a replica of the new master, never as a second master.
 #
 # A node that the Sentinels still name as master while it starts has restarted faster than they
-# noticed: it asks them to fail over to a replica and waits (bounded) for that, instead of coming
-# back as an empty master that the replicas would then copy. If no replica can be promoted, it
-# starts as master.
+# noticed: it waits (bounded) for them to promote a replica, instead of coming back as an empty
+# master that the replicas would then copy. If no replica gets promoted in time, it starts as
+# master.
 #
 # Environment: see lib.sh, plus
 #   DATA_DIR        Redis data directory (/data)      CONF_DIR      where redis.conf goes (/tmp)
@@ -26,32 +26,20 @@ master=$(sentinel_master)
 if [ -n "$master" ]; then
   log "the Sentinels name $master as master"
   if [ "$master" = "$MY_HOST" ]; then
-    # Wait no longer than the Sentinels would need to notice and finish a failover themselves.
+    # Redis is not running here, so the Sentinels see their master down and, after
+    # DOWN_AFTER_MS, elect a leader that promotes a replica. Wait for that (not longer than
+    # they would need), rather than force a failover: a forced one can race theirs and promote
+    # twice.
     deadline=$(( $(now) + (DOWN_AFTER_MS + FAILOVER_TIMEOUT_MS) / 1000 + 2 ))
-    requested=""
+    log "waiting for the Sentinels to promote a replica"
     while :; do
-      if [ -z "$requested" ]; then
-        # Ask once, of a Sentinel that still names this node (a second request would fail over
-        # the new master again).
-        for node in $REDIS_NODES; do
-          named=$(cli -h "$node" -p "$SENTINEL_PORT" --raw SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1 || true)
-          [ "$named" = "$MY_HOST" ] || continue
-          requested=$(cli -h "$node" -p "$SENTINEL_PORT" SENTINEL failover "$MASTER_NAME" || true)
-          [ -n "$requested" ] && break
-        done
-        case "$requested" in
-          *NOGOODSLAVE*) log "no replica can be promoted: starting as master"; master=$MY_HOST; break ;;
-          "") ;;
-          *) log "asked the Sentinels to fail over: $requested" ;;
-        esac
-      fi
       master=$(sentinel_master)
       if [ -n "$master" ] && [ "$master" != "$MY_HOST" ]; then
         log "the Sentinels promoted $master"
         break
       fi
       if [ "$(now)" -ge "$deadline" ]; then
-        log "no failover happened in time: starting as master"
+        log "no failover happened in time (no replica to promote?): starting as master"
         master=$MY_HOST
         break
       fi

@@ -191,7 +191,7 @@ release generated (kept across upgrades), else a new random one. */}}
 {{- $headless := include "floodgate.redisHeadless" . -}}
 {{- $nodes := list -}}
 {{- range $i := until (int (include "floodgate.bundledReplicas" .)) -}}
-{{- $nodes = append $nodes (printf "%s-%d.%s.%s.svc.cluster.local" $name $i $headless $.Release.Namespace) -}}
+{{- $nodes = append $nodes (printf "%s-%d.%s.%s.svc.%s" $name $i $headless $.Release.Namespace $.Values.clusterDomain) -}}
 {{- end -}}
 {{- join " " $nodes -}}
 {{- end -}}
@@ -205,7 +205,7 @@ release generated (kept across upgrades), else a new random one. */}}
     fieldRef:
       fieldPath: metadata.name
 - name: MY_HOST
-  value: "$(POD_NAME).{{ $headless }}.{{ .Release.Namespace }}.svc.cluster.local"
+  value: "$(POD_NAME).{{ $headless }}.{{ .Release.Namespace }}.svc.{{ .Values.clusterDomain }}"
 - name: REDIS_NODES
   value: {{ include "floodgate.redisNodes" . | quote }}
 - name: MASTER_NAME
