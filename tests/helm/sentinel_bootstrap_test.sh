@@ -11,6 +11,8 @@
 #   4. the master restarted at once (faster than the Sentinels notice) does not come back as an
 #      empty master: its script waits for the Sentinels to fail over, and rejoins as a replica
 #   5. a Sentinel restarted by its script rejoins with its old id; the Sentinels agree again
+# Redis and the Sentinels require a password, as the chart sets them up; the
+# test also checks that a Sentinel refuses a client without it.
 # Every process started here is killed on exit, failure or not. Only loopback traffic.
 set -euo pipefail
 
@@ -18,7 +20,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 scripts="$root/helm/floodgate/scripts"
 hosts=(127.0.0.2 127.0.0.3 127.0.0.4)
 master_name=floodgate
-password='bootstrap s3cret'
+password='bootstrap-s3cret_0.x'
 
 for bin in redis-server redis-sentinel redis-cli python3; do
   command -v "$bin" >/dev/null || { echo "sentinel_bootstrap_test: $bin is required (apt-get install -y redis-server redis-sentinel)" >&2; exit 1; }
@@ -84,7 +86,7 @@ run() {
   mkdir -p "$work/$host"
   env REDIS_NODES="${hosts[*]}" MY_HOST="$host" BIND_ADDRESS="$host" \
     REDIS_PORT="$redis_port" SENTINEL_PORT="$sentinel_port" MASTER_NAME="$master_name" \
-    REDIS_PASSWORD="$password" DATA_DIR="$work/$host/data" CONF_DIR="$work/$host/$kind" \
+    REDIS_PASSWORD="$password" SENTINEL_REQUIRE_PASSWORD=yes DATA_DIR="$work/$host/data" CONF_DIR="$work/$host/$kind" \
     QUORUM=2 DOWN_AFTER_MS=1000 FAILOVER_TIMEOUT_MS=3000 CLI_TIMEOUT=2 \
     setsid sh "$scripts/$script" >>"$work/$host/$kind.log" 2>&1 &
   pids["$kind $host"]=$!
@@ -97,7 +99,7 @@ stop() { # stop KIND HOST: kills that process like a crashed container
 }
 
 redis() { local host=$1; shift; REDISCLI_AUTH="$password" redis-cli -h "$host" -p "$redis_port" "$@" 2>/dev/null; }
-sentinel() { local host=$1; shift; redis-cli -h "$host" -p "$sentinel_port" "$@" 2>/dev/null; }
+sentinel() { local host=$1; shift; REDISCLI_AUTH="$password" redis-cli -h "$host" -p "$sentinel_port" "$@" 2>/dev/null; }
 role() { redis "$1" ROLE | head -n 1; }
 is_up() { [ "$(redis "$1" PING)" = PONG ]; }
 sentinel_up() { [ "$(sentinel "$1" PING)" = PONG ]; }
@@ -158,6 +160,8 @@ done
 [ "$(role "${hosts[0]}")" = master ] || die "${hosts[0]} (ordinal 0) is not the initial master"
 wait_for "the topology to settle on ${hosts[0]}" 40 settled_stably
 [ "$(settled_master)" = "${hosts[0]}" ] || die "the topology settled on $(settled_master), not ${hosts[0]}"
+[ "$(redis-cli -h "${hosts[0]}" -p "$sentinel_port" SENTINEL get-master-addr-by-name "$master_name" 2>&1 | head -n 1)" != "${hosts[0]}" ] \
+  || die "a Sentinel answered a client without the password"
 say "ok 1: ${hosts[0]} master, ${hosts[1]} and ${hosts[2]} replicas, 3 Sentinels agree"
 redis "${hosts[0]}" SET bootstrap written-before-the-kill >/dev/null
 [ "$(redis "${hosts[0]}" WAIT 2 2000)" = 2 ] || die "the write did not reach both replicas"

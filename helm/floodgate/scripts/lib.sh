@@ -4,7 +4,8 @@
 #   REDIS_NODES     space-separated host names of all Redis nodes, the initial master first
 #   MY_HOST         this node's host name (one of REDIS_NODES)
 #   REDIS_PORT      Redis port of every node (6379)      SENTINEL_PORT  Sentinel port (26379)
-#   MASTER_NAME     the name the Sentinels monitor       REDIS_PASSWORD optional (auth)
+#   MASTER_NAME     the name the Sentinels monitor
+#   REDIS_PASSWORD  optional: required by Redis (requirepass, masterauth) and by the Sentinels
 #   CLI_TIMEOUT     seconds one redis-cli call may take (default 3)
 #   REDIS_CLI       redis-cli binary (default redis-cli)
 
@@ -29,12 +30,22 @@ cli() {
   fi
 }
 
+# cli with the password (Redis and, in the bundled topology, the Sentinels require it), passed
+# through the environment so that it does not show in the process list.
+cli_auth() {
+  if [ -n "$REDIS_PASSWORD" ]; then
+    REDISCLI_AUTH="$REDIS_PASSWORD" cli "$@"
+  else
+    cli "$@"
+  fi
+}
+
 # The master the Sentinels name, by majority of those answering ("" when none knows one).
 # $1: a host whose Sentinel is not asked (optional).
 sentinel_master() {
   for node in $REDIS_NODES; do
     [ "$node" = "${1:-}" ] && continue
-    cli -h "$node" -p "$SENTINEL_PORT" --raw SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1 || true
+    cli_auth -h "$node" -p "$SENTINEL_PORT" --raw SENTINEL get-master-addr-by-name "$MASTER_NAME" | head -n 1 || true
   done | grep -v '^$' | sort | uniq -c | sort -rn | awk 'NR == 1 {print $2}'
 }
 
@@ -43,7 +54,7 @@ sentinel_master() {
 node_reporting_master() {
   for node in $REDIS_NODES; do
     [ "$node" = "${1:-}" ] && continue
-    if REDISCLI_AUTH="$REDIS_PASSWORD" cli -h "$node" -p "$REDIS_PORT" INFO replication | grep -q '^role:master'; then
+    if cli_auth -h "$node" -p "$REDIS_PORT" INFO replication | grep -q '^role:master'; then
       echo "$node"
       return 0
     fi

@@ -11,12 +11,13 @@
 #   QUORUM               Sentinels that must agree a master is down (default 2)
 #   DOWN_AFTER_MS        how long a master may not answer before it is down (default 5000)
 #   FAILOVER_TIMEOUT_MS  failover timeout (default 10000)
+#   SENTINEL_REQUIRE_PASSWORD  yes: this Sentinel requires REDIS_PASSWORD too (the chart sets it)
 #   REDIS_SENTINEL       redis-sentinel binary (default redis-sentinel)
 set -eu
 . "$(dirname "$0")/lib.sh"
 
 : "${CONF_DIR:=/tmp}" "${QUORUM:=2}" "${DOWN_AFTER_MS:=5000}" "${FAILOVER_TIMEOUT_MS:=10000}"
-: "${REDIS_SENTINEL:=redis-sentinel}" "${BIND_ADDRESS:=* -::*}"
+: "${REDIS_SENTINEL:=redis-sentinel}" "${BIND_ADDRESS:=* -::*}" "${SENTINEL_REQUIRE_PASSWORD:=no}"
 
 master=$(sentinel_master "$MY_HOST")
 [ -n "$master" ] || master=$(node_reporting_master "")
@@ -43,6 +44,10 @@ myid=$(awk '$1 == "sentinel" && $2 == "myid" {print $3}' "$conf" 2>/dev/null || 
   echo "sentinel parallel-syncs $MASTER_NAME 1"
   if [ -n "$REDIS_PASSWORD" ]; then
     echo "sentinel auth-pass $MASTER_NAME \"$REDIS_PASSWORD\""
+    if [ "$SENTINEL_REQUIRE_PASSWORD" = yes ]; then
+      # Clients (Floodgate) and the other Sentinels, which use the same password, must log in.
+      echo "requirepass \"$REDIS_PASSWORD\""
+    fi
   fi
 } > "$conf"
 chmod 600 "$conf"

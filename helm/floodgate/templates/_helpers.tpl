@@ -149,6 +149,14 @@ release generated (kept across upgrades), else a new random one. */}}
   value: {{ .Values.redis.bundled.masterName | quote }}
 - name: FLOODGATE_REDIS_URL
   value: "redis://unused:6379/0"
+{{- if include "floodgate.redisAuth" . }}
+# The bundled Sentinels require the Redis password too.
+- name: FLOODGATE_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "floodgate.redisPasswordSecret" . }}
+      key: {{ include "floodgate.redisPasswordKey" . }}
+{{- end }}
 {{- else if eq $t "standalone" }}
 - name: FLOODGATE_REDIS_URL
   value: {{ printf "redis://%s-0.%s:6379/0" (include "floodgate.redisName" .) (include "floodgate.redisHeadless" .) | quote }}
@@ -222,6 +230,8 @@ release generated (kept across upgrades), else a new random one. */}}
     secretKeyRef:
       name: {{ include "floodgate.redisPasswordSecret" . }}
       key: {{ include "floodgate.redisPasswordKey" . }}
+- name: SENTINEL_REQUIRE_PASSWORD
+  value: "yes"
 {{- end }}
 {{- if ne .Values.redis.topology "sentinel" }}
 # Standalone: no Sentinels to ask; the one node is master.
