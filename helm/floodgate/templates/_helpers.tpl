@@ -29,6 +29,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: server
 {{- end -}}
 
+{{/* The helm test pod: its own component, so that no selector of the release picks it up. */}}
+{{- define "floodgate.testLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "floodgate.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: test
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
 {{- define "floodgate.redisLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{ include "floodgate.redisSelectorLabels" . }}
@@ -122,6 +131,9 @@ release generated (kept across upgrades), else a new random one. */}}
 {{- if gt (int .Values.replicaCount) 1 -}}
 {{- fail "store.type=memory keeps counters inside one process: replicaCount must be 1 (each replica would count alone), or use store.type=redis" -}}
 {{- end -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}
 {{- if and .Values.admin.enabled (not .Values.admin.key) (not .Values.admin.existingSecret) -}}
 {{- fail "admin.enabled: set admin.key or admin.existingSecret" -}}
