@@ -45,7 +45,7 @@ cleanup() {
   fi
   rm -rf "$work"
 }
-trap cleanup EXIT
+trap 'cleanup 2>/dev/null' EXIT
 trap 'exit 130' INT TERM
 
 # A TCP port free on every address (bound on 0.0.0.0 by the OS, then released).
