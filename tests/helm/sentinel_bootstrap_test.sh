@@ -13,7 +13,14 @@
 #   5. a Sentinel restarted by its script rejoins with its old id; the Sentinels agree again
 # Redis and the Sentinels require a password, as the chart sets them up; the
 # test also checks that a Sentinel refuses a client without it.
+#   6. (when a Floodgate binary and the chart's rendered environment are given) Floodgate, started
+#      with the environment the chart's Deployment sets (only addresses and paths replaced by
+#      loopback ones), reaches the master through the Sentinels with their password, counts in
+#      Redis (200, then 429), and answers again after the master is killed
 # Every process started here is killed on exit, failure or not. Only loopback traffic.
+#
+# Environment: FLOODGATE_BIN (a floodgate binary) and FLOODGATE_CHART_ENV (a JSON list of the
+# Deployment's env entries, as .ci/helm-check writes it) enable step 6.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -210,6 +217,66 @@ wait_for "the Sentinel on $victim" 10 sentinel_up "$victim"
 wait_for "the topology to settle after a Sentinel restart" 40 settled_stably
 [ "$(settled_master)" = "$master" ] || die "the master moved from $master to $(settled_master)"
 say "ok 5: the Sentinel on $victim restarted and rejoined; all 3 agree on $master"
+
+# 6. Floodgate as the chart configures it, against this topology.
+floodgate_bin=${FLOODGATE_BIN:-}
+chart_env=${FLOODGATE_CHART_ENV:-}
+if [ -z "$floodgate_bin" ] || [ -z "$chart_env" ]; then
+  echo "  skip 6: no FLOODGATE_BIN / FLOODGATE_CHART_ENV"
+else
+  step_started=$SECONDS
+  command -v curl >/dev/null || die "step 6 needs curl"
+  http_port=$(free_port)
+  grpc_port=$(free_port)
+  mkdir -p "$work/floodgate/config"
+  cat >"$work/floodgate/config/helm-test.yaml" <<'YAML'
+domain: helm-test
+descriptors:
+  - key: probe
+    rate_limit:
+      unit: hour
+      requests_per_unit: 2
+YAML
+  # The chart's env, secrets resolved to the password, addresses and paths made local.
+  mapfile -t fg_env < <(python3 - "$chart_env" <<PY
+import json, sys
+overrides = {
+    "FLOODGATE_CONFIG": "$work/floodgate/config",
+    "FLOODGATE_GRPC_ADDR": "127.0.0.1:$grpc_port",
+    "FLOODGATE_HTTP_ADDR": "127.0.0.1:$http_port",
+    "FLOODGATE_REDIS_SENTINELS": ",".join(f"{h}:$sentinel_port" for h in "${hosts[*]}".split()),
+}
+for item in json.load(open(sys.argv[1])):
+    name = item["name"]
+    if name in overrides:
+        value = overrides[name]
+    elif "secretKeyRef" in item.get("valueFrom", {}):
+        value = "$password"
+    else:
+        value = item.get("value", "")
+    print(f"{name}={value}")
+PY
+)
+  printf '%s\n' "${fg_env[@]}" | grep -q '^FLOODGATE_REDIS_SENTINEL_PASSWORD=' || die "the chart gives Floodgate no Sentinel password"
+  [ "$(printf '%s\n' "${fg_env[@]}" | sed -n 's/^FLOODGATE_REDIS_MASTER_NAME=//p')" = "$master_name" ] || die "the chart's master name is not $master_name"
+  env -i PATH="$PATH" "${fg_env[@]}" setsid "$floodgate_bin" serve >>"$work/floodgate/floodgate.log" 2>&1 &
+  pids["floodgate 127.0.0.1"]=$!
+  healthy() { [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$http_port/healthcheck")" = 200 ]; }
+  ask() { curl -s -o /dev/null -w '%{http_code}' -X POST "http://127.0.0.1:$http_port/json" \
+    -d "{\"domain\":\"helm-test\",\"descriptors\":[{\"entries\":[{\"key\":\"probe\",\"value\":\"$1\"}]}]}"; }
+  wait_for "Floodgate healthy on the bundled topology" 30 healthy
+  codes="$(ask a) $(ask a) $(ask a)"
+  [ "$codes" = "200 200 429" ] || die "Floodgate answered $codes, not 200 200 429"
+  redis "$master" --scan --pattern 'floodgate:*' | grep -q . || die "no floodgate:* key on the master $master"
+  say "ok 6: Floodgate with the chart's environment found master $master through the Sentinels, counted there (200 200 429)"
+
+  step_started=$SECONDS
+  old=$master
+  stop redis "$old"
+  answers_again() { healthy && [ "$(ask b)" = 200 ]; }
+  wait_for "Floodgate answering after the master's failover" 60 answers_again
+  say "ok 7: master $old killed; Floodgate answers again through the new master"
+fi
 
 passed=true
 echo "sentinel bootstrap test: passed"
