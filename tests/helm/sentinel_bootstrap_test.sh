@@ -20,7 +20,8 @@
 # Every process started here is killed on exit, failure or not. Only loopback traffic.
 #
 # Environment: FLOODGATE_BIN (a floodgate binary) and FLOODGATE_CHART_ENV (a JSON list of the
-# Deployment's env entries, as .ci/helm-check writes it) enable step 6.
+# Deployment's env entries, as .ci/helm-check writes it) enable step 6; FLOODGATE_HELM_TEST (the
+# helm test pod's script) is then run against that Floodgate too.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -269,6 +270,11 @@ PY
   [ "$codes" = "200 200 429" ] || die "Floodgate answered $codes, not 200 200 429"
   redis "$master" --scan --pattern 'floodgate:*' | grep -q . || die "no floodgate:* key on the master $master"
   say "ok 6: Floodgate with the chart's environment found master $master through the Sentinels, counted there (200 200 429)"
+  if [ -n "${FLOODGATE_HELM_TEST:-}" ]; then
+    FLOODGATE_URL="http://127.0.0.1:$http_port" sh "$FLOODGATE_HELM_TEST" >"$work/floodgate/helm-test.log" 2>&1 \
+      || { cat "$work/floodgate/helm-test.log"; die "the chart's helm test script failed against Floodgate"; }
+    say "ok 6: the chart's helm test script passes against it: $(tail -n 1 "$work/floodgate/helm-test.log")"
+  fi
 
   step_started=$SECONDS
   old=$master
