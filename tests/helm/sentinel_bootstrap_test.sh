@@ -10,7 +10,8 @@
 #   3. the old master restarted by its script rejoins as a replica of the new master
 #   4. the master restarted at once (faster than the Sentinels notice) does not come back as an
 #      empty master: its script waits for the Sentinels to fail over, and rejoins as a replica
-#   5. a Sentinel restarted by its script rejoins with its old id; the Sentinels agree again
+#   5. a Sentinel restarted by its script rejoins with its old id; the Sentinels agree again;
+#      the standalone topology (one node, no Sentinels) starts as master
 # Redis and the Sentinels require a password, as the chart sets them up; the
 # test also checks that a Sentinel refuses a client without it.
 #   6. (when a Floodgate binary and the chart's rendered environment are given) Floodgate, started
@@ -218,6 +219,19 @@ wait_for "the Sentinel on $victim" 10 sentinel_up "$victim"
 wait_for "the topology to settle after a Sentinel restart" 40 settled_stably
 [ "$(settled_master)" = "$master" ] || die "the master moved from $master to $(settled_master)"
 say "ok 5: the Sentinel on $victim restarted and rejoined; all 3 agree on $master"
+
+# The standalone topology (one bundled node, no Sentinels: the chart sets SENTINEL_PORT=1): the
+# same script starts it as master.
+step_started=$SECONDS
+standalone=127.0.0.5
+mkdir -p "$work/$standalone"
+env REDIS_NODES="$standalone" MY_HOST="$standalone" BIND_ADDRESS="$standalone" REDIS_PORT="$redis_port" \
+  SENTINEL_PORT=1 MASTER_NAME="$master_name" REDIS_PASSWORD="$password" DATA_DIR="$work/$standalone/data" \
+  CONF_DIR="$work/$standalone/redis" CLI_TIMEOUT=2 setsid sh "$scripts/redis-start.sh" >>"$work/$standalone/redis.log" 2>&1 &
+pids["redis $standalone"]=$!
+wait_for "the standalone node" 10 is_up "$standalone"
+[ "$(role "$standalone")" = master ] || die "the standalone node is not a master"
+say "ok 5: standalone topology: the script starts the one node as master"
 
 # 6. Floodgate as the chart configures it, against this topology.
 floodgate_bin=${FLOODGATE_BIN:-}
