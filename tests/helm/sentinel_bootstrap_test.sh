@@ -97,6 +97,7 @@ run() {
     REDIS_PORT="$redis_port" SENTINEL_PORT="$sentinel_port" MASTER_NAME="$master_name" \
     REDIS_PASSWORD="$password" SENTINEL_REQUIRE_PASSWORD=yes DATA_DIR="$work/$host/data" CONF_DIR="$work/$host/$kind" \
     QUORUM=2 DOWN_AFTER_MS=1000 FAILOVER_TIMEOUT_MS=3000 CLI_TIMEOUT=2 \
+    MAXMEMORY=64mb MAXMEMORY_POLICY=volatile-ttl PERSISTENCE=no \
     setsid sh "$scripts/$script" >>"$work/$host/$kind.log" 2>&1 &
   pids["$kind $host"]=$!
 }
@@ -171,6 +172,9 @@ wait_for "the topology to settle on ${hosts[0]}" 40 settled_stably
 [ "$(settled_master)" = "${hosts[0]}" ] || die "the topology settled on $(settled_master), not ${hosts[0]}"
 [ "$(redis-cli -h "${hosts[0]}" -p "$sentinel_port" SENTINEL get-master-addr-by-name "$master_name" 2>&1 | head -n 1)" != "${hosts[0]}" ] \
   || die "a Sentinel answered a client without the password"
+[ "$(redis "${hosts[1]}" CONFIG GET maxmemory | tail -n 1)" = 67108864 ] || die "maxmemory is not set"
+[ "$(redis "${hosts[1]}" CONFIG GET maxmemory-policy | tail -n 1)" = volatile-ttl ] || die "maxmemory-policy is not set"
+[ -z "$(redis "${hosts[1]}" CONFIG GET save | tail -n 1)" ] || die "snapshots are on without persistence"
 say "ok 1: ${hosts[0]} master, ${hosts[1]} and ${hosts[2]} replicas, 3 Sentinels agree"
 redis "${hosts[0]}" SET bootstrap written-before-the-kill >/dev/null
 [ "$(redis "${hosts[0]}" WAIT 2 2000)" = 2 ] || die "the write did not reach both replicas"

@@ -15,12 +15,16 @@
 #   DATA_DIR        Redis data directory (/data)      CONF_DIR      where redis.conf goes (/tmp)
 #   BIND_ADDRESS    addresses to listen on (default all; tests give each node its own)
 #   DOWN_AFTER_MS, FAILOVER_TIMEOUT_MS  as the Sentinels have them (bound the wait above)
+#   MAXMEMORY       Redis maxmemory (e.g. 400mb; empty: no limit)
+#   MAXMEMORY_POLICY  eviction policy (default volatile-ttl)
+#   PERSISTENCE     yes: keep RDB snapshots in DATA_DIR (default); no: keep nothing on disk
 #   REDIS_SERVER    redis-server binary (default redis-server)
 set -eu
 . "$(dirname "$0")/lib.sh"
 
 : "${DATA_DIR:=/data}" "${CONF_DIR:=/tmp}" "${REDIS_SERVER:=redis-server}" "${BIND_ADDRESS:=* -::*}"
 : "${DOWN_AFTER_MS:=5000}" "${FAILOVER_TIMEOUT_MS:=10000}"
+: "${MAXMEMORY:=}" "${MAXMEMORY_POLICY:=volatile-ttl}" "${PERSISTENCE:=yes}"
 
 master=$(sentinel_master)
 if [ -n "$master" ]; then
@@ -65,6 +69,16 @@ mkdir -p "$CONF_DIR" "$DATA_DIR"
   echo "dir $DATA_DIR"
   echo "replica-announce-ip $MY_HOST"
   echo "replica-announce-port $REDIS_PORT"
+  # Counters all expire: under memory pressure, drop those closest to expiring rather than
+  # refuse writes (or be killed at the container's memory limit).
+  [ -z "$MAXMEMORY" ] || echo "maxmemory $MAXMEMORY"
+  echo "maxmemory-policy $MAXMEMORY_POLICY"
+  if [ "$PERSISTENCE" != yes ]; then
+    # Nothing to keep: no snapshots (and their fork); replicas sync without disk.
+    echo 'save ""'
+    echo "appendonly no"
+  fi
+  echo "repl-diskless-sync yes"
   if [ -n "$REDIS_PASSWORD" ]; then
     echo "requirepass \"$REDIS_PASSWORD\""
     echo "masterauth \"$REDIS_PASSWORD\""

@@ -236,6 +236,12 @@ release generated (kept across upgrades), else a new random one. */}}
   value: {{ $b.sentinel.downAfterMilliseconds | quote }}
 - name: FAILOVER_TIMEOUT_MS
   value: {{ $b.sentinel.failoverTimeout | quote }}
+- name: MAXMEMORY
+  value: {{ $b.maxmemory | quote }}
+- name: MAXMEMORY_POLICY
+  value: {{ $b.maxmemoryPolicy | quote }}
+- name: PERSISTENCE
+  value: {{ ternary "yes" "no" $b.persistence.enabled | quote }}
 {{- if include "floodgate.redisAuth" . }}
 - name: REDIS_PASSWORD
   valueFrom:
