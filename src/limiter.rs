@@ -166,11 +166,16 @@ impl<S: Store> Limiter<S> {
             .map(|d| decision::match_query(d, query))
             .unwrap_or_default();
         let mut keys = Vec::new();
+        // The first key nobody owns, for the audit trail.
+        let mut unknown_key = None;
         for (index, api_key) in decision::api_keys(query, &matches) {
             keys.resize(query.descriptors.len(), KeyResolution::NotTiered);
             keys[index] = match self.identity(&query.domain, api_key).await? {
                 Some(identity) => KeyResolution::Known(identity),
-                None => KeyResolution::Unknown,
+                None => {
+                    unknown_key.get_or_insert(api_key);
+                    KeyResolution::Unknown
+                }
             };
         }
         let context = PlanContext {
@@ -183,8 +188,13 @@ impl<S: Store> Limiter<S> {
         if decision.denial == Some(Denial::InvalidApiKey)
             && let Some(domain) = domain
         {
-            self.punish_invalid_key(domain, query, &keys, &mut decision)
-                .await;
+            self.punish_invalid_key(
+                domain,
+                query,
+                unknown_key.unwrap_or_default(),
+                &mut decision,
+            )
+            .await;
         }
         Ok(decision)
     }
@@ -294,14 +304,12 @@ impl<S: Store> Limiter<S> {
         &self,
         domain: &Domain,
         query: &RateLimitQuery,
-        keys: &[KeyResolution],
+        api_key: &str,
         decision: &mut Decision,
     ) {
         let address = remote_address(query);
-        let api_key = decision::api_keys(query, &decision::match_query(domain, query))
-            .find(|(i, _)| keys.get(*i) == Some(&KeyResolution::Unknown))
-            .map_or_else(String::new, |(_, key)| mask_secret(key));
-        crate::audit::security_event("invalid_api_key", domain.name(), &api_key, address);
+        let masked = mask_secret(api_key);
+        crate::audit::security_event("invalid_api_key", domain.name(), &masked, address);
         let Some(address) = address else {
             return;
         };
