@@ -14,7 +14,7 @@ use floodgate::store::redis::RedisOptions;
 use support::certs::Certs;
 use support::http::http;
 use support::process::Floodgate;
-use support::{RedisServer, TestServer, request};
+use support::{PATIENCE, RedisServer, TestServer, request, wait_for};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -28,17 +28,6 @@ descriptors:
     detailed_metric: true
     rate_limit: { unit: day, requests_per_unit: 100 }
 "#;
-
-async fn wait_for<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, mut ready: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !ready().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 /// The value of the first sample of `metric` whose labels contain every one of `labels`.
 fn sample(text: &str, metric: &str, labels: &[&str]) -> Option<f64> {
@@ -137,7 +126,7 @@ async fn grpc_health_follows_the_store() {
         }
     };
     let serving = || async { status("").await.ok() == Some(ServingStatus::Serving) };
-    wait_for("SERVING", serving).await;
+    wait_for("SERVING", PATIENCE, serving).await;
     assert_eq!(
         status("envoy.service.ratelimit.v3.RateLimitService")
             .await
@@ -145,7 +134,7 @@ async fn grpc_health_follows_the_store() {
         ServingStatus::Serving
     );
     redis.kill();
-    wait_for("NOT_SERVING while Redis is down", || async {
+    wait_for("NOT_SERVING while Redis is down", PATIENCE, || async {
         status("").await.ok() == Some(ServingStatus::NotServing)
     })
     .await;
@@ -156,7 +145,7 @@ async fn grpc_health_follows_the_store() {
         "alive, only not ready"
     );
     redis.restart();
-    wait_for("SERVING again", serving).await;
+    wait_for("SERVING again", PATIENCE, serving).await;
 }
 
 #[tokio::test]
@@ -192,7 +181,7 @@ async fn config_changes_apply_without_restart_and_broken_ones_are_refused() {
 
     // A valid change is picked up while serving.
     std::fs::write(&file, limit(20)).unwrap();
-    wait_for("the new limit", || {
+    wait_for("the new limit", PATIENCE, || {
         let c = current(&mut client);
         async move { c.await == Some(20) }
     })
@@ -204,7 +193,7 @@ async fn config_changes_apply_without_restart_and_broken_ones_are_refused() {
         "domain: ops\ndescriptors:\n  - key: client\n    rate_limit: { unit: fortnight }\n",
     )
     .unwrap();
-    wait_for("the refusal to be counted", || async {
+    wait_for("the refusal to be counted", PATIENCE, || async {
         let text = http(floodgate.http_addr, "GET", "/metrics", "").await.1;
         sample(
             &text,
@@ -220,7 +209,7 @@ async fn config_changes_apply_without_restart_and_broken_ones_are_refused() {
     let tmp = dir.join(".tmp.yaml");
     std::fs::write(&tmp, limit(30)).unwrap();
     std::fs::rename(&tmp, &file).unwrap();
-    wait_for("the swapped file", || {
+    wait_for("the swapped file", PATIENCE, || {
         let c = current(&mut client);
         async move { c.await == Some(30) }
     })
@@ -238,7 +227,7 @@ async fn config_changes_apply_without_restart_and_broken_ones_are_refused() {
             .unwrap()
             .success()
     );
-    wait_for("the SIGHUP reload", || {
+    wait_for("the SIGHUP reload", PATIENCE, || {
         let c = current(&mut quiet_client);
         async move { c.await == Some(40) }
     })
@@ -289,7 +278,7 @@ async fn sigterm_during_load_finishes_in_flight_calls() {
         })
         .collect();
     // Let the calls reach Floodgate (its first pipeline to the frozen Redis) before the signal.
-    wait_for("calls in flight", || async {
+    wait_for("calls in flight", PATIENCE, || async {
         let text = http(floodgate.http_addr, "GET", "/metrics", "").await.1;
         sample(&text, "floodgate_redis_round_trips_total", &[]).is_some()
     })
@@ -330,7 +319,9 @@ async fn overload_is_refused_fast_not_queued() {
         return;
     };
     let store = RedisStore::new(&RedisOptions {
-        timeout: Duration::from_secs(1),
+        // Below the 1 s request timeout, so the admitted calls end on the store deadline
+        // (UNAVAILABLE) rather than racing the server's own timeout (CANCELLED).
+        timeout: Duration::from_millis(500),
         ..RedisOptions::standalone(&redis.url(), "ops:")
     })
     .unwrap();

@@ -15,7 +15,7 @@ use floodgate::server::ServerOptions;
 use floodgate::store::RedisStore;
 use floodgate::store::redis::RedisOptions;
 use support::http::http;
-use support::{RedisServer, TestServer, free_port, request};
+use support::{PATIENCE, RedisServer, TestServer, free_port, request, wait_for};
 
 const CONFIG: &str = r#"
 domain: chaos
@@ -49,17 +49,6 @@ fn store(url: &str) -> RedisStore {
         ..RedisOptions::standalone(url, "chaos:")
     })
     .unwrap()
-}
-
-async fn wait_for<F: FnMut() -> Fut, Fut: Future<Output = bool>>(what: &str, mut ready: F) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !ready().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -100,18 +89,18 @@ async fn redis_killed_and_restarted_under_load() {
             }
         }));
     }
-    wait_for("answers before the crash", || async {
+    wait_for("answers before the crash", PATIENCE, || async {
         answered.load(Ordering::Relaxed) > 50
     })
     .await;
 
     redis.kill();
-    wait_for("the circuit to open", || async {
+    wait_for("the circuit to open", PATIENCE, || async {
         limiter.breaker_state() != BreakerState::Closed
     })
     .await;
     let failed_before = unavailable.load(Ordering::Relaxed);
-    wait_for("more refusals while Redis is down", || async {
+    wait_for("more refusals while Redis is down", PATIENCE, || async {
         unavailable.load(Ordering::Relaxed) > failed_before + 100
     })
     .await;
@@ -120,7 +109,7 @@ async fn redis_killed_and_restarted_under_load() {
 
     redis.restart();
     let answered_at_restart = answered.load(Ordering::Relaxed);
-    wait_for("answers after the restart", || async {
+    wait_for("answers after the restart", PATIENCE, || async {
         answered.load(Ordering::Relaxed) > answered_at_restart + 50
     })
     .await;
@@ -182,11 +171,11 @@ async fn redis_down_at_start_then_recovers_by_itself() {
         }
         return;
     };
-    wait_for("healthy once Redis is up", || async {
+    wait_for("healthy once Redis is up", PATIENCE, || async {
         http(server.http_addr, "GET", "/healthcheck", "").await.0 == 200
     })
     .await;
-    wait_for("decisions once Redis is up", || {
+    wait_for("decisions once Redis is up", PATIENCE, || {
         let mut client = client.clone();
         async move {
             client

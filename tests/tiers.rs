@@ -3,14 +3,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::pb::{RateLimitResponse, rate_limit_service_client::RateLimitServiceClient};
 use serde_json::{Value, json};
 use support::http::http_with;
 use support::process::Floodgate;
-use support::{RedisServer, request};
+use support::{RedisServer, request, wait_for};
 use tonic::transport::Channel;
 
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiers.yaml");
@@ -53,19 +53,6 @@ impl Mode {
         .await;
         floodgate
     }
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !ready().await {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
 }
 
 async fn admin(floodgate: &Floodgate, method: &str, path: &str, body: &str) -> (u16, Value) {

@@ -188,6 +188,24 @@ pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) 
     }
 }
 
+/// How long the async tests wait for a condition before failing (a guard, not a speed check).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// Polls `ready` every 20 ms until it holds (returning how long that took), or fails the test
+/// once `limit` has passed.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !ready().await {
+        assert!(started.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
 /// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
 pub struct ChildGuard(pub Option<Child>);
 
