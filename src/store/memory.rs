@@ -40,6 +40,15 @@ struct Registry {
     users: BTreeMap<(String, String), UserEntry>,
 }
 
+impl Registry {
+    /// The user `user_id` of `domain`, to change.
+    fn user_mut(&mut self, domain: &str, user_id: &str) -> Result<&mut UserEntry, RegistryError> {
+        self.users
+            .get_mut(&(domain.to_owned(), user_id.to_owned()))
+            .ok_or_else(|| RegistryError::UnknownUser(user_id.to_owned()))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct UserEntry {
     tier: String,
@@ -289,16 +298,13 @@ impl<C: Clock> Store for MemoryStore<C> {
             .registry
             .write()
             .unwrap_or_else(PoisonError::into_inner);
+        // The user first, then the key: the order the Redis registry script checks them in.
+        registry.user_mut(domain, user_id)?;
         let key = (domain.to_owned(), api_key.to_owned());
         if registry.keys.contains_key(&key) {
             return Err(RegistryError::KeyTaken(crate::config::mask_secret(api_key)));
         }
-        let Some(entry) = registry
-            .users
-            .get_mut(&(domain.to_owned(), user_id.to_owned()))
-        else {
-            return Err(RegistryError::UnknownUser(user_id.to_owned()));
-        };
+        let entry = registry.user_mut(domain, user_id)?;
         entry.keys.insert(api_key.to_owned());
         registry.keys.insert(key, user_id.to_owned());
         Ok(())
@@ -314,12 +320,7 @@ impl<C: Clock> Store for MemoryStore<C> {
             .registry
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = registry
-            .users
-            .get_mut(&(domain.to_owned(), user_id.to_owned()))
-        else {
-            return Err(RegistryError::UnknownUser(user_id.to_owned()));
-        };
+        let entry = registry.user_mut(domain, user_id)?;
         if !entry.keys.remove(api_key) {
             return Err(RegistryError::UnknownKey(crate::config::mask_secret(
                 api_key,
@@ -336,12 +337,7 @@ impl<C: Clock> Store for MemoryStore<C> {
             .registry
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = registry
-            .users
-            .get_mut(&(domain.to_owned(), user_id.to_owned()))
-        else {
-            return Err(RegistryError::UnknownUser(user_id.to_owned()));
-        };
+        let entry = registry.user_mut(domain, user_id)?;
         entry.tier = tier.to_owned();
         Ok(())
     }
