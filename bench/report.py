@@ -3,6 +3,7 @@
 latency-versus-throughput plot (bench/results/latency.svg). Standard library only."""
 
 import argparse
+import math
 import json
 import pathlib
 
@@ -15,31 +16,52 @@ def load(out):
     return runs
 
 
+def cell(value):
+    return "—" if value is None else str(value)
+
+
 def table(runs, out):
-    noops = [r["rps"] for name, r in runs.items() if name.startswith("noop")]
-    noop = max(noops) if noops else 0
+    # Each generator is compared with the no-op server measured by the same generator.
+    noop = max((r["rps"] for n, r in runs.items() if n in ("noop", "noop-again")), default=0)
+    noop_h2load = runs.get("noop-h2load", {}).get("rps") or 0
     ceiling = runs.get("redis-ceiling", {}).get("rps") or 0
     rows = []
     for name, r in runs.items():
         share = ""
-        if noop and not name.startswith("noop") and not name.startswith("redis-ceiling"):
+        rate = r.get("target_rate")
+        if name.startswith("noop") or name.startswith("redis-ceiling"):
+            pass
+        elif rate:
+            same = runs.get(f"noop-open-{rate}")
+            if same:
+                share = f"no-op at this rate: p99 {same['p99_us']} µs"
+        elif r.get("mode") == "h2load":
+            if noop_h2load:
+                share = f"{100 * r['rps'] / noop_h2load:.0f} % of no-op (h2load)"
+        elif noop:
             share = f"{100 * r['rps'] / noop:.0f} % of no-op"
-        if ceiling and name.startswith("redis-") and "ceiling" not in name and "open" not in name:
+        if ceiling and name.startswith("redis-") and "ceiling" not in name and not rate:
             share += f", {100 * r['rps'] / ceiling:.0f} % of Redis ceiling"
-        rate = f"{r['target_rate']}/s open" if r.get("target_rate") else f"closed, {r['concurrency']} in flight"
+        if r.get("mode") == "h2load":
+            load = f"h2load, {r['concurrency']} in flight (mean {r['mean_us']} µs)"
+        elif rate:
+            load = f"{rate}/s open"
+        else:
+            load = f"closed, {r['concurrency']} in flight"
         redis = r.get("redis")
         calls = f"{redis['calls_per_decision']:.2f} / {redis['calls_per_decision'] * redis['trips_per_call']:.3f}" if redis else ""
         rows.append(
-            f"| {name} | {rate} | {r['descriptors']} | {r['rps']:,.0f} | {r['p50_us']} | {r['p99_us']} | "
-            f"{r['p999_us']} | {r['max_us']} | {r['ok']:,} / {r['over_limit']:,} / {r['errors']:,} | {calls} | {share.strip(', ')} |"
+            f"| {name} | {load} | {r['descriptors']} | {r['rps']:,.0f} | {cell(r['p50_us'])} | {cell(r['p99_us'])} | "
+            f"{cell(r['p999_us'])} | {cell(r['max_us'])} | {r['ok']:,} / {r['over_limit']:,} / {r['errors']:,} | {calls} | {share.strip(', ')} |"
         )
     lines = [
-        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | EVALSHA / round trips per decision | share |",
+        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | EVALSHA / round trips per decision | compared with |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
     memory = out / "memory-per-key.txt"
     if memory.exists():
+        lines.append("")
         lines.append(memory.read_text().strip())
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
@@ -56,9 +78,12 @@ def plot(runs, out):
         return
     width, height, pad = 640, 400, 60
     max_x = max(x for pts in series.values() for x, _ in pts) * 1.1
-    max_y = max(y for pts in series.values() for _, y in pts) * 1.2 or 1
+    # p99 spans microseconds to (past saturation) hundreds of milliseconds: a log scale.
+    low = 0.1
+    top = max(max(y for pts in series.values() for _, y in pts) * 1.5, 1.0)
+    decades = math.log10(top / low)
     sx = lambda x: pad + (width - 2 * pad) * x / max_x
-    sy = lambda y: height - pad - (height - 2 * pad) * y / max_y
+    sy = lambda y: height - pad - (height - 2 * pad) * math.log10(max(y, low) / low) / decades
     colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
@@ -67,12 +92,16 @@ def plot(runs, out):
         f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>',
         f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>',
         f'<text x="{width / 2}" y="{height - 20}" text-anchor="middle">decisions per second</text>',
-        f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">p99 (ms)</text>',
+        f'<text x="15" y="{height / 2}" transform="rotate(-90 15 {height / 2})" text-anchor="middle">p99 (ms, log scale)</text>',
     ]
     for i in range(5):
-        x, y = max_x * i / 4, max_y * i / 4
+        x = max_x * i / 4
         parts.append(f'<text x="{sx(x)}" y="{height - pad + 15}" text-anchor="middle">{x:,.0f}</text>')
-        parts.append(f'<text x="{pad - 5}" y="{sy(y) + 4}" text-anchor="end">{y:.2f}</text>')
+    y = low
+    while y <= top:
+        parts.append(f'<text x="{pad - 5}" y="{sy(y) + 4}" text-anchor="end">{y:g}</text>')
+        parts.append(f'<line x1="{pad}" y1="{sy(y)}" x2="{width - pad}" y2="{sy(y)}" stroke="#ddd"/>')
+        y *= 10
     for i, (store, pts) in enumerate(sorted(series.items())):
         pts.sort()
         colour = colours[i % len(colours)]

@@ -57,18 +57,51 @@ run() { # name, address, extra bench args...
     --json "$out/$name.json" "$@"
 }
 
+# A second opinion on the closed-loop ceiling from a generator in C (Debian's nghttp2-client),
+# with the settings the issue's reference figures used: 4 connections, 32 streams each, 1 thread.
+body=$tmp/request.grpc
+"$bench" body --descriptors 1 >"$body"
+h2load_run() { # name, port
+  command -v h2load >/dev/null || return 0
+  h2load -c 4 -m 32 -t 1 -D "${DURATION%s}" --warm-up-time="${WARMUP%s}" -d "$body" \
+    -H 'content-type: application/grpc' -H 'te: trailers' \
+    "http://127.0.0.1:$2/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit" \
+    >"$tmp/$1.h2load" 2>&1 || true
+  python3 - "$tmp/$1.h2load" "$out/$1.json" "$1" <<'PY'
+import json, re, sys
+text = open(sys.argv[1]).read()
+rps = float(re.search(r"finished in [\d.]+s, ([\d.]+) req/s", text).group(1))
+done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed", text)
+mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", text).group(1)
+us = float(mean[:-2]) * (1000 if mean.endswith("ms") else 1) if mean.endswith("s") else 0
+json.dump({"name": sys.argv[3], "mode": "h2load", "concurrency": 128, "descriptors": 1,
+           "target_rate": None, "requests": int(done.group(1)), "rps": rps,
+           "ok": int(done.group(2)), "over_limit": 0, "errors": int(done.group(3)),
+           "p50_us": None, "p90_us": None, "p99_us": None, "p999_us": None, "max_us": None,
+           "mean_us": round(us)}, open(sys.argv[2], "w"))
+PY
+  echo "$1 (h2load): $(grep -o 'finished in.*req/s' "$tmp/$1.h2load")"
+}
+
+rates="5000 10000 20000 40000"
+
 echo "== no-op gRPC server (the ceiling of the gRPC stack)"
 noop_port=$(free_port)
 "$bin/examples/noop_rls" "127.0.0.1:$noop_port" >"$tmp/noop.log" 2>&1 &
 noop_pid=$!; pids+=($noop_pid)
 wait_port "$noop_port"
 run noop "127.0.0.1:$noop_port" --concurrency 128 --connections 4
+h2load_run noop-h2load "$noop_port"
+for rate in $rates; do
+  run "noop-open-$rate" "127.0.0.1:$noop_port" --rate "$rate" --connections 4
+done
 stop "$noop_pid"
 
 echo "== memory store"
 read -r grpc http pid < <(start_floodgate memory)
 run memory-1desc "127.0.0.1:$grpc" --concurrency 128 --connections 4
-for rate in 5000 10000 20000 40000; do
+h2load_run memory-h2load "$grpc"
+for rate in $rates; do
   run "memory-open-$rate" "127.0.0.1:$grpc" --rate "$rate" --connections 4
 done
 stop "$pid"

@@ -100,7 +100,10 @@ impl CircuitBreaker {
     /// Records the outcome of a call made under `permit`.
     pub fn record(&self, permit: Permit, success: bool, now_ms: u64) {
         if success {
-            self.consecutive_failures.store(0, Ordering::Release);
+            // Read first: a store on every call would bounce the line between cores.
+            if self.consecutive_failures.load(Ordering::Acquire) != 0 {
+                self.consecutive_failures.store(0, Ordering::Release);
+            }
             if permit == Permit::Probe || self.opened_at.load(Ordering::Acquire) != 0 {
                 self.opened_at.store(0, Ordering::Release);
                 self.probing.store(false, Ordering::Release);

@@ -2,7 +2,7 @@
 //! owners), and the one `decide` that gRPC and HTTP share.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -72,6 +72,8 @@ pub struct Limiter<S> {
     /// stored, so that attack traffic on them costs the store nothing; `None` when off.
     over_limit: Option<TtlCache<u64>>,
     stats: DescriptorStats,
+    /// Store call latency, registered at first use (after the recorder is installed).
+    store_latency: OnceLock<metrics::Histogram>,
 }
 
 impl<S> std::fmt::Debug for Limiter<S> {
@@ -98,6 +100,7 @@ impl<S: Store> Limiter<S> {
             identities: TtlCache::new(IDENTITY_CACHE_ENTRIES),
             breaker: CircuitBreaker::new(options.breaker),
             stats: DescriptorStats::new(options.near_limit_ratio),
+            store_latency: OnceLock::new(),
             over_limit: (options.over_limit_cache > 0)
                 .then(|| TtlCache::new(options.over_limit_cache)),
             options,
@@ -107,10 +110,11 @@ impl<S: Store> Limiter<S> {
     /// Matches, counts and decides one query. When the store fails, the failure mode answers
     /// (or, in mode `error`, the error is returned).
     pub async fn decide(&self, query: &RateLimitQuery) -> Result<Decision, StoreError> {
-        match self.decide_with_store(query).await {
+        // One clock read for the whole decision (the stores read their own).
+        let now = self.clock.now_ms();
+        match self.decide_with_store(query, now).await {
             Ok(decision) => {
-                self.stats
-                    .record(&query.domain, &decision, self.clock.now_ms());
+                self.stats.record(&query.domain, &decision);
                 Ok(decision)
             }
             Err(e) => {
@@ -121,12 +125,13 @@ impl<S: Store> Limiter<S> {
         }
     }
 
-    /// Runs `call` unless the circuit is open, and tells the breaker how it went.
+    /// Runs `call` unless the circuit is open at `now`, and tells the breaker how it went.
     async fn guarded<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
+        now: u64,
     ) -> Result<T, StoreError> {
-        let permit = self.breaker.permit(self.clock.now_ms());
+        let permit = self.breaker.permit(now);
         if permit == Permit::Reject {
             return Err(StoreError::CircuitOpen);
         }
@@ -136,7 +141,9 @@ impl<S: Store> Limiter<S> {
             result,
             Err(StoreError::Timeout(_) | StoreError::Unavailable(_))
         );
-        self.breaker.record(permit, healthy, self.clock.now_ms());
+        // A failure is timed when it is known (it may have taken the whole timeout).
+        let finished = if healthy { now } else { self.clock.now_ms() };
+        self.breaker.record(permit, healthy, finished);
         result
     }
 
@@ -157,7 +164,11 @@ impl<S: Store> Limiter<S> {
         self.store.observe();
     }
 
-    async fn decide_with_store(&self, query: &RateLimitQuery) -> Result<Decision, StoreError> {
+    async fn decide_with_store(
+        &self,
+        query: &RateLimitQuery,
+        now: u64,
+    ) -> Result<Decision, StoreError> {
         // An Arc (not a guard) because API key look-ups may await before the plan is made; the
         // plan owns what it needs, so a reload never waits for requests in flight.
         let config = self.config.load_full();
@@ -170,7 +181,7 @@ impl<S: Store> Limiter<S> {
         let mut unknown_key = None;
         for (index, api_key) in decision::api_keys(query, &matches) {
             keys.resize(query.descriptors.len(), KeyResolution::NotTiered);
-            keys[index] = match self.identity(&query.domain, api_key).await? {
+            keys[index] = match self.identity(&query.domain, api_key, now).await? {
                 Some(identity) => KeyResolution::Known(identity),
                 None => {
                     unknown_key.get_or_insert(api_key);
@@ -180,10 +191,10 @@ impl<S: Store> Limiter<S> {
         }
         let context = PlanContext {
             keys: &keys,
-            health: self.health_status(),
+            health: self.health.load().at(now),
         };
         let plan = decision::plan(&config, query, &matches, context, &self.options.plan);
-        let applied = self.apply(&plan.checks).await?;
+        let applied = self.apply(&plan.checks, now).await?;
         let mut decision = decision::decide(plan, &applied);
         if decision.denial == Some(Denial::InvalidApiKey)
             && let Some(domain) = domain
@@ -199,19 +210,20 @@ impl<S: Store> Limiter<S> {
         Ok(decision)
     }
 
-    async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
+    async fn apply(&self, checks: &[Check], now: u64) -> Result<Applied, StoreError> {
         if checks.is_empty() {
             return Ok(Applied {
                 admitted: true,
                 counters: Vec::new(),
             });
         }
-        if let Some(denied) = self.known_over_limit(checks) {
+        if let Some(denied) = self.known_over_limit(checks, now) {
             return Ok(denied);
         }
         let started = std::time::Instant::now();
-        let applied = self.guarded(self.store.apply(checks)).await;
-        metrics::histogram!(telemetry::STORE_DURATION, "op" => "decide")
+        let applied = self.guarded(self.store.apply(checks), now).await;
+        self.store_latency
+            .get_or_init(|| metrics::histogram!(telemetry::STORE_DURATION, "op" => "decide"))
             .record(started.elapsed().as_secs_f64());
         let applied = applied?;
         if applied.counters.len() != checks.len() {
@@ -221,7 +233,7 @@ impl<S: Store> Limiter<S> {
                 checks.len()
             )));
         }
-        self.remember_full(checks, &applied);
+        self.remember_full(checks, &applied, now);
         Ok(applied)
     }
 
@@ -237,9 +249,8 @@ impl<S: Store> Limiter<S> {
     /// A denial made locally when some counter of the request is known full. The request is
     /// denied, so nothing would be written anyway; the other counters are not read (their
     /// `remaining` is reported as 0).
-    fn known_over_limit(&self, checks: &[Check]) -> Option<Applied> {
+    fn known_over_limit(&self, checks: &[Check], now: u64) -> Option<Applied> {
         let cache = self.over_limit.as_ref()?;
-        let now = self.clock.now_ms();
         let full: Vec<Option<u64>> = checks
             .iter()
             .map(|c| {
@@ -269,11 +280,10 @@ impl<S: Store> Limiter<S> {
 
     /// Remembers the counters this answer found full, until they reset: those found over, and
     /// fixed windows left with nothing (the next hit is over until the window ends).
-    fn remember_full(&self, checks: &[Check], applied: &Applied) {
+    fn remember_full(&self, checks: &[Check], applied: &Applied, now: u64) {
         let Some(cache) = &self.over_limit else {
             return;
         };
-        let now = self.clock.now_ms();
         for (check, counter) in checks.iter().zip(&applied.counters) {
             let full = counter.over
                 || (applied.admitted
@@ -285,13 +295,19 @@ impl<S: Store> Limiter<S> {
     }
 
     /// The owner of `api_key`, from the cache if it is fresh enough.
-    async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
+    async fn identity(
+        &self,
+        domain: &str,
+        api_key: &str,
+        now: u64,
+    ) -> Result<Option<Identity>, StoreError> {
         let cache_key = format!("{domain}\0{api_key}");
-        let now = self.clock.now_ms();
         if let Some(identity) = self.identities.get(&cache_key, now) {
             return Ok(identity);
         }
-        let identity = self.guarded(self.store.identity(domain, api_key)).await?;
+        let identity = self
+            .guarded(self.store.identity(domain, api_key), now)
+            .await?;
         let expires = now + self.options.cache_ttl.as_millis() as u64;
         self.identities
             .insert(cache_key, identity.clone(), now, expires);

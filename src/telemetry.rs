@@ -5,11 +5,15 @@
 //! (values appear only for rules that ask, `detailed_metric` / `value_to_metric`, and at most
 //! [`MAX_DETAILED_KEYS`] distinct ones; beyond that they count under `_overflow`).
 
-use std::sync::OnceLock;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
+use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::cache::TtlCache;
 use crate::decision::{Code, Decision};
 
 /// ShouldRateLimit latency, seconds (histogram; label `result`).
@@ -84,12 +88,126 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// How a ShouldRateLimit call ended, as the `result` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    /// Allowed.
+    Ok,
+    /// Denied.
+    OverLimit,
+    /// Refused as malformed.
+    InvalidArgument,
+    /// The store failed and the failure mode said to fail the call.
+    Unavailable,
+}
+
+impl RequestResult {
+    const ALL: [RequestResult; 4] = [
+        RequestResult::Ok,
+        RequestResult::OverLimit,
+        RequestResult::InvalidArgument,
+        RequestResult::Unavailable,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RequestResult::Ok => "ok",
+            RequestResult::OverLimit => "over_limit",
+            RequestResult::InvalidArgument => "invalid_argument",
+            RequestResult::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// The per-call metrics (count and latency by result), registered once so that recording a
+/// call neither builds a metric key nor looks one up. Make it after [`prometheus`] has installed
+/// the recorder: handles taken before that record nowhere.
+#[derive(Debug, Clone)]
+pub struct RequestMetrics {
+    by_result: [(Counter, Histogram); 4],
+}
+
+impl RequestMetrics {
+    /// Handles from the installed recorder.
+    pub fn new() -> RequestMetrics {
+        RequestMetrics {
+            by_result: RequestResult::ALL.map(|r| {
+                (
+                    metrics::counter!(REQUESTS, "result" => r.label()),
+                    metrics::histogram!(REQUEST_DURATION, "result" => r.label()),
+                )
+            }),
+        }
+    }
+
+    /// Counts one call that took `seconds`.
+    pub fn record(&self, result: RequestResult, seconds: f64) {
+        let (count, latency) = &self.by_result[result as usize];
+        count.increment(1);
+        latency.record(seconds);
+    }
+}
+
+impl Default for RequestMetrics {
+    fn default() -> RequestMetrics {
+        RequestMetrics::new()
+    }
+}
+
+/// The per-descriptor counters of one (domain, key) pair, each registered on first use (so a
+/// series appears once it has something to say, as before the handles were kept).
+#[derive(Debug)]
+struct DescriptorCounters {
+    labels: [(&'static str, String); 2],
+    total: OnceLock<Counter>,
+    over: OnceLock<Counter>,
+    near: OnceLock<Counter>,
+    within: OnceLock<Counter>,
+    shadow: OnceLock<Counter>,
+}
+
+impl DescriptorCounters {
+    fn new(domain: &str, key: &str) -> DescriptorCounters {
+        DescriptorCounters {
+            labels: [("domain", domain.to_owned()), ("key", key.to_owned())],
+            total: OnceLock::new(),
+            over: OnceLock::new(),
+            near: OnceLock::new(),
+            within: OnceLock::new(),
+            shadow: OnceLock::new(),
+        }
+    }
+
+    fn add(&self, cell: &OnceLock<Counter>, name: &'static str, hits: u64) {
+        cell.get_or_init(|| metrics::counter!(name, &self.labels))
+            .increment(hits);
+    }
+}
+
+/// Shards of the (domain, key) → counters map; a read lock per descriptor, no global lock.
+const STATS_SHARDS: usize = 16;
+/// (domain, key) pairs whose handles are kept; past it (only after many reloads that each
+/// brought new rules) counters are still counted, through the registry.
+const MAX_KEPT_PAIRS: usize = 4 * MAX_DETAILED_KEYS;
+
+type StatsShard = RwLock<HashMap<Box<str>, Arc<DescriptorCounters>>>;
+
+thread_local! {
+    /// The lookup key "domain\0key", built here instead of in a new String per descriptor.
+    static PAIR: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
 /// Records the per-descriptor statistics of one decision.
 #[derive(Debug)]
 pub struct DescriptorStats {
     /// A descriptor within the limit is "near" once it has used this share of it.
     near_limit_ratio: f64,
-    detailed: TtlCache<()>,
+    shards: Box<[StatsShard]>,
+    hasher: RandomState,
+    /// Pairs kept, and of those, value-bearing keys (bounded by [`MAX_DETAILED_KEYS`]).
+    kept: AtomicUsize,
+    detailed: AtomicUsize,
 }
 
 impl DescriptorStats {
@@ -97,36 +215,34 @@ impl DescriptorStats {
     pub fn new(near_limit_ratio: f64) -> DescriptorStats {
         DescriptorStats {
             near_limit_ratio,
-            detailed: TtlCache::new(MAX_DETAILED_KEYS),
+            shards: (0..STATS_SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            kept: AtomicUsize::new(0),
+            detailed: AtomicUsize::new(0),
         }
     }
 
     /// Counts `decision`'s descriptors for `domain`.
-    pub fn record(&self, domain: &str, decision: &Decision, now_ms: u64) {
+    pub fn record(&self, domain: &str, decision: &Decision) {
         for status in &decision.statuses {
             let Some(applied) = &status.limit else {
                 continue;
             };
-            let key: &str = if !applied.metric_values || self.bounded(&applied.metric_key, now_ms) {
-                &applied.metric_key
-            } else {
-                OVERFLOW_KEY
-            };
-            let labels = [("domain", domain.to_owned()), ("key", key.to_owned())];
+            let counters = self.counters(domain, &applied.metric_key, applied.metric_values);
             let hits = status.hits;
-            metrics::counter!(TOTAL_HITS, &labels).increment(hits);
+            counters.add(&counters.total, TOTAL_HITS, hits);
             let limit = u64::from(applied.limit.requests_per_unit);
             if status.over {
-                metrics::counter!(OVER_LIMIT, &labels).increment(hits);
+                counters.add(&counters.over, OVER_LIMIT, hits);
                 if status.shadow {
-                    metrics::counter!(SHADOW_MODE, &labels).increment(hits);
+                    counters.add(&counters.shadow, SHADOW_MODE, hits);
                 }
             } else {
                 let used = limit.saturating_sub(u64::from(status.remaining));
                 if limit > 0 && used as f64 >= self.near_limit_ratio * limit as f64 {
-                    metrics::counter!(NEAR_LIMIT, &labels).increment(hits);
+                    counters.add(&counters.near, NEAR_LIMIT, hits);
                 }
-                metrics::counter!(WITHIN_LIMIT, &labels).increment(hits);
+                counters.add(&counters.within, WITHIN_LIMIT, hits);
             }
             if applied.tiered {
                 let code = if status.code == Code::OverLimit {
@@ -140,16 +256,88 @@ impl DescriptorStats {
         }
     }
 
-    /// Whether a value-bearing key may be a label: while fewer than the cap are known (an
-    /// approximate, lock-sharded set).
-    fn bounded(&self, key: &str, now_ms: u64) -> bool {
-        if self.detailed.get(key, now_ms).is_some() {
-            return true;
+    /// The counters of (`domain`, `key`). A value-bearing key (`values`) counts under
+    /// [`OVERFLOW_KEY`] once [`MAX_DETAILED_KEYS`] others are known.
+    fn counters(&self, domain: &str, key: &str, values: bool) -> Arc<DescriptorCounters> {
+        if let Some(found) = self.kept(domain, key) {
+            return found;
         }
-        if self.detailed.len() >= MAX_DETAILED_KEYS {
-            return false;
+        let key = if values && self.detailed.load(Ordering::Relaxed) >= MAX_DETAILED_KEYS {
+            OVERFLOW_KEY
+        } else {
+            key
+        };
+        if key == OVERFLOW_KEY
+            && let Some(found) = self.kept(domain, key)
+        {
+            return found;
         }
-        self.detailed.insert(key.to_owned(), (), now_ms, u64::MAX);
-        true
+        let counters = Arc::new(DescriptorCounters::new(domain, key));
+        if self.kept.load(Ordering::Relaxed) >= MAX_KEPT_PAIRS {
+            return counters;
+        }
+        let pair = format!("{domain}\0{key}");
+        let mut shard = self
+            .shard(&pair)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = shard.get(pair.as_str()) {
+            return found.clone();
+        }
+        self.kept.fetch_add(1, Ordering::Relaxed);
+        if values && key != OVERFLOW_KEY {
+            self.detailed.fetch_add(1, Ordering::Relaxed);
+        }
+        shard.insert(pair.into_boxed_str(), counters.clone());
+        counters
+    }
+
+    fn kept(&self, domain: &str, key: &str) -> Option<Arc<DescriptorCounters>> {
+        PAIR.with_borrow_mut(|pair| {
+            pair.clear();
+            pair.push_str(domain);
+            pair.push('\0');
+            pair.push_str(key);
+            self.shard(pair)
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(pair.as_str())
+                .cloned()
+        })
+    }
+
+    fn shard(&self, pair: &str) -> &StatsShard {
+        &self.shards[(self.hasher.hash_one(pair) as usize) % STATS_SHARDS]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of(stats: &DescriptorStats, key: &str, values: bool) -> String {
+        stats.counters("d", key, values).labels[1].1.clone()
+    }
+
+    #[test]
+    fn value_bearing_keys_are_bounded_and_rule_keys_are_not() {
+        let stats = DescriptorStats::new(0.8);
+        for i in 0..MAX_DETAILED_KEYS {
+            assert_eq!(key_of(&stats, &format!("ip_{i}"), true), format!("ip_{i}"));
+        }
+        // Known ones keep their own label; a new one counts under the overflow label.
+        assert_eq!(key_of(&stats, "ip_7", true), "ip_7");
+        assert_eq!(key_of(&stats, "ip_new", true), OVERFLOW_KEY);
+        // A rule's key path is not value-bearing: always its own label.
+        assert_eq!(key_of(&stats, "path", false), "path");
+        // The same pair is one set of handles.
+        assert!(Arc::ptr_eq(
+            &stats.counters("d", "path", false),
+            &stats.counters("d", "path", false)
+        ));
+        assert!(!Arc::ptr_eq(
+            &stats.counters("d", "path", false),
+            &stats.counters("e", "path", false)
+        ));
     }
 }

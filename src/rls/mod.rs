@@ -13,7 +13,7 @@ use crate::limiter::Limiter;
 use crate::pb::rate_limit_service_server::RateLimitService;
 use crate::pb::{RateLimitRequest, RateLimitResponse};
 use crate::store::Store;
-use crate::telemetry;
+use crate::telemetry::{RequestMetrics, RequestResult};
 
 pub use error::ServiceError;
 pub use request::InputLimits;
@@ -25,6 +25,7 @@ pub struct RlsService<S> {
     limiter: Arc<Limiter<S>>,
     input_limits: InputLimits,
     response_options: ResponseOptions,
+    metrics: RequestMetrics,
 }
 
 impl<S> Clone for RlsService<S> {
@@ -33,12 +34,14 @@ impl<S> Clone for RlsService<S> {
             limiter: self.limiter.clone(),
             input_limits: self.input_limits,
             response_options: self.response_options.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
 
 impl<S: Store> RlsService<S> {
-    /// A service deciding with `limiter`.
+    /// A service deciding with `limiter`. Its metrics go to the recorder installed by then
+    /// ([`crate::telemetry::prometheus`]).
     pub fn new(
         limiter: Arc<Limiter<S>>,
         input_limits: InputLimits,
@@ -48,6 +51,7 @@ impl<S: Store> RlsService<S> {
             limiter,
             input_limits,
             response_options,
+            metrics: RequestMetrics::new(),
         }
     }
 
@@ -63,18 +67,20 @@ impl<S: Store> RlsService<S> {
             domain = %request.domain,
             descriptors = request.descriptors.len()
         );
-        let answer = tracing::Instrument::instrument(self.decide(request), span).await;
+        let answer = if span.is_disabled() {
+            self.decide(request).await
+        } else {
+            tracing::Instrument::instrument(self.decide(request), span).await
+        };
         let result = match &answer {
             Ok(r) if r.overall_code == crate::pb::rate_limit_response::Code::OverLimit as i32 => {
-                "over_limit"
+                RequestResult::OverLimit
             }
-            Ok(_) => "ok",
-            Err(ServiceError::Request(_)) => "invalid_argument",
-            Err(ServiceError::Store(_)) => "unavailable",
+            Ok(_) => RequestResult::Ok,
+            Err(ServiceError::Request(_)) => RequestResult::InvalidArgument,
+            Err(ServiceError::Store(_)) => RequestResult::Unavailable,
         };
-        metrics::histogram!(telemetry::REQUEST_DURATION, "result" => result)
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!(telemetry::REQUESTS, "result" => result).increment(1);
+        self.metrics.record(result, started.elapsed().as_secs_f64());
         answer
     }
 

@@ -54,6 +54,7 @@ impl Batcher {
                 receiver: receiver.clone(),
                 stats: stats.clone(),
                 timeout,
+                counters: std::sync::OnceLock::new(),
             };
             tokio::spawn(dispatcher.run());
         }
@@ -78,6 +79,9 @@ struct Dispatcher {
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
     stats: Arc<BatchStats>,
     timeout: Duration,
+    /// Metric handles, taken at the first round trip: the store may be made before the
+    /// recorder is installed.
+    counters: std::sync::OnceLock<(metrics::Counter, metrics::Counter)>,
 }
 
 impl Dispatcher {
@@ -98,7 +102,7 @@ impl Dispatcher {
                     }
                 }
             }
-            let outcome = tokio::time::timeout(self.timeout, self.send(&batch)).await;
+            let outcome = tokio::time::timeout(self.timeout, self.send(&mut batch)).await;
             let replies = match outcome {
                 Ok(Ok(replies)) => replies.into_iter().map(Ok).collect(),
                 Ok(Err(e)) => batch.iter().map(|_| Err(clone_error(&e))).collect(),
@@ -113,12 +117,15 @@ impl Dispatcher {
         }
     }
 
-    /// One round trip for the whole batch (two if Redis had forgotten the script).
-    async fn send(&self, batch: &[Job]) -> Result<Vec<Value>, StoreError> {
+    /// One round trip for the whole batch (two if Redis had forgotten the script). The calls
+    /// move into the pipeline (no copy of their arguments); only a resend copies them back.
+    async fn send(&self, batch: &mut [Job]) -> Result<Vec<Value>, StoreError> {
         let mut conn = self.backend.connection().await?;
-        let mut replies = self
-            .pipeline(&mut conn, batch.iter().map(|j| &j.cmd))
-            .await?;
+        let mut pipe = redis::pipe();
+        for job in batch.iter_mut() {
+            pipe.add_command(std::mem::replace(&mut job.cmd, Cmd::new()));
+        }
+        let mut replies = self.pipeline(&mut conn, &mut pipe).await?;
         let missing: Vec<usize> = (0..replies.len())
             .filter(|&i| is_noscript(&replies[i]))
             .collect();
@@ -129,9 +136,12 @@ impl Dispatcher {
                 conn.check(&e);
                 return Err(StoreError::from(e));
             }
-            let again = self
-                .pipeline(&mut conn, missing.iter().map(|&i| &batch[i].cmd))
-                .await?;
+            let sent: Vec<&Cmd> = pipe.cmd_iter().collect();
+            let mut resend = redis::pipe();
+            for &i in &missing {
+                resend.add_command(sent[i].clone());
+            }
+            let again = self.pipeline(&mut conn, &mut resend).await?;
             for (i, reply) in missing.into_iter().zip(again) {
                 replies[i] = reply;
             }
@@ -139,21 +149,22 @@ impl Dispatcher {
         Ok(replies)
     }
 
-    async fn pipeline<'a>(
+    async fn pipeline(
         &self,
         conn: &mut super::backend::Conn,
-        cmds: impl Iterator<Item = &'a Cmd>,
+        pipe: &mut redis::Pipeline,
     ) -> Result<Vec<Value>, StoreError> {
-        let mut pipe = redis::pipe();
-        let mut n = 0;
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-            n += 1;
-        }
+        let n = pipe.len() as u64;
         self.stats.round_trips.fetch_add(1, Ordering::Relaxed);
         self.stats.script_calls.fetch_add(n, Ordering::Relaxed);
-        metrics::counter!(crate::telemetry::REDIS_ROUND_TRIPS).increment(1);
-        metrics::counter!(crate::telemetry::REDIS_SCRIPT_CALLS).increment(n);
+        let (round_trips, script_calls) = self.counters.get_or_init(|| {
+            (
+                metrics::counter!(crate::telemetry::REDIS_ROUND_TRIPS),
+                metrics::counter!(crate::telemetry::REDIS_SCRIPT_CALLS),
+            )
+        });
+        round_trips.increment(1);
+        script_calls.increment(n);
         // Errors of single calls (e.g. NOSCRIPT) come back as values, not as a failed batch.
         pipe.ignore_errors();
         let result: Result<Vec<Value>, RedisError> = pipe.query_async(conn).await;

@@ -7,21 +7,26 @@
 //! - `store`: the Redis store's decision calls straight from this process (no gRPC), with the
 //!   same script and pipelining as the server: the ceiling Floodgate-on-Redis is measured against.
 //! - `memory`: bytes per active key in the memory store.
+//! - `body`: one encoded request, for a second opinion from another generator (h2load).
+//!
+//! The gRPC client is lean on purpose (HTTP/2 straight over `h2`, bodies encoded by hand, one
+//! runtime thread): on a shared machine every cycle the generator spends is taken from the
+//! server it measures.
 //!
 //! Results print as a table line, and as JSON with `--json FILE`.
+
+mod wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use clap::{Parser, Subcommand};
-use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
-use floodgate::pb::{
-    RateLimitDescriptor, RateLimitRequest, rate_limit_descriptor, rate_limit_response,
-};
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
-use tonic::transport::{Channel, Endpoint};
+
+use wire::{Connection, RequestShape, Value};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,6 +46,21 @@ enum Mode {
     Store(StoreArgs),
     /// Memory store bytes per active key.
     Memory(MemoryArgs),
+    /// Writes one request as a gRPC frame to stdout, for other generators (h2load -d).
+    Body(BodyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BodyArgs {
+    /// Rate limit domain.
+    #[arg(long, default_value = "bench")]
+    domain: String,
+    /// Descriptors in the request.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    descriptors: u8,
+    /// The descriptors' value, `v{N}`.
+    #[arg(long, default_value_t = 1)]
+    value: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -52,8 +72,8 @@ struct Load {
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Descriptors per request.
-    #[arg(long, default_value_t = 1)]
-    descriptors: usize,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=16))]
+    descriptors: u8,
     /// Distinct values per descriptor key (1, 1000, 1000000...).
     #[arg(long, default_value_t = 1000)]
     keys: u64,
@@ -114,7 +134,7 @@ struct Report {
     name: String,
     mode: String,
     concurrency: usize,
-    descriptors: usize,
+    descriptors: u8,
     target_rate: Option<u64>,
     requests: u64,
     rps: f64,
@@ -163,10 +183,14 @@ impl Tally {
     }
 }
 
+/// How one call ended.
 #[derive(Debug, Clone, Copy)]
-enum Outcome {
+pub(crate) enum Outcome {
+    /// OK.
     Ok,
+    /// OVER_LIMIT.
     OverLimit,
+    /// Failed (transport, status, or an unreadable answer).
     Error,
 }
 
@@ -175,66 +199,46 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds")
 }
 
-/// The i-th request's descriptor values: the hot key for `hot_share` of them, else spread over
+/// The i-th request's descriptor value: the hot key for `hot_share` of them, else spread over
 /// `keys` values (a cheap deterministic mix, so runs are repeatable).
-fn value_for(i: u64, load: &Load) -> String {
+fn value_for(i: u64, load: &Load) -> Value {
     let mixed = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     if load.hot_share > 0.0 && (mixed % 10_000) < (load.hot_share * 10_000.0) as u64 {
-        return "hot".to_owned();
+        return Value::Hot;
     }
-    format!("v{}", (mixed >> 16) % load.keys.max(1))
-}
-
-fn request(domain: &str, i: u64, load: &Load) -> RateLimitRequest {
-    let value = value_for(i, load);
-    let descriptors = (0..load.descriptors)
-        .map(|d| RateLimitDescriptor {
-            entries: vec![rate_limit_descriptor::Entry {
-                key: if value == "hot" {
-                    "hot".to_owned()
-                } else {
-                    format!("k{d}")
-                },
-                value: value.clone(),
-            }],
-            ..Default::default()
-        })
-        .collect();
-    RateLimitRequest {
-        domain: domain.to_owned(),
-        descriptors,
-        hits_addend: 0,
-    }
+    Value::Key((mixed >> 16) % load.keys.max(1))
 }
 
 async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
-    let mut channels = Vec::new();
+    let mut connections = Vec::new();
     for _ in 0..args.connections.max(1) {
-        let endpoint = Endpoint::from_shared(format!("http://{}", args.addr))?.tcp_nodelay(true);
-        channels.push(endpoint.connect().await?);
+        connections.push(Connection::open(&args.addr).await?);
     }
     let tally = Tally::new();
-    let next = Arc::new(AtomicU64::new(0));
     let load = args.load.clone();
+    let domain: Arc<str> = args.domain.into();
     let started;
     match args.rate {
         None => {
             // Closed loop: each worker sends its next request when the last one is answered.
+            let next = Arc::new(AtomicU64::new(0));
             let mut workers = Vec::new();
             for w in 0..load.concurrency.max(1) {
-                let mut client = RateLimitServiceClient::new(channels[w % channels.len()].clone());
-                let (tally, next, load, domain) = (
-                    tally.clone(),
-                    next.clone(),
-                    load.clone(),
-                    args.domain.clone(),
-                );
+                let connection = connections[w % connections.len()].clone();
+                let (tally, next, load, domain) =
+                    (tally.clone(), next.clone(), load.clone(), domain.clone());
                 workers.push(tokio::spawn(async move {
                     let mut local = histogram();
+                    let mut buf = BytesMut::new();
+                    let shape = RequestShape {
+                        domain: &domain,
+                        descriptors: usize::from(load.descriptors),
+                    };
                     while !tally.stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
+                        let body = wire::encode_request(&mut buf, &shape, value_for(i, &load));
                         let sent = Instant::now();
-                        let outcome = send(&mut client, request(&domain, i, &load)).await;
+                        let outcome = connection.call(body).await;
                         if tally.measuring.load(Ordering::Relaxed) {
                             let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
                         }
@@ -252,68 +256,77 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
             // Open loop: requests leave on schedule whatever the server does; latency counts
             // from the scheduled time, and a full in-flight budget counts as an error.
             let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let in_flight = Arc::new(tokio::sync::Semaphore::new(load.concurrency.max(1) * 64));
-            let scheduler = {
-                let (tally, load, domain, channels) = (
-                    tally.clone(),
-                    load.clone(),
-                    args.domain.clone(),
-                    channels.clone(),
-                );
-                // The schedule runs on its own thread: std's sleep wakes within tens of
-                // microseconds, where Tokio's timer rounds up to the next millisecond, which
-                // would add up to a millisecond to every measured latency.
-                let runtime = tokio::runtime::Handle::current();
+            let budget = load.concurrency.max(1) * 64;
+            let in_flight = Arc::new(AtomicU64::new(0));
+            // The schedule is kept by a thread of its own: std's sleep wakes within tens of
+            // microseconds, where Tokio's timer rounds up to the next millisecond (which would
+            // add up to a millisecond to every latency measured from the intended send time).
+            // It hands each batch of due requests to the runtime's one thread.
+            let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
+            let origin = Instant::now();
+            let due_at = move |i: u64| origin + interval.mul_f64(i as f64);
+            let pacer = {
+                let tally = tally.clone();
                 std::thread::spawn(move || {
-                    let origin = Instant::now();
-                    let mut i: u64 = 0;
+                    let mut next: u64 = 0;
                     while !tally.stop.load(Ordering::Relaxed) {
-                        let due = origin + interval.mul_f64(i as f64);
                         let now = Instant::now();
-                        if due > now {
-                            std::thread::sleep(due - now);
+                        if due_at(next) > now {
+                            std::thread::sleep(due_at(next) - now);
                         }
-                        let Ok(permit) = in_flight.clone().try_acquire_owned() else {
-                            tally.count(Outcome::Error);
-                            i += 1;
-                            continue;
-                        };
-                        let mut client = RateLimitServiceClient::new(
-                            channels[(i as usize) % channels.len()].clone(),
-                        );
-                        let (tally, req) = (tally.clone(), request(&domain, i, &load));
-                        runtime.spawn(async move {
-                            let outcome = send(&mut client, req).await;
-                            if tally.measuring.load(Ordering::Relaxed) {
-                                let micros = due.elapsed().as_micros().max(1) as u64;
-                                let _ = tally.histograms.lock().await.record(micros);
+                        let now = Instant::now();
+                        let first = next;
+                        while due_at(next) <= now {
+                            next += 1;
+                        }
+                        if due_tx.send((first, next)).is_err() {
+                            return;
+                        }
+                    }
+                })
+            };
+            let scheduler = {
+                let (tally, load, domain) = (tally.clone(), load.clone(), domain.clone());
+                tokio::spawn(async move {
+                    let mut buf = BytesMut::new();
+                    let shape = RequestShape {
+                        domain: &domain,
+                        descriptors: usize::from(load.descriptors),
+                    };
+                    while let Some((first, end)) = due_rx.recv().await {
+                        for i in first..end {
+                            if in_flight.load(Ordering::Relaxed) >= budget as u64 {
+                                tally.count(Outcome::Error);
+                                continue;
                             }
-                            tally.count(outcome);
-                            drop(permit);
-                        });
-                        i += 1;
+                            in_flight.fetch_add(1, Ordering::Relaxed);
+                            let connection = connections[(i as usize) % connections.len()].clone();
+                            let body = wire::encode_request(&mut buf, &shape, value_for(i, &load));
+                            let (tally, in_flight, due) =
+                                (tally.clone(), in_flight.clone(), due_at(i));
+                            tokio::spawn(async move {
+                                let outcome = connection.call(body).await;
+                                if tally.measuring.load(Ordering::Relaxed) {
+                                    let micros = due.elapsed().as_micros().max(1) as u64;
+                                    let _ = tally.histograms.lock().await.record(micros);
+                                }
+                                tally.count(outcome);
+                                in_flight.fetch_sub(1, Ordering::Relaxed);
+                            });
+                        }
                     }
                 })
             };
             started = run_phases(&tally, &load).await;
-            scheduler
+            pacer
                 .join()
-                .map_err(|_| anyhow::anyhow!("the scheduler thread panicked"))?;
+                .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+            scheduler.await?;
             // Let the last answers land.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     Ok(report(&load, "grpc", args.rate, &tally, started).await)
-}
-
-async fn send(client: &mut RateLimitServiceClient<Channel>, request: RateLimitRequest) -> Outcome {
-    match client.should_rate_limit(request).await {
-        Ok(r) if r.get_ref().overall_code == rate_limit_response::Code::OverLimit as i32 => {
-            Outcome::OverLimit
-        }
-        Ok(_) => Outcome::Ok,
-        Err(_) => Outcome::Error,
-    }
 }
 
 /// Warm-up, then the measured phase; returns how long the measured phase lasted.
@@ -382,8 +395,11 @@ async fn store(args: StoreArgs) -> anyhow::Result<Report> {
                 let value = value_for(i, &load);
                 let checks: Vec<Check> = (0..load.descriptors)
                     .map(|d| Check {
-                        key: format!("bench-ceiling:k{d}:{value}"),
-                        limit: if value == "hot" {
+                        key: match value {
+                            Value::Hot => "bench-ceiling:hot".to_owned(),
+                            Value::Key(n) => format!("bench-ceiling:k{d}:v{n}"),
+                        },
+                        limit: if matches!(value, Value::Hot) {
                             1
                         } else {
                             u64::from(u32::MAX)
@@ -503,9 +519,24 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Mode::Memory(args) => memory(args),
+        Mode::Body(args) => {
+            use std::io::Write;
+            let shape = RequestShape {
+                domain: &args.domain,
+                descriptors: usize::from(args.descriptors),
+            };
+            let frame = wire::encode_request(&mut BytesMut::new(), &shape, Value::Key(args.value));
+            std::io::stdout().write_all(&frame)?;
+            Ok(())
+        }
         Mode::Grpc(args) => {
             let json = args.load.json.clone();
-            let report = tokio::runtime::Runtime::new()?.block_on(grpc(args))?;
+            // One thread: the generator shares the machine with the server it measures, and
+            // every thread it adds competes with the server's for the cores.
+            let report = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(grpc(args))?;
             print(&report, json.as_deref())
         }
         Mode::Store(args) => {
