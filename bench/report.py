@@ -24,9 +24,12 @@ def table(runs, out):
     # Each generator is compared with the no-op server measured by the same generator.
     noop = max((r["rps"] for n, r in runs.items() if n in ("noop", "noop-again")), default=0)
     noop_h2load = runs.get("noop-h2load", {}).get("rps") or 0
-    ceiling = runs.get("redis-ceiling", {}).get("rps") or 0
+    # Redis runs are compared with the ceiling of the same number of descriptors.
+    ceilings = {r["descriptors"]: r["rps"] for n, r in runs.items() if n.startswith("redis-ceiling")}
     rows = []
     for name, r in runs.items():
+        if name.startswith("pair-"):
+            continue  # summarised below the table
         share = ""
         rate = r.get("target_rate")
         if name.startswith("noop") or name.startswith("redis-ceiling"):
@@ -40,6 +43,7 @@ def table(runs, out):
                 share = f"{100 * r['rps'] / noop_h2load:.0f} % of no-op (h2load)"
         elif noop:
             share = f"{100 * r['rps'] / noop:.0f} % of no-op"
+        ceiling = ceilings.get(r["descriptors"])
         if ceiling and name.startswith("redis-") and "ceiling" not in name and not rate:
             share += f", {100 * r['rps'] / ceiling:.0f} % of Redis ceiling"
         if r.get("mode") == "h2load":
@@ -59,6 +63,17 @@ def table(runs, out):
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
+    pairs = sorted(
+        runs[f"pair-memory-{n[len('pair-noop-'):]}"]["rps"] / r["rps"]
+        for n, r in runs.items()
+        if n.startswith("pair-noop-") and f"pair-memory-{n[len('pair-noop-'):]}" in runs
+    )
+    if pairs:
+        lines.append("")
+        lines.append(
+            f"memory store / no-op, paired rounds: median {100 * pairs[len(pairs) // 2]:.0f} % "
+            f"(rounds: {', '.join(f'{100 * p:.0f} %' for p in pairs)})"
+        )
     memory = out / "memory-per-key.txt"
     if memory.exists():
         lines.append("")

@@ -99,6 +99,16 @@ stop "$noop_pid"
 
 echo "== memory store"
 read -r grpc http pid < <(start_floodgate memory)
+# Paired rounds, no-op and memory store back to back: on a shared machine the speed drifts by
+# tens of percent within minutes, so the share is read from pairs run a few seconds apart.
+"$bin/examples/noop_rls" "127.0.0.1:$noop_port" >"$tmp/noop-pairs.log" 2>&1 &
+noop_pid=$!; pids+=($noop_pid)
+wait_port "$noop_port"
+for round in $(seq "${ROUNDS:-3}"); do
+  run "pair-noop-$round" "127.0.0.1:$noop_port" --concurrency 128 --connections 4
+  run "pair-memory-$round" "127.0.0.1:$grpc" --concurrency 128 --connections 4
+done
+stop "$noop_pid"
 run memory-1desc "127.0.0.1:$grpc" --concurrency 128 --connections 4
 h2load_run memory-h2load "$grpc"
 for rate in $rates; do
@@ -142,6 +152,8 @@ redis_run redis-attack-nocache "--local-cache-size 0" --concurrency 128 --connec
 echo "== the Redis ceiling: the same script and pipelining, without gRPC"
 "$bench" store --name redis-ceiling --redis-url "$redis" --concurrency 128 --duration "$DURATION" \
   --warmup "$WARMUP" --json "$out/redis-ceiling.json"
+"$bench" store --name redis-ceiling-3desc --redis-url "$redis" --concurrency 128 --descriptors 3 \
+  --duration "$DURATION" --warmup "$WARMUP" --json "$out/redis-ceiling-3desc.json"
 
 echo "== memory per active key"
 "$bench" memory --keys 1000000 | tee "$out/memory-per-key.txt"
