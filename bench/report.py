@@ -54,13 +54,14 @@ def table(runs, out):
             load = f"closed, {r['concurrency']} in flight"
         redis = r.get("redis")
         calls = f"{redis['calls_per_decision']:.2f} / {redis['calls_per_decision'] * redis['trips_per_call']:.3f}" if redis else ""
+        cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.get("cpu_us_per_request", {}).items()))
         rows.append(
             f"| {name} | {load} | {r['descriptors']} | {r['rps']:,.0f} | {cell(r['p50_us'])} | {cell(r['p99_us'])} | "
-            f"{cell(r['p999_us'])} | {cell(r['max_us'])} | {r['ok']:,} / {r['over_limit']:,} / {r['errors']:,} | {calls} | {share.strip(', ')} |"
+            f"{cell(r['p999_us'])} | {cell(r['max_us'])} | {r['ok']:,} / {r['over_limit']:,} / {r['errors']:,} | {cpu} | {calls} | {share.strip(', ')} |"
         )
     lines = [
-        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | EVALSHA / round trips per decision | compared with |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | CPU µs per decision | EVALSHA / round trips per decision | compared with |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
     pairs = sorted(
@@ -68,11 +69,24 @@ def table(runs, out):
         for n, r in runs.items()
         if n.startswith("pair-noop-") and f"pair-memory-{n[len('pair-noop-'):]}" in runs
     )
+    cpu_pairs = sorted(
+        runs[f"pair-memory-{n[len('pair-noop-'):]}"]["cpu_us_per_request"]["server"]
+        / r["cpu_us_per_request"]["server"]
+        for n, r in runs.items()
+        if n.startswith("pair-noop-")
+        and f"pair-memory-{n[len('pair-noop-'):]}" in runs
+        and r.get("cpu_us_per_request", {}).get("server")
+    )
     if pairs:
         lines.append("")
         lines.append(
             f"memory store / no-op, paired rounds: median {100 * pairs[len(pairs) // 2]:.0f} % "
             f"(rounds: {', '.join(f'{100 * p:.0f} %' for p in pairs)})"
+        )
+    if cpu_pairs:
+        lines.append(
+            f"memory store / no-op, server CPU per decision, paired rounds: median "
+            f"{100 * cpu_pairs[len(cpu_pairs) // 2]:.0f} % (rounds: {', '.join(f'{100 * p:.0f} %' for p in cpu_pairs)})"
         )
     memory = out / "memory-per-key.txt"
     if memory.exists():

@@ -34,7 +34,7 @@ wait_port() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/nul
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$tmp/redis.log" 2>&1 &
-pids+=($!)
+redis_pid=$!; pids+=($redis_pid)
 wait_port "$redis_port"
 redis="redis://127.0.0.1:$redis_port/0"
 
@@ -90,10 +90,10 @@ noop_port=$(free_port)
 "$bin/examples/noop_rls" "127.0.0.1:$noop_port" >"$tmp/noop.log" 2>&1 &
 noop_pid=$!; pids+=($noop_pid)
 wait_port "$noop_port"
-run noop "127.0.0.1:$noop_port" --concurrency 128 --connections 4
+run noop "127.0.0.1:$noop_port" --concurrency 128 --connections 4 --cpu-of "server=$noop_pid"
 h2load_run noop-h2load "$noop_port"
 for rate in $rates; do
-  run "noop-open-$rate" "127.0.0.1:$noop_port" --rate "$rate" --connections 4
+  run "noop-open-$rate" "127.0.0.1:$noop_port" --rate "$rate" --connections 4 --cpu-of "server=$noop_pid"
 done
 stop "$noop_pid"
 
@@ -105,14 +105,14 @@ read -r grpc http pid < <(start_floodgate memory)
 noop_pid=$!; pids+=($noop_pid)
 wait_port "$noop_port"
 for round in $(seq "${ROUNDS:-3}"); do
-  run "pair-noop-$round" "127.0.0.1:$noop_port" --concurrency 128 --connections 4
-  run "pair-memory-$round" "127.0.0.1:$grpc" --concurrency 128 --connections 4
+  run "pair-noop-$round" "127.0.0.1:$noop_port" --concurrency 128 --connections 4 --cpu-of "server=$noop_pid"
+  run "pair-memory-$round" "127.0.0.1:$grpc" --concurrency 128 --connections 4 --cpu-of "server=$pid"
 done
 stop "$noop_pid"
-run memory-1desc "127.0.0.1:$grpc" --concurrency 128 --connections 4
+run memory-1desc "127.0.0.1:$grpc" --concurrency 128 --connections 4 --cpu-of "server=$pid"
 h2load_run memory-h2load "$grpc"
 for rate in $rates; do
-  run "memory-open-$rate" "127.0.0.1:$grpc" --rate "$rate" --connections 4
+  run "memory-open-$rate" "127.0.0.1:$grpc" --rate "$rate" --connections 4 --cpu-of "server=$pid"
 done
 stop "$pid"
 
@@ -121,7 +121,7 @@ redis_run() { # name, "floodgate args", bench args...
   local name=$1 extra=$2; shift 2
   # shellcheck disable=SC2086
   read -r grpc http pid < <(start_floodgate "$name" --store redis --redis-url "$redis" $extra)
-  run "$name" "127.0.0.1:$grpc" "$@"
+  run "$name" "127.0.0.1:$grpc" "$@" --cpu-of "server=$pid" --cpu-of "redis=$redis_pid"
   curl -s "127.0.0.1:$http/metrics" | python3 -c '
 import json, sys
 values = {}
@@ -151,8 +151,10 @@ redis_run redis-attack-nocache "--local-cache-size 0" --concurrency 128 --connec
 
 echo "== the Redis ceiling: the same script and pipelining, without gRPC"
 "$bench" store --name redis-ceiling --redis-url "$redis" --concurrency 128 --duration "$DURATION" \
+  --cpu-of "redis=$redis_pid" \
   --warmup "$WARMUP" --json "$out/redis-ceiling.json"
 "$bench" store --name redis-ceiling-3desc --redis-url "$redis" --concurrency 128 --descriptors 3 \
+  --cpu-of "redis=$redis_pid" \
   --duration "$DURATION" --warmup "$WARMUP" --json "$out/redis-ceiling-3desc.json"
 
 echo "== memory per active key"
@@ -162,7 +164,7 @@ echo "== no-op gRPC server again (to see how much the ceiling moves between runs
 "$bin/examples/noop_rls" "127.0.0.1:$noop_port" >"$tmp/noop2.log" 2>&1 &
 noop_pid=$!; pids+=($noop_pid)
 wait_port "$noop_port"
-run noop-again "127.0.0.1:$noop_port" --concurrency 128 --connections 4
+run noop-again "127.0.0.1:$noop_port" --concurrency 128 --connections 4 --cpu-of "server=$noop_pid"
 stop "$noop_pid"
 
 python3 bench/report.py "$out"

@@ -89,6 +89,30 @@ struct Load {
     /// Write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Report the CPU time a process spent per measured request, as NAME=PID (repeatable; Linux,
+    /// from /proc/PID/task/*/schedstat). CPU per request does not depend on how fast the
+    /// generator is, as throughput on a shared machine does.
+    #[arg(long = "cpu-of", value_parser = named_pid)]
+    cpu_of: Vec<(String, u32)>,
+}
+
+fn named_pid(text: &str) -> Result<(String, u32), String> {
+    let (name, pid) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=PID, got {text:?}"))?;
+    let pid = pid.parse().map_err(|e| format!("{pid:?}: {e}"))?;
+    Ok((name.to_owned(), pid))
+}
+
+/// Nanoseconds of CPU all threads of `pid` have run (None when /proc cannot tell).
+fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = 0;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }
 
 #[derive(Debug, clap::Args)]
@@ -146,6 +170,8 @@ struct Report {
     p99_us: u64,
     p999_us: u64,
     max_us: u64,
+    /// Microseconds of CPU per measured request, by process (`--cpu-of`).
+    cpu_us_per_request: std::collections::BTreeMap<String, f64>,
 }
 
 /// Per-run shared counters and latencies (merged histograms under a lock only at the end).
@@ -217,7 +243,7 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
     let tally = Tally::new();
     let load = args.load.clone();
     let domain: Arc<str> = args.domain.into();
-    let started;
+    let phase;
     match args.rate {
         None => {
             // Closed loop: each worker sends its next request when the last one is answered.
@@ -247,7 +273,7 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                     let _ = tally.histograms.lock().await.add(local);
                 }));
             }
-            started = run_phases(&tally, &load).await;
+            phase = run_phases(&tally, &load).await;
             for worker in workers {
                 worker.await?;
             }
@@ -317,7 +343,7 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                     }
                 })
             };
-            started = run_phases(&tally, &load).await;
+            phase = run_phases(&tally, &load).await;
             pacer
                 .join()
                 .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
@@ -326,27 +352,42 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    Ok(report(&load, "grpc", args.rate, &tally, started).await)
+    Ok(report(&load, "grpc", args.rate, &tally, phase).await)
 }
 
-/// Warm-up, then the measured phase; returns how long the measured phase lasted.
-async fn run_phases(tally: &Tally, load: &Load) -> Duration {
+/// What the measured phase took: its length, and the CPU of each `--cpu-of` process in it.
+struct Phase {
+    elapsed: Duration,
+    cpu_ns: Vec<(String, u64)>,
+}
+
+/// Warm-up, then the measured phase.
+async fn run_phases(tally: &Tally, load: &Load) -> Phase {
+    let cpu = || {
+        load.cpu_of
+            .iter()
+            .map(|(name, pid)| (name.clone(), cpu_ns(*pid).unwrap_or(0)))
+            .collect::<Vec<_>>()
+    };
     tokio::time::sleep(load.warmup).await;
     tally.measuring.store(true, Ordering::Relaxed);
+    let before = cpu();
     let started = Instant::now();
     tokio::time::sleep(load.duration).await;
     tally.measuring.store(false, Ordering::Relaxed);
+    let after = cpu();
     tally.stop.store(true, Ordering::Relaxed);
-    started.elapsed()
+    Phase {
+        elapsed: started.elapsed(),
+        cpu_ns: before
+            .into_iter()
+            .zip(after)
+            .map(|((name, a), (_, b))| (name, b.saturating_sub(a)))
+            .collect(),
+    }
 }
 
-async fn report(
-    load: &Load,
-    mode: &str,
-    rate: Option<u64>,
-    tally: &Tally,
-    elapsed: Duration,
-) -> Report {
+async fn report(load: &Load, mode: &str, rate: Option<u64>, tally: &Tally, phase: Phase) -> Report {
     let h = tally.histograms.lock().await;
     let (ok, over, errors) = (
         tally.ok.load(Ordering::Relaxed),
@@ -361,7 +402,7 @@ async fn report(
         descriptors: load.descriptors,
         target_rate: rate,
         requests,
-        rps: requests as f64 / elapsed.as_secs_f64(),
+        rps: requests as f64 / phase.elapsed.as_secs_f64(),
         ok,
         over_limit: over,
         errors,
@@ -370,6 +411,11 @@ async fn report(
         p99_us: h.value_at_quantile(0.99),
         p999_us: h.value_at_quantile(0.999),
         max_us: h.max(),
+        cpu_us_per_request: phase
+            .cpu_ns
+            .into_iter()
+            .map(|(name, ns)| (name, ns as f64 / 1000.0 / requests.max(1) as f64))
+            .collect(),
     }
 }
 
@@ -425,11 +471,11 @@ async fn store(args: StoreArgs) -> anyhow::Result<Report> {
             let _ = tally.histograms.lock().await.add(local);
         }));
     }
-    let elapsed = run_phases(&tally, &load).await;
+    let phase = run_phases(&tally, &load).await;
     for worker in workers {
         worker.await?;
     }
-    let mut report = report(&load, "store", None, &tally, elapsed).await;
+    let mut report = report(&load, "store", None, &tally, phase).await;
     let (round_trips, calls) = store.pipeline_stats();
     eprintln!(
         "{calls} script calls in {round_trips} round trips ({:.3} per call)",
@@ -509,6 +555,9 @@ fn print(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> 
         report.over_limit,
         report.errors
     );
+    for (name, micros) in &report.cpu_us_per_request {
+        println!("{:<28} {name} CPU {micros:.1} µs per request", "");
+    }
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")?;
     }
