@@ -10,9 +10,12 @@ import pathlib
 
 def load(out):
     runs = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
-    for p in out.glob("*.redis"):
+    for p in out.glob("*.server"):
         if p.stem in runs:
-            runs[p.stem]["redis"] = json.loads(p.read_text())
+            server = json.loads(p.read_text())
+            runs[p.stem]["server_p99_us"] = server.get("server_p99_us")
+            if server.get("script_calls"):
+                runs[p.stem]["redis"] = server
     return runs
 
 
@@ -38,6 +41,8 @@ def table(runs, out):
             same = runs.get(f"noop-open-{rate}")
             if same:
                 share = f"no-op at this rate: p99 {same['p99_us']} µs"
+            if r.get("server_p99_us"):
+                share += f"; inside Floodgate: p99 ≤ {r['server_p99_us']} µs"
         elif r.get("mode") == "h2load":
             if noop_h2load:
                 share = f"{100 * r['rps'] / noop_h2load:.0f} % of no-op (h2load)"

@@ -14,7 +14,7 @@ DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
 out=bench/results
 mkdir -p "$out"
-rm -f "$out"/*.json "$out"/*.redis
+rm -f "$out"/*.json "$out"/*.server
 
 cargo build --release --quiet --bin floodgate --bin floodgate-bench --example noop_rls
 bin=target/release
@@ -111,33 +111,51 @@ done
 stop "$noop_pid"
 run memory-1desc "127.0.0.1:$grpc" --concurrency 128 --connections 4 --cpu-of "server=$pid"
 h2load_run memory-h2load "$grpc"
-for rate in $rates; do
-  run "memory-open-$rate" "127.0.0.1:$grpc" --rate "$rate" --connections 4 --cpu-of "server=$pid"
-done
 stop "$pid"
+for rate in $rates; do
+  # A fresh Floodgate per rate, so its own latency histogram describes this rate alone.
+  read -r grpc http pid < <(start_floodgate "memory-open-$rate")
+  run "memory-open-$rate" "127.0.0.1:$grpc" --rate "$rate" --connections 4 --cpu-of "server=$pid"
+  server_metrics "memory-open-$rate" "$http"
+  stop "$pid"
+done
 
 echo "== Redis store (a fresh Floodgate per run, so its counters describe that run alone)"
-redis_run() { # name, "floodgate args", bench args...
-  local name=$1 extra=$2; shift 2
-  # shellcheck disable=SC2086
-  read -r grpc http pid < <(start_floodgate "$name" --store redis --redis-url "$redis" $extra)
-  run "$name" "127.0.0.1:$grpc" "$@" --cpu-of "server=$pid" --cpu-of "redis=$redis_pid"
-  curl -s "127.0.0.1:$http/metrics" | python3 -c '
+# What Floodgate itself counted over a run (warm-up included): decisions, Redis script calls and
+# round trips, and the p99 of its own request-duration histogram (the time inside the service,
+# as a bucket bound), written to $out/NAME.server.
+server_metrics() { # name, http port
+  curl -s "127.0.0.1:$2/metrics" | python3 -c '
 import json, sys
-values = {}
+values, buckets = {}, {}
 for line in sys.stdin:
     if line.startswith("#") or " " not in line:
         continue
     name, value = line.rsplit(" ", 1)
     metric = name.split("{")[0]
     values[metric] = values.get(metric, 0) + float(value)
+    if metric == "floodgate_request_duration_seconds_bucket":
+        le = name.split("le=\"")[1].split("\"")[0]
+        buckets[le] = buckets.get(le, 0) + float(value)
 requests = values.get("floodgate_requests_total", 0)
 calls = values.get("floodgate_redis_script_calls_total", 0)
 trips = values.get("floodgate_redis_round_trips_total", 0)
+bounds = sorted((float(le), n) for le, n in buckets.items())
+total = bounds[-1][1] if bounds else 0
+p99 = next((le for le, n in bounds if n >= 0.99 * total), None) if total else None
 json.dump({"requests": requests, "script_calls": calls, "round_trips": trips,
-           "calls_per_decision": calls / max(requests, 1), "trips_per_call": trips / max(calls, 1)},
+           "calls_per_decision": calls / max(requests, 1), "trips_per_call": trips / max(calls, 1),
+           "server_p99_us": None if p99 in (None, float("inf")) else round(p99 * 1e6)},
           open(sys.argv[1], "w"))
-' "$out/$name.redis"
+' "$out/$1.server"
+}
+
+redis_run() { # name, "floodgate args", bench args...
+  local name=$1 extra=$2; shift 2
+  # shellcheck disable=SC2086
+  read -r grpc http pid < <(start_floodgate "$name" --store redis --redis-url "$redis" $extra)
+  run "$name" "127.0.0.1:$grpc" "$@" --cpu-of "server=$pid" --cpu-of "redis=$redis_pid"
+  server_metrics "$name" "$http"
   stop "$pid"
 }
 redis_run redis-1desc "" --concurrency 128 --connections 4
