@@ -83,6 +83,35 @@ PY
   echo "$1 (h2load): $(grep -o 'finished in.*req/s' "$tmp/$1.h2load")"
 }
 
+# What Floodgate itself counted over a run (warm-up included): decisions, Redis script calls and
+# round trips, and the p99 of its own request-duration histogram (the time inside the service,
+# as a bucket bound), written to $out/NAME.server.
+server_metrics() { # name, http port
+  curl -s "127.0.0.1:$2/metrics" | python3 -c '
+import json, sys
+values, buckets = {}, {}
+for line in sys.stdin:
+    if line.startswith("#") or " " not in line:
+        continue
+    name, value = line.rsplit(" ", 1)
+    metric = name.split("{")[0]
+    values[metric] = values.get(metric, 0) + float(value)
+    if metric == "floodgate_request_duration_seconds_bucket":
+        le = name.split("le=\"")[1].split("\"")[0]
+        buckets[le] = buckets.get(le, 0) + float(value)
+requests = values.get("floodgate_requests_total", 0)
+calls = values.get("floodgate_redis_script_calls_total", 0)
+trips = values.get("floodgate_redis_round_trips_total", 0)
+bounds = sorted((float(le), n) for le, n in buckets.items())
+total = bounds[-1][1] if bounds else 0
+p99 = next((le for le, n in bounds if n >= 0.99 * total), None) if total else None
+json.dump({"requests": requests, "script_calls": calls, "round_trips": trips,
+           "calls_per_decision": calls / max(requests, 1), "trips_per_call": trips / max(calls, 1),
+           "server_p99_us": None if p99 in (None, float("inf")) else round(p99 * 1e6)},
+          open(sys.argv[1], "w"))
+' "$out/$1.server"
+}
+
 rates="5000 10000 20000 40000"
 
 echo "== no-op gRPC server (the ceiling of the gRPC stack)"
@@ -121,35 +150,6 @@ for rate in $rates; do
 done
 
 echo "== Redis store (a fresh Floodgate per run, so its counters describe that run alone)"
-# What Floodgate itself counted over a run (warm-up included): decisions, Redis script calls and
-# round trips, and the p99 of its own request-duration histogram (the time inside the service,
-# as a bucket bound), written to $out/NAME.server.
-server_metrics() { # name, http port
-  curl -s "127.0.0.1:$2/metrics" | python3 -c '
-import json, sys
-values, buckets = {}, {}
-for line in sys.stdin:
-    if line.startswith("#") or " " not in line:
-        continue
-    name, value = line.rsplit(" ", 1)
-    metric = name.split("{")[0]
-    values[metric] = values.get(metric, 0) + float(value)
-    if metric == "floodgate_request_duration_seconds_bucket":
-        le = name.split("le=\"")[1].split("\"")[0]
-        buckets[le] = buckets.get(le, 0) + float(value)
-requests = values.get("floodgate_requests_total", 0)
-calls = values.get("floodgate_redis_script_calls_total", 0)
-trips = values.get("floodgate_redis_round_trips_total", 0)
-bounds = sorted((float(le), n) for le, n in buckets.items())
-total = bounds[-1][1] if bounds else 0
-p99 = next((le for le, n in bounds if n >= 0.99 * total), None) if total else None
-json.dump({"requests": requests, "script_calls": calls, "round_trips": trips,
-           "calls_per_decision": calls / max(requests, 1), "trips_per_call": trips / max(calls, 1),
-           "server_p99_us": None if p99 in (None, float("inf")) else round(p99 * 1e6)},
-          open(sys.argv[1], "w"))
-' "$out/$1.server"
-}
-
 redis_run() { # name, "floodgate args", bench args...
   local name=$1 extra=$2; shift 2
   # shellcheck disable=SC2086
