@@ -198,6 +198,17 @@ thread_local! {
     static PAIR: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// Runs `f` on the map key "domain\0key", built in the per-thread buffer.
+fn with_pair<R>(domain: &str, key: &str, f: impl FnOnce(&str) -> R) -> R {
+    PAIR.with_borrow_mut(|pair| {
+        pair.clear();
+        pair.push_str(domain);
+        pair.push('\0');
+        pair.push_str(key);
+        f(pair)
+    })
+}
+
 /// Records the per-descriptor statistics of one decision.
 #[derive(Debug)]
 pub struct DescriptorStats {
@@ -256,13 +267,16 @@ impl DescriptorStats {
         }
     }
 
-    /// The counters of (`domain`, `key`). A value-bearing key (`values`) counts under
-    /// [`OVERFLOW_KEY`] once [`MAX_DETAILED_KEYS`] others are known.
+    /// The counters of (`domain`, `key`). A new value-bearing key (`values`) counts under
+    /// [`OVERFLOW_KEY`] once [`MAX_DETAILED_KEYS`] others are known, or once no more pairs can
+    /// be kept (so the label cap holds whether or not the handles are kept).
     fn counters(&self, domain: &str, key: &str, values: bool) -> Arc<DescriptorCounters> {
         if let Some(found) = self.kept(domain, key) {
             return found;
         }
-        let key = if values && self.detailed.load(Ordering::Relaxed) >= MAX_DETAILED_KEYS {
+        let full = self.kept.load(Ordering::Relaxed) >= MAX_KEPT_PAIRS;
+        let key = if values && (full || self.detailed.load(Ordering::Relaxed) >= MAX_DETAILED_KEYS)
+        {
             OVERFLOW_KEY
         } else {
             key
@@ -273,35 +287,32 @@ impl DescriptorStats {
             return found;
         }
         let counters = Arc::new(DescriptorCounters::new(domain, key));
-        if self.kept.load(Ordering::Relaxed) >= MAX_KEPT_PAIRS {
+        if full {
             return counters;
         }
-        let pair = format!("{domain}\0{key}");
-        let mut shard = self
-            .shard(&pair)
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = shard.get(pair.as_str()) {
-            return found.clone();
-        }
-        self.kept.fetch_add(1, Ordering::Relaxed);
-        if values && key != OVERFLOW_KEY {
-            self.detailed.fetch_add(1, Ordering::Relaxed);
-        }
-        shard.insert(pair.into_boxed_str(), counters.clone());
-        counters
+        with_pair(domain, key, |pair| {
+            let mut shard = self
+                .shard(pair)
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            if let Some(found) = shard.get(pair) {
+                return found.clone();
+            }
+            self.kept.fetch_add(1, Ordering::Relaxed);
+            if values && key != OVERFLOW_KEY {
+                self.detailed.fetch_add(1, Ordering::Relaxed);
+            }
+            shard.insert(pair.into(), counters.clone());
+            counters
+        })
     }
 
     fn kept(&self, domain: &str, key: &str) -> Option<Arc<DescriptorCounters>> {
-        PAIR.with_borrow_mut(|pair| {
-            pair.clear();
-            pair.push_str(domain);
-            pair.push('\0');
-            pair.push_str(key);
+        with_pair(domain, key, |pair| {
             self.shard(pair)
                 .read()
                 .unwrap_or_else(PoisonError::into_inner)
-                .get(pair.as_str())
+                .get(pair)
                 .cloned()
         })
     }
@@ -339,5 +350,15 @@ mod tests {
             &stats.counters("d", "path", false),
             &stats.counters("e", "path", false)
         ));
+    }
+
+    #[test]
+    fn value_bearing_keys_stay_capped_when_no_more_pairs_are_kept() {
+        let stats = DescriptorStats::new(0.8);
+        for i in 0..MAX_KEPT_PAIRS {
+            stats.counters("d", &format!("rule_{i}"), false);
+        }
+        assert_eq!(key_of(&stats, "ip_1", true), OVERFLOW_KEY);
+        assert_eq!(key_of(&stats, "another_rule", false), "another_rule");
     }
 }
