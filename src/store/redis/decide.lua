@@ -24,7 +24,12 @@
 --   t  state "tat"                      theoretical arrival time (µs)
 -- A request is admitted unless a non-shadow check would go over its limit; only then is any
 -- state written (a denied request consumes nothing). Keys expire when their state no longer
--- matters (PX, relative to `now`, so that injected time and the server's clock agree). Lua numbers are doubles: exact up to 2^53, far above any count or µs time here.
+-- matters (PX, relative to `now`, so that injected time and the server's clock agree). Lua
+-- numbers are doubles: exact up to 2^53, far above any count or µs time here.
+--
+-- Redis runs this whole body on every call, so it is written for that: no local functions
+-- (each would be a new closure per call), one table for what the second pass needs, states
+-- parsed with plain find/sub (cheaper than patterns).
 
 -- Keys live a little past the moment their state stops mattering: state from an older window
 -- reads as empty anyway, and the slack keeps a key from vanishing early when `now` is injected
@@ -37,103 +42,109 @@ if not now then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function sat(x) if x < 0 then return 0 end return x end
-
--- Each returns over, remaining_after, remaining_before, reset_ms, next_state, expires_ms.
-local function fixed(state, limit, window, hits)
-  local start = now - (now % window)
-  local count = 0
-  if state then
-    local s, c = string.match(state, '^(%d+):(%d+)$')
-    if tonumber(s) == start then count = tonumber(c) end
-  end
-  local after = count + hits
-  local over = after > limit
-  local rem_after = 0
-  if not over then rem_after = limit - after end
-  return over, rem_after, sat(limit - count), start + window - now,
-    string.format('%d:%d', start, after), start + window
-end
-
-local function sliding(state, limit, window, hits)
-  local start = now - (now % window)
-  local current, previous = 0, 0
-  if state then
-    local s, c, p = string.match(state, '^(%d+):(%d+):(%d+)$')
-    s, c, p = tonumber(s), tonumber(c), tonumber(p)
-    if s == start then current, previous = c, p
-    elseif s and s + window == start then previous = c end
-  end
-  local weighted = math.floor(previous * (window - (now - start)) / window)
-  local estimate = weighted + current
-  local after = estimate + hits
-  local over = after > limit
-  local rem_after = 0
-  if not over then rem_after = limit - after end
-  return over, rem_after, sat(limit - estimate), start + window - now,
-    string.format('%d:%d:%d', start, current + hits, previous), start + 2 * window
-end
-
-local function bucket(state, limit, window, hits, burst)
-  local now_us = now * 1000
-  if limit == 0 or burst == 0 then
-    return hits > 0, 0, 0, window, string.format('%d', now_us), now
-  end
-  local interval = math.max(math.floor(window * 1000 / limit), 1)
-  local tolerance = burst * interval
-  local tat = now_us
-  if state and tonumber(state) and tonumber(state) > now_us then tat = tonumber(state) end
-  local new_tat = tat + hits * interval
-  local over = new_tat - now_us > tolerance
-  local function left(t) return math.floor(sat(tolerance - (t - now_us)) / interval) end
-  local rem_after, reset = 0, math.ceil((new_tat - now_us - tolerance) / 1000)
-  if not over then rem_after, reset = left(new_tat), math.ceil((new_tat - now_us) / 1000) end
-  return over, rem_after, left(tat), reset, string.format('%d', new_tat), math.ceil(new_tat / 1000)
-end
-
 local n = #KEYS
-local overs, after, before, resets, nexts, expires = {}, {}, {}, {}, {}, {}
-local pending = {} -- key -> state written by an earlier check of this request
-local admitted = 1
+local find, sub, format, floor = string.find, string.sub, string.format, math.floor
+-- reply[3i-1 .. 3i+1] = over, remaining, reset of check i; remaining starts as the count left
+-- without this request's hits and becomes the count left with them once the request is
+-- admitted. writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write),
+-- expiry, hits.
+local reply, writes = { 1, 0, 0, 0 }, { 0, false, 0, 0 }
+-- key -> state an earlier check of this request wrote (only several checks can share a key)
+local pending = nil
+if n > 1 then pending = {} end
 for i = 1, n do
   local b = 2 + 6 * (i - 1)
-  local alg, limit, window = ARGV[b + 1], tonumber(ARGV[b + 2]), math.max(tonumber(ARGV[b + 3]), 1)
-  local hits, shadow, burst = tonumber(ARGV[b + 4]), ARGV[b + 5] == '1', tonumber(ARGV[b + 6])
+  local alg, limit = ARGV[b + 1], tonumber(ARGV[b + 2])
+  local window, hits = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  if window < 1 then window = 1 end
+  local key = KEYS[i]
+  local over, after, before, reset, nxt, expires = false, 0, 0, 0, nil, 0
   if alg == 'g' then
-    local untils = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
-    overs[i], after[i], before[i], resets[i] = untils > now, 0, 0, sat(untils - now)
+    local untils = tonumber(redis.call('GET', key) or '0') or 0
+    over = untils > now
+    if over then reset = untils - now end
   else
-    local state = pending[KEYS[i]]
-    if state == nil then state = redis.call('GET', KEYS[i]) or nil end
-    if alg == 's' then
-      overs[i], after[i], before[i], resets[i], nexts[i], expires[i] = sliding(state, limit, window, hits)
-    elseif alg == 't' then
-      overs[i], after[i], before[i], resets[i], nexts[i], expires[i] = bucket(state, limit, window, hits, burst)
+    local state = nil
+    if pending then state = pending[key] end
+    if state == nil then state = redis.call('GET', key) end
+    if alg == 't' then
+      local now_us = now * 1000
+      local burst = tonumber(ARGV[b + 6])
+      if limit == 0 or burst == 0 then
+        over, reset, nxt, expires = hits > 0, window, format('%d', now_us), now
+      else
+        local interval = floor(window * 1000 / limit)
+        if interval < 1 then interval = 1 end
+        local tolerance = burst * interval
+        local tat = now_us
+        local stored = state and tonumber(state)
+        if stored and stored > now_us then tat = stored end
+        local new_tat = tat + hits * interval
+        over = new_tat - now_us > tolerance
+        local left = tolerance - (tat - now_us)
+        if left < 0 then left = 0 end
+        before = floor(left / interval)
+        if over then
+          reset = math.ceil((new_tat - now_us - tolerance) / 1000)
+        else
+          left = tolerance - (new_tat - now_us)
+          if left < 0 then left = 0 end
+          after = floor(left / interval)
+          reset = math.ceil((new_tat - now_us) / 1000)
+        end
+        nxt, expires = format('%d', new_tat), math.ceil(new_tat / 1000)
+      end
     else
-      overs[i], after[i], before[i], resets[i], nexts[i], expires[i] = fixed(state, limit, window, hits)
+      local start = now - (now % window)
+      local current, previous = 0, 0
+      if state then
+        local p = find(state, ':', 1, true)
+        if p then
+          local s = tonumber(sub(state, 1, p - 1))
+          local q = find(state, ':', p + 1, true)
+          local c = tonumber(sub(state, p + 1, q and q - 1))
+          if s == start then
+            current = c
+            if q then previous = tonumber(sub(state, q + 1)) end
+          elseif alg == 's' and s and s + window == start then
+            previous = c
+          end
+        end
+      end
+      local estimate = current
+      if alg == 's' then
+        estimate = floor(previous * (window - (now - start)) / window) + current
+        nxt = format('%d:%d:%d', start, current + hits, previous)
+        expires = start + 2 * window
+      else
+        nxt = format('%d:%d', start, current + hits)
+        expires = start + window
+      end
+      local total = estimate + hits
+      over = total > limit
+      if not over then after = limit - total end
+      if estimate < limit then before = limit - estimate end
+      reset = start + window - now
     end
-    pending[KEYS[i]] = nexts[i]
+    if pending then pending[key] = nxt end
   end
-  if overs[i] and not shadow then admitted = 0 end
+  if over and ARGV[b + 5] ~= '1' then reply[1] = 0 end
+  local o = 3 * i
+  if over then reply[o - 1] = 1 else reply[o - 1] = 0 end
+  reply[o], reply[o + 1] = before, reset
+  local w = 4 * i
+  writes[w - 3], writes[w - 2], writes[w - 1], writes[w] = after, nxt, expires, hits
 end
 
-local dry_run = ARGV[2] == '1'
-local reply = { admitted }
-for i = 1, n do
-  local b = 2 + 6 * (i - 1)
-  local remaining = before[i]
-  -- A dry run records nothing, so it reports what is left without this request's hits.
-  if admitted == 1 and not dry_run then
-    remaining = after[i]
-    if not dry_run and ARGV[b + 1] ~= 'g' and tonumber(ARGV[b + 4]) > 0 and expires[i] > now then
-      -- the last check on a key carries its final state; writing each in turn ends there
-      redis.call('SET', KEYS[i], nexts[i], 'PX', expires[i] - now + EXPIRY_SLACK_MS)
+if reply[1] == 1 and ARGV[2] ~= '1' then
+  for i = 1, n do
+    local w = 4 * i
+    reply[3 * i] = writes[w - 3]
+    local nxt, expires = writes[w - 2], writes[w - 1]
+    -- the last check on a key carries its final state; writing each in turn ends there
+    if nxt and writes[w] > 0 and expires > now then
+      redis.call('SET', KEYS[i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
     end
   end
-  local over = 0
-  if overs[i] then over = 1 end
-  reply[#reply + 1] = over
-  reply[#reply + 1] = remaining
-  reply[#reply + 1] = resets[i]
 end
 return reply

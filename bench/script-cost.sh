@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# What the decision script costs Redis itself, as CPU instructions per call counted by
+# callgrind: a figure that does not move with machine noise, unlike time. Prints one line per
+# request shape (the algorithm and the number of checks), beside two floors: a script that only
+# returns, and one that only runs the commands a one-check call needs (TIME, GET, SET).
+#
+#   bench/script-cost.sh                 # decide.lua of this tree
+#   bench/script-cost.sh other.lua       # another version, to compare
+#
+# Needs valgrind, redis-server, redis-cli and redis-benchmark. Binds 127.0.0.1 on a free port.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+script=${1:-src/store/redis/decide.lua}
+calls=${CALLS:-20000}
+
+tmp=$(mktemp -d)
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.%p" \
+  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no >"$tmp/log" 2>&1 &
+vg=$!
+trap 'kill $vg 2>/dev/null || true; wait $vg 2>/dev/null || true; rm -rf "$tmp"' EXIT
+for _ in $(seq 600); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+cat >"$tmp/return.lua" <<'LUA'
+return {1, 0, 0, 0}
+LUA
+cat >"$tmp/commands.lua" <<'LUA'
+redis.call('TIME'); redis.call('GET', KEYS[1])
+redis.call('SET', KEYS[1], '1700000000000:5', 'PX', 3600000)
+return {1, 0, 0, 0}
+LUA
+
+check() { echo "$1 4000000000 3600000 1 0 $2"; } # algorithm, burst
+# name, script, then the EVALSHA arguments after the SHA
+measure() {
+  local name=$1 file=$2; shift 2
+  local sha
+  sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat "$file")")
+  redis-benchmark -p "$port" -P 16 -n 2000 -q evalsha "$sha" "$@" >/dev/null 2>&1
+  callgrind_control -z "$vg" >/dev/null 2>&1
+  redis-benchmark -p "$port" -P 16 -n "$calls" -q evalsha "$sha" "$@" >/dev/null 2>&1
+  callgrind_control -d "$vg" >/dev/null 2>&1
+  local dump total
+  dump=$(ls -t "$tmp"/cg."$vg".* | head -1)
+  total=$(awk '/^totals:/ {print $2}' "$dump")
+  printf '%-34s %8d\n' "$name" $((total / calls))
+}
+
+printf '%-34s %8s\n' "call" "instructions per call"
+# shellcheck disable=SC2046 # the check arguments are meant to split
+{
+  measure "floor: return only" "$tmp/return.lua" 1 '{b}k0' "" 0 $(check f 0)
+  measure "floor: TIME+GET+SET only" "$tmp/commands.lua" 1 '{b}k0' "" 0 $(check f 0)
+  measure "fixed window, 1 check" "$script" 1 '{b}k0' "" 0 $(check f 0)
+  measure "sliding window, 1 check" "$script" 1 '{b}s0' "" 0 $(check s 0)
+  measure "token bucket, 1 check" "$script" 1 '{b}t0' "" 0 $(check t 1000000)
+  measure "fixed window, 3 checks" "$script" 3 '{b}k0' '{b}k1' '{b}k2' "" 0 \
+    $(check f 0) $(check f 0) $(check f 0)
+}
