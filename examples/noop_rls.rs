@@ -33,6 +33,10 @@ impl RateLimitService for Noop {
     }
 }
 
+/// The same allocator as Floodgate's, so that the ceiling is that of the same stack.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()

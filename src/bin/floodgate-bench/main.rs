@@ -567,6 +567,11 @@ fn print(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The same allocator as the service's, so that `memory` measures bytes per key as the service
+/// holds them.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
