@@ -191,8 +191,13 @@ impl RedisStore {
 
     /// The EVALSHA command deciding `checks` (`dry_run`: evaluate, never write).
     fn decide_cmd(&self, checks: &[Check], dry_run: bool) -> Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.script.get_hash()).arg(checks.len());
+        // Sized once: growing argument by argument cost several reallocations per request.
+        // Per check, the key and six numbers of at most 20 digits each.
+        let keys: usize = checks.iter().map(|c| c.key.len()).sum();
+        let mut cmd = Cmd::with_capacity(5 + 7 * checks.len(), 64 + keys + 7 * 20 * checks.len());
+        cmd.arg("EVALSHA")
+            .arg(self.script.get_hash())
+            .arg(checks.len());
         for check in checks {
             cmd.arg(&check.key);
         }
@@ -226,9 +231,7 @@ impl RedisStore {
                 .map_err(|_| StoreError::Timeout(self.timeout))??,
             None => self.cluster_eval(cmd).await?,
         };
-        let reply: Vec<i64> = redis::from_redis_value(value)
-            .map_err(|e| StoreError::Protocol(format!("decision reply: {e}")))?;
-        decode(&reply, checks.len())
+        decode(&value, checks.len())
     }
 
     /// EVALSHA on the cluster, loading the script on the slot's node on NOSCRIPT.
@@ -492,26 +495,39 @@ fn slot_groups(checks: &[Check]) -> Vec<(u16, Vec<usize>)> {
 }
 
 /// Reads the script's reply: { admitted, over_1, remaining_1, reset_ms_1, ... }.
-fn decode(reply: &[i64], checks: usize) -> Result<Applied, StoreError> {
-    let [admitted, triples @ ..] = reply else {
+fn decode(reply: &Value, checks: usize) -> Result<Applied, StoreError> {
+    let Value::Array(values) = reply else {
+        return Err(StoreError::Protocol(format!(
+            "decision reply: not an array: {reply:?}"
+        )));
+    };
+    let number = |v: &Value| match v {
+        Value::Int(n) => Ok(*n),
+        other => Err(StoreError::Protocol(format!(
+            "decision reply: not an integer: {other:?}"
+        ))),
+    };
+    let [admitted, triples @ ..] = values.as_slice() else {
         return Err(StoreError::Protocol("empty script reply".into()));
     };
     if triples.len() != 3 * checks {
         return Err(StoreError::Protocol(format!(
             "script replied {} values for {checks} checks",
-            reply.len()
+            values.len()
         )));
     }
     let counters = triples
         .chunks_exact(3)
-        .map(|t| Counter {
-            over: t[0] == 1,
-            remaining: t[1].max(0) as u64,
-            reset_ms: t[2].max(0) as u64,
+        .map(|t| {
+            Ok(Counter {
+                over: number(&t[0])? == 1,
+                remaining: number(&t[1])?.max(0) as u64,
+                reset_ms: number(&t[2])?.max(0) as u64,
+            })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     Ok(Applied {
-        admitted: *admitted == 1,
+        admitted: number(admitted)? == 1,
         counters,
     })
 }
