@@ -199,12 +199,13 @@ impl<S: Store> Limiter<S> {
         if decision.denial == Some(Denial::InvalidApiKey)
             && let Some(domain) = domain
         {
-            self.punish_invalid_key(
+            // Boxed: rare, and its store calls would otherwise grow every request's future.
+            Box::pin(self.punish_invalid_key(
                 domain,
                 query,
                 unknown_key.unwrap_or_default(),
                 &mut decision,
-            )
+            ))
             .await;
         }
         Ok(decision)
@@ -305,8 +306,9 @@ impl<S: Store> Limiter<S> {
         if let Some(identity) = self.identities.get(&cache_key, now) {
             return Ok(identity);
         }
+        // Boxed: a cache miss is rare, and the store call would grow every request's future.
         let identity = self
-            .guarded(self.store.identity(domain, api_key), now)
+            .guarded(Box::pin(self.store.identity(domain, api_key)), now)
             .await?;
         let expires = now + self.options.cache_ttl.as_millis() as u64;
         self.identities

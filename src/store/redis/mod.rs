@@ -229,7 +229,8 @@ impl RedisStore {
             Some(batcher) => tokio::time::timeout(self.timeout, batcher.call(cmd))
                 .await
                 .map_err(|_| StoreError::Timeout(self.timeout))??,
-            None => self.cluster_eval(cmd).await?,
+            // Boxed: a cluster call's future is large and the batched one is the hot path.
+            None => Box::pin(self.cluster_eval(cmd)).await?,
         };
         decode(&value, checks.len())
     }
@@ -256,6 +257,48 @@ impl RedisStore {
                 .map_err(StoreError::from)
         })
         .await
+    }
+
+    /// Checks spread over several cluster slots: all slots evaluated without writing, then,
+    /// only if every one admits, counted (each slot atomically).
+    async fn apply_across_slots(
+        &self,
+        checks: &[Check],
+        groups: &[(u16, Vec<usize>)],
+    ) -> Result<Applied, StoreError> {
+        let mut counters = vec![None; checks.len()];
+        let mut admitted = true;
+        for (_, members) in groups {
+            let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
+            let dry = self.decide_call(&part, true).await?;
+            admitted &= dry.admitted;
+            for (&i, counter) in members.iter().zip(dry.counters) {
+                counters[i] = Some(counter);
+            }
+        }
+        if admitted {
+            for (_, members) in groups {
+                let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
+                let applied = self.decide_call(&part, false).await?;
+                admitted &= applied.admitted;
+                for (&i, counter) in members.iter().zip(applied.counters) {
+                    counters[i] = Some(counter);
+                }
+            }
+        }
+        Ok(Applied {
+            admitted,
+            counters: counters
+                .into_iter()
+                .map(|c| {
+                    c.unwrap_or(Counter {
+                        over: false,
+                        remaining: 0,
+                        reset_ms: 0,
+                    })
+                })
+                .collect(),
+        })
     }
 
     fn health_key(&self) -> String {
@@ -322,39 +365,8 @@ impl Store for RedisStore {
         if groups.len() == 1 {
             return self.decide_call(checks, false).await;
         }
-        let mut counters = vec![None; checks.len()];
-        let mut admitted = true;
-        for (_, members) in &groups {
-            let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
-            let dry = self.decide_call(&part, true).await?;
-            admitted &= dry.admitted;
-            for (&i, counter) in members.iter().zip(dry.counters) {
-                counters[i] = Some(counter);
-            }
-        }
-        if admitted {
-            for (_, members) in &groups {
-                let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
-                let applied = self.decide_call(&part, false).await?;
-                admitted &= applied.admitted;
-                for (&i, counter) in members.iter().zip(applied.counters) {
-                    counters[i] = Some(counter);
-                }
-            }
-        }
-        Ok(Applied {
-            admitted,
-            counters: counters
-                .into_iter()
-                .map(|c| {
-                    c.unwrap_or(Counter {
-                        over: false,
-                        remaining: 0,
-                        reset_ms: 0,
-                    })
-                })
-                .collect(),
-        })
+        // Boxed: the hot path's future stays small (it is moved on every request).
+        Box::pin(self.apply_across_slots(checks, &groups)).await
     }
 
     fn observe(&self) {
