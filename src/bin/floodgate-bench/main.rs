@@ -259,10 +259,7 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                 workers.push(tokio::spawn(async move {
                     let mut local = histogram();
                     let mut buf = BytesMut::new();
-                    let shape = RequestShape {
-                        domain: &domain,
-                        descriptors: usize::from(load.descriptors),
-                    };
+                    let shape = RequestShape::new(&domain, load.descriptors);
                     while !tally.stop.load(Ordering::Relaxed) {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         let body = wire::encode_request(&mut buf, &shape, value_for(i, &load));
@@ -318,10 +315,7 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                 let (tally, load, domain) = (tally.clone(), load.clone(), domain.clone());
                 tokio::spawn(async move {
                     let mut buf = BytesMut::new();
-                    let shape = RequestShape {
-                        domain: &domain,
-                        descriptors: usize::from(load.descriptors),
-                    };
+                    let shape = RequestShape::new(&domain, load.descriptors);
                     while let Some((first, end)) = due_rx.recv().await {
                         for i in first..end {
                             if in_flight.load(Ordering::Relaxed) >= budget as u64 {
@@ -578,10 +572,7 @@ fn main() -> anyhow::Result<()> {
         Mode::Memory(args) => memory(args),
         Mode::Body(args) => {
             use std::io::Write;
-            let shape = RequestShape {
-                domain: &args.domain,
-                descriptors: usize::from(args.descriptors),
-            };
+            let shape = RequestShape::new(&args.domain, args.descriptors);
             let frame = wire::encode_request(&mut BytesMut::new(), &shape, Value::Key(args.value));
             std::io::stdout().write_all(&frame)?;
             Ok(())

@@ -101,6 +101,16 @@ pub(crate) struct RequestShape<'a> {
     pub(crate) descriptors: usize,
 }
 
+impl<'a> RequestShape<'a> {
+    /// Requests to `domain` with `descriptors` descriptors, as the command line gives them.
+    pub(crate) fn new(domain: &'a str, descriptors: u8) -> RequestShape<'a> {
+        RequestShape {
+            domain,
+            descriptors: usize::from(descriptors),
+        }
+    }
+}
+
 /// Encodes a ShouldRateLimit request as one gRPC frame into `buf` (reused between calls):
 /// each descriptor is one entry, key `k{d}` and value `value`, or key and value `hot` for the
 /// hot key. Hand-written protobuf (field 1 domain, field 2 descriptors, whose field 1 entries

@@ -192,7 +192,7 @@ impl RedisStore {
     /// The EVALSHA command deciding `checks` (`dry_run`: evaluate, never write).
     fn decide_cmd(&self, checks: &[Check], dry_run: bool) -> Cmd {
         // Sized once: growing argument by argument cost several reallocations per request.
-        // Per check, the key and six numbers of at most 20 digits each.
+        // Per check: the key, then six values of at most 20 digits each (with room to spare).
         let keys: usize = checks.iter().map(|c| c.key.len()).sum();
         let mut cmd = Cmd::with_capacity(5 + 7 * checks.len(), 64 + keys + 7 * 20 * checks.len());
         cmd.arg("EVALSHA")
@@ -268,18 +268,14 @@ impl RedisStore {
     ) -> Result<Applied, StoreError> {
         let mut counters = vec![None; checks.len()];
         let mut admitted = true;
-        for (_, members) in groups {
-            let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
-            let dry = self.decide_call(&part, true).await?;
-            admitted &= dry.admitted;
-            for (&i, counter) in members.iter().zip(dry.counters) {
-                counters[i] = Some(counter);
+        // First the dry run over every slot; the counting pass only if all of them admit.
+        for dry_run in [true, false] {
+            if !admitted {
+                break;
             }
-        }
-        if admitted {
             for (_, members) in groups {
                 let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
-                let applied = self.decide_call(&part, false).await?;
+                let applied = self.decide_call(&part, dry_run).await?;
                 admitted &= applied.admitted;
                 for (&i, counter) in members.iter().zip(applied.counters) {
                     counters[i] = Some(counter);
