@@ -18,7 +18,8 @@
 //! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin.
 //! - [`audit`]: one log line and one metric per admin change or security event;
 //!   [`cache`]: the bounded TTL cache for shared state read on the hot path.
-//! - [`server`]: runs both servers on given listeners until a shutdown future resolves.
+//! - [`server`]: runs both servers on given listeners until a shutdown future resolves;
+//!   [`overload`]: its lock-free limit on calls in flight.
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-descriptor statistics.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
 //!   generated protobuf code.
@@ -35,6 +36,7 @@ pub mod health;
 pub mod http;
 pub mod limiter;
 pub mod matcher;
+pub mod overload;
 pub mod pb;
 pub mod query;
 pub mod rls;

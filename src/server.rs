@@ -26,6 +26,7 @@ use crate::config::{Config, ConfigError};
 use crate::decision::PlanOptions;
 use crate::http::{self, HttpState};
 use crate::limiter::{Limiter, LimiterOptions};
+use crate::overload::InFlightLimitLayer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
 use crate::settings::{ServeSettings, StoreKind};
@@ -173,14 +174,8 @@ pub async fn run<S: Store>(
     if let Some(tls) = &options.grpc_tls {
         builder = builder.tls_config(grpc_tls_config(tls)?)?;
     }
-    // Shed load beyond the concurrency limit at once, over all connections.
-    let overload = tower::ServiceBuilder::new()
-        .layer(tower::load_shed::LoadShedLayer::new())
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            protection.max_concurrent.max(1),
-        ));
     let grpc = builder
-        .layer(overload)
+        .layer(InFlightLimitLayer::new(protection.max_concurrent))
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(rls.clone()))
         .serve_with_incoming_shutdown(

@@ -9,12 +9,14 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use arc_swap::ArcSwap;
 
 use metrics::{Counter, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::decision::{Code, Decision};
+use crate::decision::{AppliedLimit, Code, Decision, DescriptorStatus};
 
 /// ShouldRateLimit latency, seconds (histogram; label `result`).
 pub const REQUEST_DURATION: &str = "floodgate_request_duration_seconds";
@@ -185,13 +187,19 @@ impl DescriptorCounters {
     }
 }
 
-/// Shards of the (domain, key) → counters map; a read lock per descriptor, no global lock.
+/// Shards of the (domain, key) → counters map, so that adding a pair copies a small map.
 const STATS_SHARDS: usize = 16;
 /// (domain, key) pairs whose handles are kept; past it (only after many reloads that each
 /// brought new rules) counters are still counted, through the registry.
 const MAX_KEPT_PAIRS: usize = 4 * MAX_DETAILED_KEYS;
 
-type StatsShard = RwLock<HashMap<Box<str>, Arc<DescriptorCounters>>>;
+/// One shard: read without a lock or a shared write (every descriptor reads it); a new pair
+/// replaces the map with a copy (rare: the pairs are bounded and each is added once).
+#[derive(Debug, Default)]
+struct StatsShard {
+    kept: ArcSwap<HashMap<Box<str>, Arc<DescriptorCounters>>>,
+    adding: Mutex<()>,
+}
 
 thread_local! {
     /// The lookup key "domain\0key", built here instead of in a new String per descriptor.
@@ -226,7 +234,7 @@ impl DescriptorStats {
     pub fn new(near_limit_ratio: f64) -> DescriptorStats {
         DescriptorStats {
             near_limit_ratio,
-            shards: (0..STATS_SHARDS).map(|_| RwLock::default()).collect(),
+            shards: (0..STATS_SHARDS).map(|_| StatsShard::default()).collect(),
             hasher: RandomState::new(),
             kept: AtomicUsize::new(0),
             detailed: AtomicUsize::new(0),
@@ -239,31 +247,52 @@ impl DescriptorStats {
             let Some(applied) = &status.limit else {
                 continue;
             };
-            let counters = self.counters(domain, &applied.metric_key, applied.metric_values);
-            let hits = status.hits;
-            counters.add(&counters.total, TOTAL_HITS, hits);
-            let limit = u64::from(applied.limit.requests_per_unit);
-            if status.over {
-                counters.add(&counters.over, OVER_LIMIT, hits);
-                if status.shadow {
-                    counters.add(&counters.shadow, SHADOW_MODE, hits);
-                }
+            // Kept handles are used in place; only a pair seen for the first time (or one
+            // beyond the kept bound) goes the slow way.
+            let counted = with_pair(domain, &applied.metric_key, |pair| {
+                let kept = self.shard(pair).kept.load();
+                kept.get(pair)
+                    .map(|counters| self.count(counters, domain, status, applied))
+                    .is_some()
+            });
+            if !counted {
+                let counters = self.counters(domain, &applied.metric_key, applied.metric_values);
+                self.count(&counters, domain, status, applied);
+            }
+        }
+    }
+
+    /// Counts one descriptor's hits on its counters.
+    fn count(
+        &self,
+        counters: &DescriptorCounters,
+        domain: &str,
+        status: &DescriptorStatus,
+        applied: &AppliedLimit,
+    ) {
+        let hits = status.hits;
+        counters.add(&counters.total, TOTAL_HITS, hits);
+        let limit = u64::from(applied.limit.requests_per_unit);
+        if status.over {
+            counters.add(&counters.over, OVER_LIMIT, hits);
+            if status.shadow {
+                counters.add(&counters.shadow, SHADOW_MODE, hits);
+            }
+        } else {
+            let used = limit.saturating_sub(u64::from(status.remaining));
+            if limit > 0 && used as f64 >= self.near_limit_ratio * limit as f64 {
+                counters.add(&counters.near, NEAR_LIMIT, hits);
+            }
+            counters.add(&counters.within, WITHIN_LIMIT, hits);
+        }
+        if applied.tiered {
+            let code = if status.code == Code::OverLimit {
+                "over_limit"
             } else {
-                let used = limit.saturating_sub(u64::from(status.remaining));
-                if limit > 0 && used as f64 >= self.near_limit_ratio * limit as f64 {
-                    counters.add(&counters.near, NEAR_LIMIT, hits);
-                }
-                counters.add(&counters.within, WITHIN_LIMIT, hits);
-            }
-            if applied.tiered {
-                let code = if status.code == Code::OverLimit {
-                    "over_limit"
-                } else {
-                    "ok"
-                };
-                let tier = applied.name.clone().unwrap_or_default();
-                metrics::counter!(TIER_DECISIONS, "domain" => domain.to_owned(), "tier" => tier, "code" => code).increment(1);
-            }
+                "ok"
+            };
+            let tier = applied.name.clone().unwrap_or_default();
+            metrics::counter!(TIER_DECISIONS, "domain" => domain.to_owned(), "tier" => tier, "code" => code).increment(1);
         }
     }
 
@@ -291,29 +320,26 @@ impl DescriptorStats {
             return counters;
         }
         with_pair(domain, key, |pair| {
-            let mut shard = self
-                .shard(pair)
-                .write()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(found) = shard.get(pair) {
+            let shard = self.shard(pair);
+            let _adding = shard.adding.lock().unwrap_or_else(PoisonError::into_inner);
+            let kept = shard.kept.load();
+            if let Some(found) = kept.get(pair) {
                 return found.clone();
             }
             self.kept.fetch_add(1, Ordering::Relaxed);
             if values && key != OVERFLOW_KEY {
                 self.detailed.fetch_add(1, Ordering::Relaxed);
             }
-            shard.insert(pair.into(), counters.clone());
+            let mut more = HashMap::clone(&kept);
+            more.insert(pair.into(), counters.clone());
+            shard.kept.store(Arc::new(more));
             counters
         })
     }
 
     fn kept(&self, domain: &str, key: &str) -> Option<Arc<DescriptorCounters>> {
         with_pair(domain, key, |pair| {
-            self.shard(pair)
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(pair)
-                .cloned()
+            self.shard(pair).kept.load().get(pair).cloned()
         })
     }
 

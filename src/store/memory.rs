@@ -5,6 +5,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use smallvec::SmallVec;
+
 use super::{
     Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord, admits,
 };
@@ -16,6 +18,8 @@ use crate::health::HealthRecord;
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 const SHARDS: usize = 64;
+/// Per-check scratch of one request, inline up to four checks.
+type Few<T> = SmallVec<[T; 4]>;
 /// Candidates looked at when a full shard must evict a live counter.
 const EVICTION_SAMPLE: usize = 8;
 
@@ -107,15 +111,16 @@ impl<C: Clock> MemoryStore<C> {
 
     fn apply_now(&self, checks: &[Check]) -> Applied {
         let now = self.clock.now_ms();
-        let shard_ids: Vec<usize> = checks.iter().map(|c| self.shard_of(&c.key)).collect();
+        // On the stack for the usual few checks: no allocation but the answer's.
+        let shard_ids: Few<usize> = checks.iter().map(|c| self.shard_of(&c.key)).collect();
         // Lock every shard involved, in index order so two requests can never deadlock. The
         // locks are std mutexes: held for a few map operations, never across an await.
         let mut order = shard_ids.clone();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> =
+        let mut guards: Few<(usize, MutexGuard<'_, Shard>)> =
             order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
-        let positions: Vec<usize> = shard_ids
+        let positions: Few<usize> = shard_ids
             .iter()
             .map(|&s| {
                 guards
@@ -125,7 +130,7 @@ impl<C: Clock> MemoryStore<C> {
             .collect();
 
         // First look at every counter (a key checked twice sees its first check's hits)...
-        let mut verdicts: Vec<Verdict> = Vec::with_capacity(checks.len());
+        let mut verdicts: Few<Verdict> = Few::with_capacity(checks.len());
         for (i, check) in checks.iter().enumerate() {
             let stored = guards[positions[i]]
                 .1
