@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What the decision script costs Redis itself, as CPU instructions per call counted by
 # callgrind: a figure that does not move with machine noise, unlike time. Prints one line per
-# request shape (the algorithm and the number of checks), beside two floors: a script that only
-# returns, and one that only runs the commands a one-check call needs (TIME, GET, SET).
+# request shape (the algorithm, the number of checks, and how many requests share the call),
+# per call and per request, beside two floors: a script that only returns, and one that only
+# runs the commands a one-check call needs (TIME, GET, SET).
 #
 #   bench/script-cost.sh                 # decide.lua of this tree
 #   bench/script-cost.sh other.lua       # another version, to compare
@@ -31,9 +32,9 @@ return {1, 0, 0, 0}
 LUA
 
 check() { echo "$1 4000000000 3600000 1 0 $2"; } # algorithm, burst
-# name, script, then the EVALSHA arguments after the SHA
+# name, script, requests per call, then the EVALSHA arguments after the SHA
 measure() {
-  local name=$1 file=$2; shift 2
+  local name=$1 file=$2 per=$3; shift 3
   local sha
   sha=$(redis-cli -p "$port" SCRIPT LOAD "$(cat "$file")")
   redis-benchmark -p "$port" -P 16 -n 2000 -q evalsha "$sha" "$@" >/dev/null 2>&1
@@ -43,17 +44,28 @@ measure() {
   local dump total
   dump=$(ls -t "$tmp"/cg."$vg".* | head -1)
   total=$(awk '/^totals:/ {print $2}' "$dump")
-  printf '%-34s %8d\n' "$name" $((total / calls))
+  printf '%-44s %10d %12d\n' "$name" $((total / calls)) $((total / calls / per))
 }
 
-printf '%-34s %8s\n' "call" "instructions per call"
+# Eight requests in one call, as the dispatcher sends them under load (distinct keys).
+shared() { # algorithm, burst: sets SHARED to the EVALSHA arguments
+  local keys=() args=() i
+  for i in $(seq 0 7); do keys+=("{b}m$1$i"); args+=(1 $(check "$1" "$2")); done
+  SHARED=(8 "${keys[@]}" "" 0 "${args[@]}")
+}
+
+printf '%-44s %10s %12s\n' "call" "per call" "per request"
 # shellcheck disable=SC2046 # the check arguments are meant to split
 {
-  measure "floor: return only" "$tmp/return.lua" 1 '{b}k0' "" 0 $(check f 0)
-  measure "floor: TIME+GET+SET only" "$tmp/commands.lua" 1 '{b}k0' "" 0 $(check f 0)
-  measure "fixed window, 1 check" "$script" 1 '{b}k0' "" 0 $(check f 0)
-  measure "sliding window, 1 check" "$script" 1 '{b}s0' "" 0 $(check s 0)
-  measure "token bucket, 1 check" "$script" 1 '{b}t0' "" 0 $(check t 1000000)
-  measure "fixed window, 3 checks" "$script" 3 '{b}k0' '{b}k1' '{b}k2' "" 0 \
+  measure "floor: return only" "$tmp/return.lua" 1 1 '{b}k0' "" 0 1 $(check f 0)
+  measure "floor: TIME+GET+SET only" "$tmp/commands.lua" 1 1 '{b}k0' "" 0 1 $(check f 0)
+  measure "fixed window, 1 check" "$script" 1 1 '{b}k0' "" 0 1 $(check f 0)
+  measure "sliding window, 1 check" "$script" 1 1 '{b}s0' "" 0 1 $(check s 0)
+  measure "token bucket, 1 check" "$script" 1 1 '{b}t0' "" 0 1 $(check t 1000000)
+  measure "fixed window, 3 checks" "$script" 1 3 '{b}k0' '{b}k1' '{b}k2' "" 0 3 \
     $(check f 0) $(check f 0) $(check f 0)
+  shared f 0
+  measure "fixed window, 1 check, 8 requests per call" "$script" 8 "${SHARED[@]}"
+  shared t 1000000
+  measure "token bucket, 1 check, 8 requests per call" "$script" 8 "${SHARED[@]}"
 }

@@ -284,10 +284,75 @@ async fn concurrent_decisions_share_round_trips() {
     }
     let (round_trips, script_calls) = store.pipeline_stats();
     let (round_trips, script_calls) = (round_trips - trips_before, script_calls - calls_before);
-    eprintln!("{script_calls} script calls in {round_trips} round trips");
-    assert_eq!(script_calls, 256, "one script call per decision");
+    eprintln!("256 decisions in {script_calls} script calls and {round_trips} round trips");
     assert!(
-        round_trips < script_calls,
-        "concurrent calls shared round trips"
+        script_calls < 256,
+        "concurrent decisions shared script calls"
     );
+    assert!(round_trips <= script_calls);
+    // Shared calls count exactly: every key was hit by four requests.
+    for i in 0..64 {
+        let look = Check {
+            key: format!("rt:{i}"),
+            limit: 1000,
+            window_secs: 86_400,
+            hits: 0,
+            shadow: false,
+            gate: false,
+            algorithm: floodgate::algorithm::Algorithm::FixedWindow,
+        };
+        let applied = store.apply(&[look]).await.unwrap();
+        assert_eq!(applied.counters[0].remaining, 996, "key rt:{i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sharing_a_script_call_are_each_all_or_nothing() {
+    use floodgate::store::{Check, Store};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = std::sync::Arc::new(
+        floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions::standalone(
+            &redis.url(),
+            "aon:",
+        ))
+        .unwrap(),
+    );
+    let check = |key: String, limit: u64, hits: u64| Check {
+        key,
+        limit,
+        window_secs: 86_400,
+        hits,
+        shadow: false,
+        gate: false,
+        algorithm: floodgate::algorithm::Algorithm::FixedWindow,
+    };
+    // 40 concurrent requests, each with a check on a shared key allowing 5 and one on its own
+    // key: exactly 5 are admitted, and a denied request counts on neither key.
+    let calls: Vec<_> = (0..40)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let checks = [
+                    check("aon:shared".into(), 5, 1),
+                    check(format!("aon:own{i}"), 1000, 1),
+                ];
+                store.apply(&checks).await.unwrap().admitted
+            })
+        })
+        .collect();
+    let mut admitted = Vec::new();
+    for call in calls {
+        admitted.push(call.await.unwrap());
+    }
+    assert_eq!(admitted.iter().filter(|a| **a).count(), 5, "{admitted:?}");
+    for (i, admitted) in admitted.into_iter().enumerate() {
+        let look = store
+            .apply(&[check(format!("aon:own{i}"), 1000, 0)])
+            .await
+            .unwrap();
+        let expected = if admitted { 999 } else { 1000 };
+        assert_eq!(look.counters[0].remaining, expected, "request {i}");
+    }
 }

@@ -1,8 +1,14 @@
-//! Cross-request pipelining: decision script calls from concurrent requests are queued and
-//! sent together, one pipeline per round trip, by a few dispatcher tasks (one per pooled
-//! connection). While a pipeline is in flight, new calls gather in the queue and leave in the
-//! next one: batching comes from load itself, with no window to wait out when load is light.
+//! Cross-request batching: the decisions of concurrent requests are queued and sent together,
+//! by a few dispatcher tasks (one per pooled connection). Queued requests share script calls
+//! (one call decides up to [`CALL_REQUESTS`] of them in turn, each all-or-nothing as if alone),
+//! and the calls of a batch share one round trip. While a round trip is in flight, new
+//! requests gather in the queue and leave in the next one: batching comes from load itself,
+//! with no window to wait out when load is light.
+//!
+//! Redis pays a fixed cost per script call (parsing, setting up Lua, converting the reply)
+//! about a third of a one-check decision's; shared calls pay it once for many requests.
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -11,16 +17,24 @@ use redis::{Cmd, RedisError, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::backend::Backend;
-use crate::store::StoreError;
+use super::{ScriptPart, decode, reply_values, script_call};
+use crate::store::{Applied, StoreError};
 
-/// Most calls in one pipeline: bounds the size of a round trip and of a retry.
+/// Most requests in one round trip: bounds its size and that of a retry.
 pub(crate) const MAX_BATCH: usize = 128;
+/// Most requests decided by one script call: bounds how long Redis runs one script (other
+/// clients wait meanwhile) while keeping the fixed cost per request small.
+pub(crate) const CALL_REQUESTS: usize = 32;
 /// Calls that may wait in the queue; past it callers get an error at once, not a longer wait.
 const QUEUE: usize = 16_384;
 
 struct Job {
-    cmd: Cmd,
-    reply: oneshot::Sender<Result<Value, StoreError>>,
+    part: ScriptPart,
+    /// The time to decide at (`None`: the server's); requests share a call only with others
+    /// of the same time and mode.
+    now: Option<u64>,
+    dry_run: bool,
+    reply: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
 /// Counters of what the dispatchers sent, for metrics and tests.
@@ -61,11 +75,21 @@ impl Batcher {
         Batcher { queue, stats }
     }
 
-    /// Queues one script call and waits for its reply.
-    pub(crate) async fn call(&self, cmd: Cmd) -> Result<Value, StoreError> {
+    /// Queues one request's decision and waits for it.
+    pub(crate) async fn call(
+        &self,
+        part: ScriptPart,
+        now: Option<u64>,
+        dry_run: bool,
+    ) -> Result<Applied, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
-            .try_send(Job { cmd, reply })
+            .try_send(Job {
+                part,
+                now,
+                dry_run,
+                reply,
+            })
             .map_err(|_| StoreError::Unavailable("Redis call queue full".into()))?;
         answer
             .await
@@ -87,6 +111,7 @@ struct Dispatcher {
 impl Dispatcher {
     async fn run(self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut calls = Vec::with_capacity(MAX_BATCH);
         loop {
             {
                 // Held only to take what is queued, never across the round trip.
@@ -102,28 +127,35 @@ impl Dispatcher {
                     }
                 }
             }
-            let outcome = tokio::time::timeout(self.timeout, self.send(&mut batch)).await;
-            let replies = match outcome {
-                Ok(Ok(replies)) => replies.into_iter().map(Ok).collect(),
-                Ok(Err(e)) => batch.iter().map(|_| Err(clone_error(&e))).collect(),
-                Err(_) => batch
-                    .iter()
-                    .map(|_| Err(StoreError::Timeout(self.timeout)))
-                    .collect::<Vec<_>>(),
-            };
-            for (job, reply) in batch.drain(..).zip(replies) {
-                let _ = job.reply.send(reply.and_then(|v: Value| server_error(v)));
+            share_calls(&batch, &mut calls);
+            let outcome = tokio::time::timeout(self.timeout, self.send(&batch, &calls)).await;
+            let mut jobs = batch.drain(..);
+            match outcome {
+                Ok(Ok(replies)) => {
+                    for (call, reply) in calls.iter().zip(replies) {
+                        answer(jobs.by_ref().take(call.len()), &reply);
+                    }
+                }
+                Ok(Err(e)) => jobs.for_each(|job| {
+                    let _ = job.reply.send(Err(clone_error(&e)));
+                }),
+                Err(_) => jobs.for_each(|job| {
+                    let _ = job.reply.send(Err(StoreError::Timeout(self.timeout)));
+                }),
             }
         }
     }
 
-    /// One round trip for the whole batch (two if Redis had forgotten the script). The calls
-    /// move into the pipeline (no copy of their arguments); only a resend copies them back.
-    async fn send(&self, batch: &mut [Job]) -> Result<Vec<Value>, StoreError> {
+    /// One round trip for the whole batch (two if Redis had forgotten the script), one
+    /// script call per range of `calls`.
+    async fn send(&self, batch: &[Job], calls: &[Range<usize>]) -> Result<Vec<Value>, StoreError> {
         let mut conn = self.backend.connection().await?;
+        let hash = self.script.get_hash();
         let mut pipe = redis::pipe();
-        for job in batch.iter_mut() {
-            pipe.add_command(std::mem::replace(&mut job.cmd, Cmd::new()));
+        for call in calls {
+            let first = &batch[call.start];
+            let parts = batch[call.clone()].iter().map(|job| &job.part);
+            pipe.add_command(script_call(hash, first.now, first.dry_run, parts));
         }
         let mut replies = self.pipeline(&mut conn, &mut pipe).await?;
         let missing: Vec<usize> = (0..replies.len())
@@ -179,11 +211,43 @@ fn is_noscript(value: &Value) -> bool {
     matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
 }
 
-/// A server error reply to one call becomes that call's error.
-fn server_error(value: Value) -> Result<Value, StoreError> {
-    match value {
-        Value::ServerError(e) => Err(StoreError::Unavailable(format!("Redis replied: {e:?}"))),
-        other => Ok(other),
+/// Splits `batch` into the ranges of requests that share a script call: consecutive, of the
+/// same time and mode, at most [`CALL_REQUESTS`].
+fn share_calls(batch: &[Job], calls: &mut Vec<Range<usize>>) {
+    calls.clear();
+    for (i, job) in batch.iter().enumerate() {
+        match calls.last_mut() {
+            Some(call)
+                if call.len() < CALL_REQUESTS
+                    && batch[call.start].now == job.now
+                    && batch[call.start].dry_run == job.dry_run =>
+            {
+                call.end = i + 1;
+            }
+            _ => calls.push(i..i + 1),
+        }
+    }
+}
+
+/// Answers the requests of one script call from its reply: each its own share of the list,
+/// or all the call's error.
+fn answer(jobs: impl Iterator<Item = Job>, reply: &Value) {
+    let values = reply_values(reply);
+    let mut offset = 0;
+    for job in jobs {
+        let size = 1 + 3 * job.part.checks;
+        let result = match &values {
+            Ok(values) => match values.get(offset..offset + size) {
+                Some(share) => decode(share, job.part.checks),
+                None => Err(StoreError::Protocol(format!(
+                    "script replied {} values, fewer than its requests need",
+                    values.len()
+                ))),
+            },
+            Err(e) => Err(clone_error(e)),
+        };
+        offset += size;
+        let _ = job.reply.send(result);
     }
 }
 

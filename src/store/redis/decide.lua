@@ -1,11 +1,14 @@
--- Floodgate: check and count every descriptor of one request, atomically.
+-- Floodgate: check and count every descriptor of one request, atomically; for each of
+-- several requests in turn, so that one call serves a batch of concurrent requests (exactly as
+-- if each had made its own call, one after the other).
 --
--- KEYS[i]   the key of check i (src/store/key.rs)
+-- KEYS      the keys of every check (src/store/key.rs), request after request
 -- ARGV[1]   now in Unix milliseconds, or "" to use this Redis server's clock (TIME), so that
 --           replicas with skewed clocks agree; tests pass their injected time here
 -- ARGV[2]   "1" for a dry run: evaluate everything, write nothing (a Redis Cluster first asks
 --           every slot whether it admits, then counts; see docs/redis.md)
--- ARGV      then 6 values per check i, at 2+6*(i-1)+1 .. 2+6*(i-1)+6:
+-- ARGV      then per request: its number of checks n, then 6 values per check i (the check's
+--           key is the request's i-th):
 --             algorithm   "f" fixed window, "s" sliding window, "t" token bucket (GCRA),
 --                         "g" gate: over until the time KEYS[i] holds (a flag written by
 --                         flag.lua, e.g. a blocked address)
@@ -14,9 +17,9 @@
 --             hits        hits to add (0 only looks)
 --             shadow      "1" if this check may not deny the request
 --             burst       bucket size (token bucket only)
--- Returns   { admitted (1|0), over_1 (1|0), remaining_1, reset_ms_1, ..., over_n, ... }
---           remaining_i counts this request's hits if they were recorded (admitted, not a dry
---           run), and not otherwise.
+-- Returns   per request: admitted (1|0), then over_i (1|0), remaining_i, reset_ms_i per check,
+--           all in one flat list. remaining_i counts the request's hits if they were recorded
+--           (admitted, not a dry run), and not otherwise.
 --
 -- The rules are those of src/algorithm.rs, line by line:
 --   f  state "start:count"              window start (ms) and count
@@ -29,7 +32,7 @@
 --
 -- Redis runs this whole body on every call, so it is written for that: no local functions
 -- (each would be a new closure per call), one table for what the second pass needs, states
--- parsed with plain find/sub (cheaper than patterns).
+-- parsed with plain find/sub (cheaper than patterns), answers written straight into the reply.
 
 -- Keys live a little past the moment their state stops mattering: state from an older window
 -- reads as empty anyway, and the slack keeps a key from vanishing early when `now` is injected
@@ -42,109 +45,116 @@ if not now then
   now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local n = #KEYS
 local find, sub, format, floor = string.find, string.sub, string.format, math.floor
--- reply[3i-1 .. 3i+1] = over, remaining, reset of check i; remaining starts as the count left
--- without this request's hits and becomes the count left with them once the request is
--- admitted. writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write),
--- expiry, hits.
+local dry = ARGV[2] == '1'
+-- reply[r+1] = admitted of the request whose answers start at r; reply[r+3i-1 .. r+3i+1] =
+-- over, remaining, reset of its check i. remaining starts as the count left without the
+-- request's hits and becomes the count left with them once the request is admitted.
+-- writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write), expiry,
+-- hits; reused by every request. Both start sized for one check (they grow as needed).
 local reply, writes = { 1, 0, 0, 0 }, { 0, false, 0, 0 }
--- key -> state an earlier check of this request wrote (only several checks can share a key)
-local pending = nil
-if n > 1 then pending = {} end
-for i = 1, n do
-  local b = 2 + 6 * (i - 1)
-  local alg, limit = ARGV[b + 1], tonumber(ARGV[b + 2])
-  local window, hits = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  if window < 1 then window = 1 end
-  local key = KEYS[i]
-  local over, after, before, reset, nxt, expires = false, 0, 0, 0, nil, 0
-  if alg == 'g' then
-    local untils = tonumber(redis.call('GET', key) or '0') or 0
-    over = untils > now
-    if over then reset = untils - now end
-  else
-    local state = nil
-    if pending then state = pending[key] end
-    if state == nil then state = redis.call('GET', key) end
-    if alg == 't' then
-      local now_us = now * 1000
-      local burst = tonumber(ARGV[b + 6])
-      if limit == 0 or burst == 0 then
-        over, reset, nxt, expires = hits > 0, window, format('%d', now_us), now
-      else
-        local interval = floor(window * 1000 / limit)
-        if interval < 1 then interval = 1 end
-        local tolerance = burst * interval
-        local tat = now_us
-        local stored = state and tonumber(state)
-        if stored and stored > now_us then tat = stored end
-        local new_tat = tat + hits * interval
-        over = new_tat - now_us > tolerance
-        local left = tolerance - (tat - now_us)
-        if left < 0 then left = 0 end
-        before = floor(left / interval)
-        if over then
-          reset = math.ceil((new_tat - now_us - tolerance) / 1000)
-        else
-          left = tolerance - (new_tat - now_us)
-          if left < 0 then left = 0 end
-          after = floor(left / interval)
-          reset = math.ceil((new_tat - now_us) / 1000)
-        end
-        nxt, expires = format('%d', new_tat), math.ceil(new_tat / 1000)
-      end
+local r, a, k, nargs = 0, 3, 0, #ARGV
+while a <= nargs do
+  local n = tonumber(ARGV[a])
+  reply[r + 1] = 1
+  -- key -> state an earlier check of this request wrote (only several checks can share a key)
+  local pending = nil
+  if n > 1 then pending = {} end
+  for i = 1, n do
+    local b = a + 6 * (i - 1)
+    local alg, limit = ARGV[b + 1], tonumber(ARGV[b + 2])
+    local window, hits = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+    if window < 1 then window = 1 end
+    local key = KEYS[k + i]
+    local over, after, before, reset, nxt, expires = false, 0, 0, 0, nil, 0
+    if alg == 'g' then
+      local untils = tonumber(redis.call('GET', key) or '0') or 0
+      over = untils > now
+      if over then reset = untils - now end
     else
-      local start = now - (now % window)
-      local current, previous = 0, 0
-      if state then
-        local p = find(state, ':', 1, true)
-        if p then
-          local s = tonumber(sub(state, 1, p - 1))
-          local q = find(state, ':', p + 1, true)
-          local c = tonumber(sub(state, p + 1, q and q - 1))
-          if s == start then
-            current = c
-            if q then previous = tonumber(sub(state, q + 1)) end
-          elseif alg == 's' and s and s + window == start then
-            previous = c
+      local state = nil
+      if pending then state = pending[key] end
+      if state == nil then state = redis.call('GET', key) end
+      if alg == 't' then
+        local now_us = now * 1000
+        local burst = tonumber(ARGV[b + 6])
+        if limit == 0 or burst == 0 then
+          over, reset, nxt, expires = hits > 0, window, format('%d', now_us), now
+        else
+          local interval = floor(window * 1000 / limit)
+          if interval < 1 then interval = 1 end
+          local tolerance = burst * interval
+          local tat = now_us
+          local stored = state and tonumber(state)
+          if stored and stored > now_us then tat = stored end
+          local new_tat = tat + hits * interval
+          over = new_tat - now_us > tolerance
+          local left = tolerance - (tat - now_us)
+          if left < 0 then left = 0 end
+          before = floor(left / interval)
+          if over then
+            reset = math.ceil((new_tat - now_us - tolerance) / 1000)
+          else
+            left = tolerance - (new_tat - now_us)
+            if left < 0 then left = 0 end
+            after = floor(left / interval)
+            reset = math.ceil((new_tat - now_us) / 1000)
+          end
+          nxt, expires = format('%d', new_tat), math.ceil(new_tat / 1000)
+        end
+      else
+        local start = now - (now % window)
+        local current, previous = 0, 0
+        if state then
+          local p = find(state, ':', 1, true)
+          if p then
+            local s = tonumber(sub(state, 1, p - 1))
+            local q = find(state, ':', p + 1, true)
+            local c = tonumber(sub(state, p + 1, q and q - 1))
+            if s == start then
+              current = c
+              if q then previous = tonumber(sub(state, q + 1)) end
+            elseif alg == 's' and s and s + window == start then
+              previous = c
+            end
           end
         end
+        local estimate = current
+        if alg == 's' then
+          estimate = floor(previous * (window - (now - start)) / window) + current
+          nxt = format('%d:%d:%d', start, current + hits, previous)
+          expires = start + 2 * window
+        else
+          nxt = format('%d:%d', start, current + hits)
+          expires = start + window
+        end
+        local total = estimate + hits
+        over = total > limit
+        if not over then after = limit - total end
+        if estimate < limit then before = limit - estimate end
+        reset = start + window - now
       end
-      local estimate = current
-      if alg == 's' then
-        estimate = floor(previous * (window - (now - start)) / window) + current
-        nxt = format('%d:%d:%d', start, current + hits, previous)
-        expires = start + 2 * window
-      else
-        nxt = format('%d:%d', start, current + hits)
-        expires = start + window
-      end
-      local total = estimate + hits
-      over = total > limit
-      if not over then after = limit - total end
-      if estimate < limit then before = limit - estimate end
-      reset = start + window - now
+      if pending then pending[key] = nxt end
     end
-    if pending then pending[key] = nxt end
-  end
-  if over and ARGV[b + 5] ~= '1' then reply[1] = 0 end
-  local o = 3 * i
-  if over then reply[o - 1] = 1 else reply[o - 1] = 0 end
-  reply[o], reply[o + 1] = before, reset
-  local w = 4 * i
-  writes[w - 3], writes[w - 2], writes[w - 1], writes[w] = after, nxt, expires, hits
-end
-
-if reply[1] == 1 and ARGV[2] ~= '1' then
-  for i = 1, n do
+    if over and ARGV[b + 5] ~= '1' then reply[r + 1] = 0 end
+    local o = r + 3 * i
+    if over then reply[o - 1] = 1 else reply[o - 1] = 0 end
+    reply[o], reply[o + 1] = before, reset
     local w = 4 * i
-    reply[3 * i] = writes[w - 3]
-    local nxt, expires = writes[w - 2], writes[w - 1]
-    -- the last check on a key carries its final state; writing each in turn ends there
-    if nxt and writes[w] > 0 and expires > now then
-      redis.call('SET', KEYS[i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
+    writes[w - 3], writes[w - 2], writes[w - 1], writes[w] = after, nxt, expires, hits
+  end
+
+  if reply[r + 1] == 1 and not dry then
+    for i = 1, n do
+      local w = 4 * i
+      reply[r + 3 * i] = writes[w - 3]
+      local nxt, expires = writes[w - 2], writes[w - 1]
+      -- the last check on a key carries its final state; writing each in turn ends there
+      if nxt and writes[w] > 0 and expires > now then
+        redis.call('SET', KEYS[k + i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
+      end
     end
   end
+  r, a, k = r + 1 + 3 * n, a + 1 + 6 * n, k + n
 end
 return reply

@@ -1,8 +1,8 @@
-//! The Redis store: one Lua script call (EVALSHA, loading the script on NOSCRIPT) per request,
-//! whatever the number of descriptors, over a pool of connections to one master (standalone
-//! or found through Sentinels) or a Redis Cluster.
+//! The Redis store: every request decided inside one Lua script call (EVALSHA, loading the
+//! script on NOSCRIPT) whatever the number of descriptors, over a pool of connections to one
+//! master (standalone or found through Sentinels) or a Redis Cluster.
 //!
-//! Script calls of concurrent requests share round trips (see `batch`); other calls (health
+//! Concurrent requests share script calls and round trips (see `batch`); other calls (health
 //! state, registry, flags) go straight over a pooled connection. Every call has a deadline.
 
 mod backend;
@@ -189,50 +189,21 @@ impl RedisStore {
         .await
     }
 
-    /// The EVALSHA command deciding `checks` (`dry_run`: evaluate, never write).
-    fn decide_cmd(&self, checks: &[Check], dry_run: bool) -> Cmd {
-        // Sized once: growing argument by argument cost several reallocations per request.
-        // Per check: the key, then six values of at most 20 digits each (with room to spare).
-        let keys: usize = checks.iter().map(|c| c.key.len()).sum();
-        let mut cmd = Cmd::with_capacity(5 + 7 * checks.len(), 64 + keys + 7 * 20 * checks.len());
-        cmd.arg("EVALSHA")
-            .arg(self.script.get_hash())
-            .arg(checks.len());
-        for check in checks {
-            cmd.arg(&check.key);
-        }
-        match &self.clock {
-            Some(clock) => cmd.arg(clock.now_ms()),
-            None => cmd.arg(""),
-        };
-        cmd.arg(u8::from(dry_run));
-        for check in checks {
-            let (algorithm, burst) = match check.algorithm {
-                _ if check.gate => ("g", 0),
-                Algorithm::TokenBucket { burst } => ("t", burst),
-                other => (other.code(), 0),
-            };
-            cmd.arg(algorithm)
-                .arg(check.limit)
-                .arg(check.window_secs.saturating_mul(1000))
-                .arg(check.hits)
-                .arg(u8::from(check.shadow))
-                .arg(burst);
-        }
-        cmd
-    }
-
     /// One decision script call for checks that share a slot (or any checks off-cluster).
     async fn decide_call(&self, checks: &[Check], dry_run: bool) -> Result<Applied, StoreError> {
-        let cmd = self.decide_cmd(checks, dry_run);
-        let value = match &self.batcher {
-            Some(batcher) => tokio::time::timeout(self.timeout, batcher.call(cmd))
+        let part = ScriptPart::new(checks);
+        let now = self.clock.as_ref().map(|clock| clock.now_ms());
+        match &self.batcher {
+            Some(batcher) => tokio::time::timeout(self.timeout, batcher.call(part, now, dry_run))
                 .await
-                .map_err(|_| StoreError::Timeout(self.timeout))??,
+                .map_err(|_| StoreError::Timeout(self.timeout))?,
             // Boxed: a cluster call's future is large and the batched one is the hot path.
-            None => Box::pin(self.cluster_eval(cmd)).await?,
-        };
-        decode(&value, checks.len())
+            None => {
+                let cmd = script_call(self.script.get_hash(), now, dry_run, [&part]);
+                let value = Box::pin(self.cluster_eval(cmd)).await?;
+                decode(reply_values(&value)?, checks.len())
+            }
+        }
     }
 
     /// EVALSHA on the cluster, loading the script on the slot's node on NOSCRIPT.
@@ -503,19 +474,114 @@ fn slot_groups(checks: &[Check]) -> Vec<(u16, Vec<usize>)> {
 }
 
 /// Reads the script's reply: { admitted, over_1, remaining_1, reset_ms_1, ... }.
-fn decode(reply: &Value, checks: usize) -> Result<Applied, StoreError> {
-    let Value::Array(values) = reply else {
-        return Err(StoreError::Protocol(format!(
-            "decision reply: not an array: {reply:?}"
-        )));
+/// One request's share of a decision script call (see decide.lua): its keys, then its
+/// number of checks and six values per check. Encoded by the request, so the dispatcher only
+/// copies bytes into the call it sends.
+struct ScriptPart {
+    args: Cmd,
+    checks: usize,
+    /// Bytes the arguments take at most.
+    size: usize,
+}
+
+impl ScriptPart {
+    fn new(checks: &[Check]) -> ScriptPart {
+        // Sized once: growing argument by argument cost several reallocations per request.
+        // Per check: the key, then six values of at most 20 digits each (with room to spare).
+        let keys: usize = checks.iter().map(|c| c.key.len()).sum();
+        let size = 20 + keys + 6 * 20 * checks.len();
+        let mut args = Cmd::with_capacity(1 + 7 * checks.len(), size);
+        for check in checks {
+            args.arg(&check.key);
+        }
+        args.arg(checks.len());
+        for check in checks {
+            let (algorithm, burst) = match check.algorithm {
+                _ if check.gate => ("g", 0),
+                Algorithm::TokenBucket { burst } => ("t", burst),
+                other => (other.code(), 0),
+            };
+            args.arg(algorithm)
+                .arg(check.limit)
+                .arg(check.window_secs.saturating_mul(1000))
+                .arg(check.hits)
+                .arg(u8::from(check.shadow))
+                .arg(burst);
+        }
+        ScriptPart {
+            args,
+            checks: checks.len(),
+            size,
+        }
+    }
+
+    /// The keys, then the script arguments.
+    fn split(&self) -> (impl Iterator<Item = &[u8]>, impl Iterator<Item = &[u8]>) {
+        // Only plain arguments were added.
+        let bytes = |arg| match arg {
+            redis::Arg::Simple(bytes) => bytes,
+            _ => &[][..],
+        };
+        let keys = self.args.args_iter().take(self.checks).map(bytes);
+        let rest = self.args.args_iter().skip(self.checks).map(bytes);
+        (keys, rest)
+    }
+}
+
+/// The EVALSHA deciding `parts` one after the other, at `now` (`None`: the server's clock);
+/// `dry_run` evaluates and never writes.
+fn script_call<'a>(
+    hash: &str,
+    now: Option<u64>,
+    dry_run: bool,
+    parts: impl IntoIterator<Item = &'a ScriptPart> + Clone,
+) -> Cmd {
+    let (mut args, mut bytes, mut keys) = (5, 64, 0);
+    for part in parts.clone() {
+        args += part.args.args_iter().len();
+        bytes += part.size;
+        keys += part.checks;
+    }
+    let mut cmd = Cmd::with_capacity(args, bytes);
+    cmd.arg("EVALSHA").arg(hash).arg(keys);
+    for part in parts.clone() {
+        for key in part.split().0 {
+            cmd.arg(key);
+        }
+    }
+    match now {
+        Some(now) => cmd.arg(now),
+        None => cmd.arg(""),
     };
+    cmd.arg(u8::from(dry_run));
+    for part in parts {
+        for arg in part.split().1 {
+            cmd.arg(arg);
+        }
+    }
+    cmd
+}
+
+/// The list a decision script call answered (an error reply becomes that call's error).
+fn reply_values(reply: &Value) -> Result<&[Value], StoreError> {
+    match reply {
+        Value::Array(values) => Ok(values),
+        Value::ServerError(e) => Err(StoreError::Unavailable(format!("Redis replied: {e:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "decision reply: not an array: {other:?}"
+        ))),
+    }
+}
+
+/// One request's answers (admitted, then three values per check) from a decision reply.
+fn decode(values: &[Value], checks: usize) -> Result<Applied, StoreError> {
     let number = |v: &Value| match v {
         Value::Int(n) => Ok(*n),
         other => Err(StoreError::Protocol(format!(
             "decision reply: not an integer: {other:?}"
         ))),
     };
-    let [admitted, triples @ ..] = values.as_slice() else {
+    let [admitted, triples @ ..] = values else {
         return Err(StoreError::Protocol("empty script reply".into()));
     };
     if triples.len() != 3 * checks {
