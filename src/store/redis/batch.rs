@@ -259,3 +259,99 @@ fn clone_error(e: &StoreError) -> StoreError {
         StoreError::CircuitOpen => StoreError::CircuitOpen,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(now: Option<u64>, dry_run: bool) -> Job {
+        Job {
+            part: ScriptPart::new(&[]),
+            now,
+            dry_run,
+            reply: oneshot::channel().0,
+        }
+    }
+
+    fn shares(batch: &[Job]) -> Vec<Range<usize>> {
+        let mut calls = Vec::new();
+        share_calls(batch, &mut calls);
+        calls
+    }
+
+    #[test]
+    fn requests_share_a_call_only_with_neighbours_of_the_same_time_and_mode() {
+        let batch = [
+            job(None, false),
+            job(None, false),
+            job(Some(5), false),
+            job(Some(5), false),
+            job(Some(5), true),
+            job(None, false),
+        ];
+        assert_eq!(shares(&batch), vec![0..2, 2..4, 4..5, 5..6]);
+        assert!(shares(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_call_decides_at_most_call_requests() {
+        let batch: Vec<Job> = (0..2 * CALL_REQUESTS + 1)
+            .map(|_| job(None, false))
+            .collect();
+        let n = CALL_REQUESTS;
+        assert_eq!(shares(&batch), vec![0..n, n..2 * n, 2 * n..2 * n + 1]);
+    }
+
+    #[test]
+    fn each_request_gets_its_share_of_the_reply_or_the_call_error() {
+        let one = || {
+            let (reply, answer) = oneshot::channel();
+            let part = ScriptPart::new(&[crate::store::Check {
+                key: "k".into(),
+                limit: 5,
+                window_secs: 60,
+                hits: 1,
+                shadow: false,
+                gate: false,
+                algorithm: crate::algorithm::Algorithm::FixedWindow,
+            }]);
+            let job = Job {
+                part,
+                now: None,
+                dry_run: false,
+                reply,
+            };
+            (job, answer)
+        };
+        let int = Value::Int;
+        // Two one-check requests: the first admitted with 4 left, the second denied.
+        let reply = Value::Array(vec![
+            int(1),
+            int(0),
+            int(4),
+            int(1000),
+            int(0),
+            int(1),
+            int(0),
+            int(900),
+        ]);
+        let ((a, mut a_answer), (b, mut b_answer)) = (one(), one());
+        answer([a, b].into_iter(), &reply);
+        let a = a_answer.try_recv().unwrap().unwrap();
+        let b = b_answer.try_recv().unwrap().unwrap();
+        assert!(a.admitted && !a.counters[0].over && a.counters[0].remaining == 4);
+        assert!(!b.admitted && b.counters[0].over && b.counters[0].reset_ms == 900);
+
+        // A reply too short for its requests is a protocol error, not a misread.
+        let ((a, mut a_answer), (b, mut b_answer)) = (one(), one());
+        answer(
+            [a, b].into_iter(),
+            &Value::Array(vec![int(1), int(0), int(4), int(1000)]),
+        );
+        assert!(a_answer.try_recv().unwrap().is_ok());
+        assert!(matches!(
+            b_answer.try_recv().unwrap(),
+            Err(StoreError::Protocol(_))
+        ));
+    }
+}
