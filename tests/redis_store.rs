@@ -3,10 +3,13 @@
 mod support;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::server::ServerOptions;
+use floodgate::store::redis::RedisOptions;
+use floodgate::store::{Check, RedisStore, Store};
 use redis::Commands;
 use support::http::http;
 use support::{RedisServer, TestServer, free_port, request};
@@ -126,10 +129,10 @@ async fn tricky_values_never_share_a_counter() {
 async fn redis_down_answers_unavailable_within_the_timeout() {
     // Nothing listens on this port: connection refused.
     let redis_url = format!("redis://127.0.0.1:{}/0", free_port());
-    let store = floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions {
+    let store = RedisStore::new(&RedisOptions {
         pool_size: 2,
         timeout: Duration::from_millis(300),
-        ..floodgate::store::redis::RedisOptions::standalone(&redis_url, "fg:")
+        ..RedisOptions::standalone(&redis_url, "fg:")
     })
     .unwrap();
     let server =
@@ -188,12 +191,11 @@ async fn the_local_cache_keeps_redis_flat_under_attack() {
         return;
     };
     for (cache, attack_calls_reaching_redis) in [(1000, 0), (0, 50)] {
-        let store =
-            floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions::standalone(
-                &redis.url(),
-                &format!("fg{cache}:"),
-            ))
-            .unwrap();
+        let store = RedisStore::new(&RedisOptions::standalone(
+            &redis.url(),
+            &format!("fg{cache}:"),
+        ))
+        .unwrap();
         let (server, limiter) = TestServer::with_limiter(
             CONFIG,
             store,
@@ -237,44 +239,41 @@ async fn the_local_cache_keeps_redis_flat_under_attack() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concurrent_decisions_share_round_trips() {
-    use floodgate::store::{Check, Store};
-    let Some(redis) = RedisServer::start() else {
-        return;
-    };
-    let store = std::sync::Arc::new(
-        floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions::standalone(
-            &redis.url(),
-            "rt:",
-        ))
-        .unwrap(),
-    );
-    // Warm up: the first call loads the script (a NOSCRIPT round trip, then the real one).
-    let warm = Check {
-        key: "rt:warm".into(),
-        limit: 1000,
+/// A store on `redis` whose keys start with `prefix`, shared by the tasks of a test.
+fn shared_store(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
+    Arc::new(RedisStore::new(&RedisOptions::standalone(&redis.url(), prefix)).unwrap())
+}
+
+/// A day-long fixed-window check (no window edge falls inside a test).
+fn daily(key: String, limit: u64, hits: u64) -> Check {
+    Check {
+        key,
+        limit,
         window_secs: 86_400,
-        hits: 1,
+        hits,
         shadow: false,
         gate: false,
         algorithm: floodgate::algorithm::Algorithm::FixedWindow,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_share_round_trips() {
+    let Some(redis) = RedisServer::start() else {
+        return;
     };
-    store.apply(&[warm]).await.unwrap();
+    let store = shared_store(&redis, "rt:");
+    // Warm up: the first call loads the script (a NOSCRIPT round trip, then the real one).
+    store
+        .apply(&[daily("rt:warm".into(), 1000, 1)])
+        .await
+        .unwrap();
     let (trips_before, calls_before) = store.pipeline_stats();
     let calls: Vec<_> = (0..256)
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                let check = Check {
-                    key: format!("rt:{}", i % 64),
-                    limit: 1000,
-                    window_secs: 86_400,
-                    hits: 1,
-                    shadow: false,
-                    gate: false,
-                    algorithm: floodgate::algorithm::Algorithm::FixedWindow,
-                };
+                let check = daily(format!("rt:{}", i % 64), 1000, 1);
                 store.apply(&[check]).await.unwrap().admitted
             })
         })
@@ -292,15 +291,7 @@ async fn concurrent_decisions_share_round_trips() {
     assert!(round_trips <= script_calls);
     // Shared calls count exactly: every key was hit by four requests.
     for i in 0..64 {
-        let look = Check {
-            key: format!("rt:{i}"),
-            limit: 1000,
-            window_secs: 86_400,
-            hits: 0,
-            shadow: false,
-            gate: false,
-            algorithm: floodgate::algorithm::Algorithm::FixedWindow,
-        };
+        let look = daily(format!("rt:{i}"), 1000, 0);
         let applied = store.apply(&[look]).await.unwrap();
         assert_eq!(applied.counters[0].remaining, 996, "key rt:{i}");
     }
@@ -308,26 +299,10 @@ async fn concurrent_decisions_share_round_trips() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sharing_a_script_call_are_each_all_or_nothing() {
-    use floodgate::store::{Check, Store};
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let store = std::sync::Arc::new(
-        floodgate::store::RedisStore::new(&floodgate::store::redis::RedisOptions::standalone(
-            &redis.url(),
-            "aon:",
-        ))
-        .unwrap(),
-    );
-    let check = |key: String, limit: u64, hits: u64| Check {
-        key,
-        limit,
-        window_secs: 86_400,
-        hits,
-        shadow: false,
-        gate: false,
-        algorithm: floodgate::algorithm::Algorithm::FixedWindow,
-    };
+    let store = shared_store(&redis, "aon:");
     // 40 concurrent requests, each with a check on a shared key allowing 5 and one on its own
     // key: exactly 5 are admitted, and a denied request counts on neither key.
     let calls: Vec<_> = (0..40)
@@ -335,8 +310,8 @@ async fn requests_sharing_a_script_call_are_each_all_or_nothing() {
             let store = store.clone();
             tokio::spawn(async move {
                 let checks = [
-                    check("aon:shared".into(), 5, 1),
-                    check(format!("aon:own{i}"), 1000, 1),
+                    daily("aon:shared".into(), 5, 1),
+                    daily(format!("aon:own{i}"), 1000, 1),
                 ];
                 store.apply(&checks).await.unwrap().admitted
             })
@@ -349,7 +324,7 @@ async fn requests_sharing_a_script_call_are_each_all_or_nothing() {
     assert_eq!(admitted.iter().filter(|a| **a).count(), 5, "{admitted:?}");
     for (i, admitted) in admitted.into_iter().enumerate() {
         let look = store
-            .apply(&[check(format!("aon:own{i}"), 1000, 0)])
+            .apply(&[daily(format!("aon:own{i}"), 1000, 0)])
             .await
             .unwrap();
         let expected = if admitted { 999 } else { 1000 };

@@ -22,9 +22,11 @@ use crate::store::{Applied, StoreError};
 
 /// Most requests in one round trip: bounds its size and that of a retry.
 pub(crate) const MAX_BATCH: usize = 128;
-/// Most requests decided by one script call: bounds how long Redis runs one script (other
-/// clients wait meanwhile) while keeping the fixed cost per request small.
+/// Most requests decided by one script call, and most checks (unless one request has more):
+/// bound how long Redis runs one script (other clients wait meanwhile) while keeping the fixed
+/// cost per request small.
 pub(crate) const CALL_REQUESTS: usize = 32;
+pub(crate) const CALL_CHECKS: usize = 128;
 /// Calls that may wait in the queue; past it callers get an error at once, not a longer wait.
 const QUEUE: usize = 16_384;
 
@@ -212,19 +214,25 @@ fn is_noscript(value: &Value) -> bool {
 }
 
 /// Splits `batch` into the ranges of requests that share a script call: consecutive, of the
-/// same time and mode, at most [`CALL_REQUESTS`].
+/// same time and mode, at most [`CALL_REQUESTS`] requests and [`CALL_CHECKS`] checks.
 fn share_calls(batch: &[Job], calls: &mut Vec<Range<usize>>) {
     calls.clear();
+    let mut checks = 0;
     for (i, job) in batch.iter().enumerate() {
         match calls.last_mut() {
             Some(call)
                 if call.len() < CALL_REQUESTS
+                    && checks + job.part.checks <= CALL_CHECKS
                     && batch[call.start].now == job.now
                     && batch[call.start].dry_run == job.dry_run =>
             {
                 call.end = i + 1;
+                checks += job.part.checks;
             }
-            _ => calls.push(i..i + 1),
+            _ => {
+                calls.push(i..i + 1);
+                checks = job.part.checks;
+            }
         }
     }
 }
@@ -265,8 +273,21 @@ mod tests {
     use super::*;
 
     fn job(now: Option<u64>, dry_run: bool) -> Job {
+        sized(now, dry_run, 0)
+    }
+
+    fn sized(now: Option<u64>, dry_run: bool, checks: usize) -> Job {
+        let check = crate::store::Check {
+            key: "k".into(),
+            limit: 5,
+            window_secs: 60,
+            hits: 1,
+            shadow: false,
+            gate: false,
+            algorithm: crate::algorithm::Algorithm::FixedWindow,
+        };
         Job {
-            part: ScriptPart::new(&[]),
+            part: ScriptPart::new(&vec![check; checks]),
             now,
             dry_run,
             reply: oneshot::channel().0,
@@ -294,32 +315,30 @@ mod tests {
     }
 
     #[test]
-    fn a_call_decides_at_most_call_requests() {
+    fn a_call_decides_at_most_call_requests_and_call_checks() {
         let batch: Vec<Job> = (0..2 * CALL_REQUESTS + 1)
             .map(|_| job(None, false))
             .collect();
         let n = CALL_REQUESTS;
         assert_eq!(shares(&batch), vec![0..n, n..2 * n, 2 * n..2 * n + 1]);
+        // Checks are bounded too; a request with more than the bound still gets a call.
+        let batch = [
+            sized(None, false, CALL_CHECKS - 10),
+            sized(None, false, 10),
+            sized(None, false, 1),
+            sized(None, false, CALL_CHECKS + 5),
+            sized(None, false, 1),
+        ];
+        assert_eq!(shares(&batch), vec![0..2, 2..3, 3..4, 4..5]);
     }
 
     #[test]
     fn each_request_gets_its_share_of_the_reply_or_the_call_error() {
         let one = || {
             let (reply, answer) = oneshot::channel();
-            let part = ScriptPart::new(&[crate::store::Check {
-                key: "k".into(),
-                limit: 5,
-                window_secs: 60,
-                hits: 1,
-                shadow: false,
-                gate: false,
-                algorithm: crate::algorithm::Algorithm::FixedWindow,
-            }]);
             let job = Job {
-                part,
-                now: None,
-                dry_run: false,
                 reply,
+                ..sized(None, false, 1)
             };
             (job, answer)
         };
