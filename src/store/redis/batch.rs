@@ -22,10 +22,11 @@ use crate::store::{Applied, StoreError};
 
 /// Most requests in one round trip: bounds its size and that of a retry.
 pub(crate) const MAX_BATCH: usize = 128;
-/// Most requests decided by one script call, and most checks (unless one request has more):
-/// bound how long Redis runs one script (other clients wait meanwhile) while keeping the fixed
-/// cost per request small.
+/// Most requests decided by one script call: bounds how long Redis runs one script (other
+/// clients wait meanwhile) while keeping the fixed cost per request small.
 pub(crate) const CALL_REQUESTS: usize = 32;
+/// Most checks in one script call, for the same reason (a request with more gets a call of
+/// its own).
 pub(crate) const CALL_CHECKS: usize = 128;
 /// Calls that may wait in the queue; past it callers get an error at once, not a longer wait.
 const QUEUE: usize = 16_384;

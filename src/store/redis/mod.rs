@@ -473,7 +473,6 @@ fn slot_groups(checks: &[Check]) -> Vec<(u16, Vec<usize>)> {
     groups
 }
 
-/// Reads the script's reply: { admitted, over_1, remaining_1, reset_ms_1, ... }.
 /// One request's share of a decision script call (see decide.lua): its keys, then its
 /// number of checks and six values per check. Encoded by the request, so the dispatcher only
 /// copies bytes into the call it sends.
