@@ -69,30 +69,31 @@ def table(runs, out):
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
-    pairs = sorted(
-        runs[f"pair-memory-{n[len('pair-noop-'):]}"]["rps"] / r["rps"]
-        for n, r in runs.items()
-        if n.startswith("pair-noop-") and f"pair-memory-{n[len('pair-noop-'):]}" in runs
-    )
-    cpu_pairs = sorted(
-        runs[f"pair-memory-{n[len('pair-noop-'):]}"]["cpu_us_per_request"]["server"]
-        / r["cpu_us_per_request"]["server"]
-        for n, r in runs.items()
-        if n.startswith("pair-noop-")
-        and f"pair-memory-{n[len('pair-noop-'):]}" in runs
-        and r.get("cpu_us_per_request", {}).get("server")
-    )
-    if pairs:
-        lines.append("")
-        lines.append(
-            f"memory store / no-op, paired rounds: median {100 * pairs[len(pairs) // 2]:.0f} % "
-            f"(rounds: {', '.join(f'{100 * p:.0f} %' for p in pairs)})"
-        )
-    if cpu_pairs:
-        lines.append(
-            f"memory store / no-op, server CPU per decision, paired rounds: median "
-            f"{100 * cpu_pairs[len(cpu_pairs) // 2]:.0f} % (rounds: {', '.join(f'{100 * p:.0f} %' for p in cpu_pairs)})"
-        )
+    for kind, label in (("memory", "memory store"), ("redis", "Redis store (1 descriptor)")):
+        pairs, cpu_pairs = [], []
+        for name, noop_run in runs.items():
+            if not name.startswith("pair-noop-"):
+                continue
+            other = runs.get(f"pair-{kind}-{name[len('pair-noop-'):]}")
+            if not other:
+                continue
+            pairs.append(other["rps"] / noop_run["rps"])
+            noop_cpu = noop_run.get("cpu_us_per_request", {}).get("server")
+            if noop_cpu:
+                cpu_pairs.append(other["cpu_us_per_request"]["server"] / noop_cpu)
+        pairs.sort()
+        cpu_pairs.sort()
+        if pairs:
+            lines.append("")
+            lines.append(
+                f"{label} / no-op, paired rounds: median {100 * pairs[len(pairs) // 2]:.0f} % "
+                f"(rounds: {', '.join(f'{100 * p:.0f} %' for p in pairs)})"
+            )
+        if cpu_pairs:
+            lines.append(
+                f"{label} / no-op, server CPU per decision, paired rounds: median "
+                f"{100 * cpu_pairs[len(cpu_pairs) // 2]:.0f} % (rounds: {', '.join(f'{100 * p:.0f} %' for p in cpu_pairs)})"
+            )
     memory = out / "memory-per-key.txt"
     if memory.exists():
         lines.append("")
