@@ -408,20 +408,7 @@ fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::algorithm::Algorithm;
     use crate::clock::ManualClock;
-
-    fn check(key: &str, limit: u64, hits: u64) -> Check {
-        Check {
-            key: key.into(),
-            limit,
-            window_secs: 60,
-            hits,
-            shadow: false,
-            gate: false,
-            algorithm: Algorithm::FixedWindow,
-        }
-    }
 
     fn store(now_ms: u64, max_keys: usize) -> (Arc<ManualClock>, MemoryStore<ManualClock>) {
         let clock = Arc::new(ManualClock::new(now_ms));
@@ -432,12 +419,12 @@ mod tests {
     fn bounded_and_sweeps_finished_windows() {
         let (clock, store) = store(0, SHARDS); // one counter per shard
         for i in 0..1_000 {
-            store.apply_now(&[check(&format!("k{i}"), 5, 1)]);
+            store.apply_now(&[Check::fixed(&format!("k{i}"), 5, 1)]);
         }
         assert!(store.len() <= SHARDS);
         clock.advance(60_000);
         for i in 0..1_000 {
-            store.apply_now(&[check(&format!("n{i}"), 5, 1)]);
+            store.apply_now(&[Check::fixed(&format!("n{i}"), 5, 1)]);
         }
         assert!(store.len() <= SHARDS);
     }

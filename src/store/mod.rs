@@ -40,6 +40,20 @@ pub struct Check {
 }
 
 impl Check {
+    /// For unit tests: a minute-long fixed-window check of `limit`, adding `hits`.
+    #[cfg(test)]
+    pub(crate) fn fixed(key: &str, limit: u64, hits: u64) -> Check {
+        Check {
+            key: key.into(),
+            limit,
+            window_secs: 60,
+            hits,
+            shadow: false,
+            gate: false,
+            algorithm: Algorithm::FixedWindow,
+        }
+    }
+
     /// A check that denies while the flag at `key` is set.
     pub fn gate(key: String) -> Check {
         Check {

@@ -278,17 +278,8 @@ mod tests {
     }
 
     fn sized(now: Option<u64>, dry_run: bool, checks: usize) -> Job {
-        let check = crate::store::Check {
-            key: "k".into(),
-            limit: 5,
-            window_secs: 60,
-            hits: 1,
-            shadow: false,
-            gate: false,
-            algorithm: crate::algorithm::Algorithm::FixedWindow,
-        };
         Job {
-            part: ScriptPart::new(&vec![check; checks]),
+            part: ScriptPart::new(&vec![crate::store::Check::fixed("k", 5, 1); checks]),
             now,
             dry_run,
             reply: oneshot::channel().0,
