@@ -12,7 +12,7 @@ use floodgate::store::redis::RedisOptions;
 use floodgate::store::{Check, RedisStore, Store};
 use redis::Commands;
 use support::http::http;
-use support::{RedisServer, TestServer, free_port, request};
+use support::{RedisServer, TestServer, fixed_check, free_port, request};
 
 const CONFIG: &str = r#"
 domain: shared
@@ -246,15 +246,7 @@ fn shared_store(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
 
 /// A day-long fixed-window check (no window edge falls inside a test).
 fn daily(key: String, limit: u64, hits: u64) -> Check {
-    Check {
-        key,
-        limit,
-        window_secs: 86_400,
-        hits,
-        shadow: false,
-        gate: false,
-        algorithm: floodgate::algorithm::Algorithm::FixedWindow,
-    }
+    fixed_check(key, limit, 86_400, hits)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -330,4 +322,66 @@ async fn requests_sharing_a_script_call_are_each_all_or_nothing() {
         let expected = if admitted { 999 } else { 1000 };
         assert_eq!(look.counters[0].remaining, expected, "request {i}");
     }
+}
+
+#[tokio::test]
+async fn every_written_key_expires_with_its_window() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    const MINUTE: u64 = 60_000;
+    const T0: u64 = 29_000_000 * MINUTE;
+    let clock = Arc::new(floodgate::clock::ManualClock::new(T0 + MINUTE - 1_000));
+    let options = RedisOptions {
+        clock: Some(clock.clone()),
+        ..RedisOptions::standalone(&redis.url(), "ex:")
+    };
+    let store = RedisStore::new(&options).unwrap();
+    let mut conn = redis.connection();
+    let mut pttl = |key: &str| -> i64 { redis::cmd("PTTL").arg(key).query(&mut conn).unwrap() };
+    let minute = |key: &str, hits| fixed_check(key, 100, 60, hits);
+    let sliding = |key: &str| Check {
+        algorithm: floodgate::algorithm::Algorithm::SlidingWindow,
+        ..minute(key, 1)
+    };
+    // A second before the window ends: written with what is left of it (plus a second's slack).
+    for _ in 0..3 {
+        let applied = store
+            .apply(&[minute("ex:f", 1), sliding("ex:s")])
+            .await
+            .unwrap();
+        assert!(applied.admitted);
+    }
+    assert!((1..=2_000).contains(&pttl("ex:f")), "{}", pttl("ex:f"));
+    assert!((1..=62_000).contains(&pttl("ex:s")), "{}", pttl("ex:s"));
+    // The same key twice in one request, first only looking: the write still sets an expiry.
+    store
+        .apply(&[minute("ex:twice", 0), minute("ex:twice", 1)])
+        .await
+        .unwrap();
+    assert!((1..=2_000).contains(&pttl("ex:twice")));
+    // The next window: the old state's expiry is replaced by the new window's.
+    clock.set(T0 + MINUTE);
+    for _ in 0..2 {
+        store
+            .apply(&[
+                minute("ex:f", 1),
+                minute("ex:twice", 0),
+                minute("ex:twice", 1),
+            ])
+            .await
+            .unwrap();
+    }
+    for key in ["ex:f", "ex:twice"] {
+        assert!(
+            (30_000..=61_000).contains(&pttl(key)),
+            "{key}: {}",
+            pttl(key)
+        );
+    }
+    let look = store.apply(&[minute("ex:f", 0)]).await.unwrap();
+    assert_eq!(
+        look.counters[0].remaining, 98,
+        "the new window counted twice"
+    );
 }

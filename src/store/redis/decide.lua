@@ -27,12 +27,15 @@
 --   t  state "tat"                      theoretical arrival time (µs)
 -- A request is admitted unless a non-shadow check would go over its limit; only then is any
 -- state written (a denied request consumes nothing). Keys expire when their state no longer
--- matters (PX, relative to `now`, so that injected time and the server's clock agree). Lua
+-- matters (PX, relative to `now`, so that injected time and the server's clock agree); a write
+-- within the window the key already holds keeps its expiry (KEEPTTL, half the cost of PX). Lua
 -- numbers are doubles: exact up to 2^53, far above any count or µs time here.
 --
 -- Redis runs this whole body on every call, so it is written for that: no local functions
 -- (each would be a new closure per call), one table for what the second pass needs, states
--- parsed with plain find/sub (cheaper than patterns), answers written straight into the reply.
+-- parsed with plain find/sub (cheaper than patterns) and a window's start compared as the
+-- string it is stored as, numbers converted only when they differ from the check before,
+-- answers written straight into the reply.
 
 -- Keys live a little past the moment their state stops mattering: state from an older window
 -- reads as empty anyway, and the slack keeps a key from vanishing early when `now` is injected
@@ -47,24 +50,37 @@ end
 
 local find, sub, format, floor = string.find, string.sub, string.format, math.floor
 local dry = ARGV[2] == '1'
+-- Lua's tonumber (strtod) and number formatting cost thousands of instructions each, and the
+-- checks of one call mostly repeat the same sizes, limits, windows and hits: the last argument string
+-- seen in each place and its number are kept (strings are interned, so comparing them is one
+-- pointer comparison), and the "start:" prefix of the last window length's current window.
+local n_s, n, limit_s, limit, window_s, window, hits_s, hits = nil, 0, nil, 0, nil, 0, nil, 0
+local prefix_window, prefix = nil, nil
 -- reply[r+1] = admitted of the request whose answers start at r; reply[r+3i-1 .. r+3i+1] =
 -- over, remaining, reset of its check i. remaining starts as the count left without the
 -- request's hits and becomes the count left with them once the request is admitted.
--- writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write), expiry,
--- hits; reused by every request. Both start sized for one check (they grow as needed).
+-- writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write), expiry
+-- (true: the key's expiry stays as it is), hits; reused by every request. Both start sized
+-- for one check (they grow as needed).
 local reply, writes = { 1, 0, 0, 0 }, { 0, false, 0, 0 }
 local r, a, k, nargs = 0, 3, 0, #ARGV
 while a <= nargs do
-  local n = tonumber(ARGV[a])
+  if ARGV[a] ~= n_s then n_s, n = ARGV[a], tonumber(ARGV[a]) end
   reply[r + 1] = 1
   -- key -> state an earlier check of this request wrote (only several checks can share a key)
   local pending = nil
   if n > 1 then pending = {} end
   for i = 1, n do
     local b = a + 6 * (i - 1)
-    local alg, limit = ARGV[b + 1], tonumber(ARGV[b + 2])
-    local window, hits = tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-    if window < 1 then window = 1 end
+    local alg, x = ARGV[b + 1], ARGV[b + 2]
+    if x ~= limit_s then limit_s, limit = x, tonumber(x) end
+    x = ARGV[b + 3]
+    if x ~= window_s then
+      window_s, window = x, tonumber(x)
+      if window < 1 then window = 1 end
+    end
+    x = ARGV[b + 4]
+    if x ~= hits_s then hits_s, hits = x, tonumber(x) end
     local key = KEYS[k + i]
     local over, after, before, reset, nxt, expires = false, 0, 0, 0, nil, 0
     if alg == 'g' then
@@ -72,9 +88,9 @@ while a <= nargs do
       over = untils > now
       if over then reset = untils - now end
     else
-      local state = nil
+      local state, stored = nil, false
       if pending then state = pending[key] end
-      if state == nil then state = redis.call('GET', key) end
+      if state == nil then state, stored = redis.call('GET', key), true end
       if alg == 't' then
         local now_us = now * 1000
         local burst = tonumber(ARGV[b + 6])
@@ -85,8 +101,8 @@ while a <= nargs do
           if interval < 1 then interval = 1 end
           local tolerance = burst * interval
           local tat = now_us
-          local stored = state and tonumber(state)
-          if stored and stored > now_us then tat = stored end
+          local held = state and tonumber(state)
+          if held and held > now_us then tat = held end
           local new_tat = tat + hits * interval
           over = new_tat - now_us > tolerance
           local left = tolerance - (tat - now_us)
@@ -104,30 +120,33 @@ while a <= nargs do
         end
       else
         local start = now - (now % window)
-        local current, previous = 0, 0
+        if window ~= prefix_window then prefix_window, prefix = window, format('%d:', start) end
+        -- same: the state is this window's, so the key already expires when this window's
+        -- state stops mattering (if it came from Redis; a pending state may not be written)
+        local current, previous, same = 0, 0, false
         if state then
           local p = find(state, ':', 1, true)
           if p then
-            local s = tonumber(sub(state, 1, p - 1))
             local q = find(state, ':', p + 1, true)
-            local c = tonumber(sub(state, p + 1, q and q - 1))
-            if s == start then
-              current = c
+            if sub(state, 1, p) == prefix then
+              same = stored
+              current = tonumber(sub(state, p + 1, q and q - 1))
               if q then previous = tonumber(sub(state, q + 1)) end
-            elseif alg == 's' and s and s + window == start then
-              previous = c
+            elseif alg == 's' and tonumber(sub(state, 1, p - 1)) == start - window then
+              previous = tonumber(sub(state, p + 1, q and q - 1))
             end
           end
         end
         local estimate = current
         if alg == 's' then
           estimate = floor(previous * (window - (now - start)) / window) + current
-          nxt = format('%d:%d:%d', start, current + hits, previous)
+          nxt = format('%s%d:%d', prefix, current + hits, previous)
           expires = start + 2 * window
         else
-          nxt = format('%d:%d', start, current + hits)
+          nxt = prefix .. format('%d', current + hits)
           expires = start + window
         end
+        if same then expires = true end
         local total = estimate + hits
         over = total > limit
         if not over then after = limit - total end
@@ -150,8 +169,12 @@ while a <= nargs do
       reply[r + 3 * i] = writes[w - 3]
       local nxt, expires = writes[w - 2], writes[w - 1]
       -- the last check on a key carries its final state; writing each in turn ends there
-      if nxt and writes[w] > 0 and expires > now then
-        redis.call('SET', KEYS[k + i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
+      if nxt and writes[w] > 0 then
+        if expires == true then
+          redis.call('SET', KEYS[k + i], nxt, 'KEEPTTL')
+        elseif expires > now then
+          redis.call('SET', KEYS[k + i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
+        end
       end
     end
   end
