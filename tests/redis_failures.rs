@@ -12,8 +12,8 @@ use floodgate::decision::{FailureMode, PlanOptions};
 use floodgate::limiter::LimiterOptions;
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::server::ServerOptions;
-use floodgate::store::RedisStore;
 use floodgate::store::redis::RedisOptions;
+use floodgate::store::{RedisStore, Store};
 use support::http::http;
 use support::{PATIENCE, RedisServer, TestServer, free_port, request, wait_for};
 
@@ -222,4 +222,74 @@ async fn failure_modes_answer_without_redis() {
         // After 3 failures the breaker stopped calling Redis at all.
         assert_ne!(limiter.breaker_state(), BreakerState::Closed, "{mode:?}");
     }
+}
+
+/// Sends `signal` (STOP or CONT) to `pid`.
+fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_times_out_every_queued_request() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = Arc::new(store(&redis.url()));
+    let check = || support::fixed_check("chaos:frozen", 1_000, 86_400, 1);
+    assert!(store.apply(&[check()]).await.unwrap().admitted);
+    let mut observer = redis.connection();
+    let before_freeze = store_clients(&mut observer);
+    assert!(!before_freeze.is_empty());
+    // Frozen, Redis accepts bytes and never answers: both dispatchers wait out their round
+    // trip while far more requests queue behind them. Every one is answered with a timeout.
+    signal(redis.pid(), "STOP");
+    let calls: Vec<_> = (0..200)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(
+                async move { tokio::time::timeout(HANG_GUARD, store.apply(&[check()])).await },
+            )
+        })
+        .collect();
+    let mut timeouts = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(Err(floodgate::store::StoreError::Timeout(_))) => timeouts += 1,
+            Ok(other) => panic!("a frozen Redis answered {other:?}"),
+            Err(_) => {
+                signal(redis.pid(), "CONT");
+                panic!("a request hung");
+            }
+        }
+    }
+    signal(redis.pid(), "CONT");
+    assert_eq!(timeouts, 200);
+    // Thawed, the store decides again (on a fresh connection if the old one was retired).
+    wait_for("decisions after the thaw", PATIENCE, || {
+        let store = store.clone();
+        async move { matches!(store.apply(&[check()]).await, Ok(a) if a.admitted) }
+    })
+    .await;
+    // Connections that let a deadline pass were retired (a partitioned master would never
+    // answer on them): those from before the freeze close.
+    wait_for("the timed-out connections closed", PATIENCE, || {
+        let open = store_clients(&mut observer);
+        let closed = before_freeze.iter().all(|id| !open.contains(id));
+        async move { closed }
+    })
+    .await;
+}
+
+/// Ids of the clients connected to the server, except `observer` itself.
+fn store_clients(observer: &mut redis::Connection) -> Vec<u64> {
+    let me: u64 = redis::cmd("CLIENT").arg("ID").query(observer).unwrap();
+    let list: String = redis::cmd("CLIENT").arg("LIST").query(observer).unwrap();
+    list.lines()
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .filter(|&id| id != me)
+        .collect()
 }

@@ -28,6 +28,7 @@ pub(crate) struct LazyCluster {
 }
 
 /// A connection for one call.
+#[derive(Clone)]
 pub(crate) enum Conn {
     Single(Tracked),
     Cluster(ClusterConnection),
@@ -125,6 +126,16 @@ impl Conn {
     pub(crate) fn check(&self, error: &RedisError) {
         if let Conn::Single(tracked) = self {
             tracked.check(error);
+        }
+    }
+
+    /// Retires the connection after a call on it outlived its deadline: a frozen or
+    /// partitioned server never answers, and only a new connection finds where the master is.
+    pub(crate) fn timed_out(&self) {
+        if let Conn::Single(tracked) = self {
+            tracked
+                .broken
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 

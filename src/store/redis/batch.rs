@@ -7,6 +7,12 @@
 //!
 //! Redis pays a fixed cost per script call (parsing, setting up Lua, converting the reply)
 //! about a third of a one-check decision's; shared calls pay it once for many requests.
+//!
+//! Every request carries its deadline (the store's timeout after it was queued) and is
+//! answered by then: a dispatcher answers what expired in the queue at once, and waits for a
+//! round trip no longer than the earliest deadline of its batch. One timer per round trip
+//! instead of one per request; and since requests leave the queue in order, a request is
+//! taken by the time every request before it has been answered, so by its own deadline.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -15,6 +21,7 @@ use std::time::Duration;
 
 use redis::{Cmd, RedisError, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::time::Instant;
 
 use super::backend::Backend;
 use super::{ScriptPart, decode, reply_values, script_call};
@@ -37,6 +44,8 @@ struct Job {
     /// of the same time and mode.
     now: Option<u64>,
     dry_run: bool,
+    /// When the request stops waiting: it gets a timeout error then at the latest.
+    deadline: Instant,
     reply: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
@@ -50,6 +59,7 @@ pub(crate) struct BatchStats {
 /// The queue of script calls and its dispatchers.
 pub(crate) struct Batcher {
     queue: mpsc::Sender<Job>,
+    timeout: Duration,
     pub(crate) stats: Arc<BatchStats>,
 }
 
@@ -75,10 +85,14 @@ impl Batcher {
             };
             tokio::spawn(dispatcher.run());
         }
-        Batcher { queue, stats }
+        Batcher {
+            queue,
+            timeout,
+            stats,
+        }
     }
 
-    /// Queues one request's decision and waits for it.
+    /// Queues one request's decision and waits for it, at most `timeout` (see the module).
     pub(crate) async fn call(
         &self,
         part: ScriptPart,
@@ -91,6 +105,7 @@ impl Batcher {
                 part,
                 now,
                 dry_run,
+                deadline: Instant::now() + self.timeout,
                 reply,
             })
             .map_err(|_| StoreError::Unavailable("Redis call queue full".into()))?;
@@ -130,29 +145,57 @@ impl Dispatcher {
                     }
                 }
             }
+            let now = Instant::now();
+            for late in batch.extract_if(.., |job| job.deadline <= now) {
+                let _ = late.reply.send(Err(StoreError::Timeout(self.timeout)));
+            }
+            let Some(deadline) = batch.iter().map(|job| job.deadline).min() else {
+                continue; // all of it had expired in the queue
+            };
             share_calls(&batch, &mut calls);
-            let outcome = tokio::time::timeout(self.timeout, self.send(&batch, &calls)).await;
+            let outcome = self.send(&batch, &calls, deadline).await;
             let mut jobs = batch.drain(..);
             match outcome {
-                Ok(Ok(replies)) => {
+                Ok(replies) => {
                     for (call, reply) in calls.iter().zip(replies) {
                         answer(jobs.by_ref().take(call.len()), &reply);
                     }
                 }
-                Ok(Err(e)) => jobs.for_each(|job| {
+                Err(e) => jobs.for_each(|job| {
                     let _ = job.reply.send(Err(clone_error(&e)));
-                }),
-                Err(_) => jobs.for_each(|job| {
-                    let _ = job.reply.send(Err(StoreError::Timeout(self.timeout)));
                 }),
             }
         }
     }
 
+    /// The batch's round trip, answered by `deadline` (checkout included); a connection that
+    /// let the deadline pass is retired.
+    async fn send(
+        &self,
+        batch: &[Job],
+        calls: &[Range<usize>],
+        deadline: Instant,
+    ) -> Result<Vec<Value>, StoreError> {
+        let late = |_| StoreError::Timeout(self.timeout);
+        let mut conn = tokio::time::timeout_at(deadline, self.backend.connection())
+            .await
+            .map_err(late)??;
+        let result =
+            tokio::time::timeout_at(deadline, self.exchange(batch, calls, &mut conn)).await;
+        result.map_err(|elapsed| {
+            conn.timed_out();
+            late(elapsed)
+        })?
+    }
+
     /// One round trip for the whole batch (two if Redis had forgotten the script), one
     /// script call per range of `calls`.
-    async fn send(&self, batch: &[Job], calls: &[Range<usize>]) -> Result<Vec<Value>, StoreError> {
-        let mut conn = self.backend.connection().await?;
+    async fn exchange(
+        &self,
+        batch: &[Job],
+        calls: &[Range<usize>],
+        conn: &mut super::backend::Conn,
+    ) -> Result<Vec<Value>, StoreError> {
         let hash = self.script.get_hash();
         let mut pipe = redis::pipe();
         for call in calls {
@@ -160,13 +203,13 @@ impl Dispatcher {
             let parts = batch[call.clone()].iter().map(|job| &job.part);
             pipe.add_command(script_call(hash, first.now, first.dry_run, parts));
         }
-        let mut replies = self.pipeline(&mut conn, &mut pipe).await?;
+        let mut replies = self.pipeline(conn, &mut pipe).await?;
         let missing: Vec<usize> = (0..replies.len())
             .filter(|&i| is_noscript(&replies[i]))
             .collect();
         if !missing.is_empty() {
             // Restarted or flushed: load the script once, then resend the calls that missed it.
-            let load = self.script.prepare_invoke().load_async(&mut conn).await;
+            let load = self.script.prepare_invoke().load_async(conn).await;
             if let Err(e) = load {
                 conn.check(&e);
                 return Err(StoreError::from(e));
@@ -176,7 +219,7 @@ impl Dispatcher {
             for &i in &missing {
                 resend.add_command(sent[i].clone());
             }
-            let again = self.pipeline(&mut conn, &mut resend).await?;
+            let again = self.pipeline(conn, &mut resend).await?;
             for (i, reply) in missing.into_iter().zip(again) {
                 replies[i] = reply;
             }
@@ -282,6 +325,7 @@ mod tests {
             part: ScriptPart::new(&vec![crate::store::Check::fixed("k", 5, 1); checks]),
             now,
             dry_run,
+            deadline: Instant::now(),
             reply: oneshot::channel().0,
         }
     }

@@ -180,10 +180,21 @@ impl bb8::ManageConnection for Connector {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Tracked, RedisError> {
+        // Calls are bounded by the store's own deadlines (--redis-timeout), which retire a
+        // connection that misses one; redis-rs' default 500 ms response timeout would cut a
+        // longer configured timeout short.
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
         let conn = match self {
-            Connector::Single(client) => client.get_multiplexed_async_connection().await?,
+            Connector::Single(client) => {
+                client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?
+            }
             // Each new connection asks the Sentinels where the master is now.
-            Connector::Sentinel(client) => client.lock().await.get_async_connection().await?,
+            Connector::Sentinel(client) => {
+                let mut client = client.lock().await;
+                client.get_async_connection_with_config(&config).await?
+            }
         };
         Ok(Tracked {
             conn,

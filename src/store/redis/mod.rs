@@ -151,15 +151,23 @@ impl RedisStore {
         })
     }
 
-    /// Runs `work` on a connection within the call deadline (checkout included).
+    /// Runs `work` on a connection within the call deadline (checkout included), retiring
+    /// the connection if the deadline passes.
     async fn call<T, F>(&self, work: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, StoreError>>,
     {
-        let attempt = async { work(self.backend.connection().await?).await };
-        tokio::time::timeout(self.timeout, attempt)
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let late = |_| StoreError::Timeout(self.timeout);
+        let conn = tokio::time::timeout_at(deadline, self.backend.connection())
             .await
-            .map_err(|_| StoreError::Timeout(self.timeout))?
+            .map_err(late)??;
+        let held = conn.clone();
+        let result = tokio::time::timeout_at(deadline, work(conn)).await;
+        result.map_err(|elapsed| {
+            held.timed_out();
+            late(elapsed)
+        })?
     }
 
     /// Runs one script invocation on a connection, retiring the connection on a fatal error.
@@ -194,9 +202,7 @@ impl RedisStore {
         let part = ScriptPart::new(checks);
         let now = self.clock.as_ref().map(|clock| clock.now_ms());
         match &self.batcher {
-            Some(batcher) => tokio::time::timeout(self.timeout, batcher.call(part, now, dry_run))
-                .await
-                .map_err(|_| StoreError::Timeout(self.timeout))?,
+            Some(batcher) => batcher.call(part, now, dry_run).await,
             // Boxed: a cluster call's future is large and the batched one is the hot path.
             None => {
                 let cmd = script_call(self.script.get_hash(), now, dry_run, [&part]);
