@@ -31,7 +31,7 @@ redis.call('SET', KEYS[1], '1700000000000:5', 'PX', 3600000)
 return {1, 0, 0, 0}
 LUA
 
-check() { echo "$1 4000000000 3600000 1 0 $2"; } # algorithm, burst
+check() { echo "$1 4000000000 3600000 1 ${2:-}"; } # algorithm, burst (token bucket only)
 # name, script, requests per call, then the EVALSHA arguments after the SHA
 measure() {
   local name=$1 file=$2 per=$3; shift 3
@@ -50,21 +50,21 @@ measure() {
 # Eight requests in one call, as the dispatcher sends them under load (distinct keys).
 shared() { # algorithm, burst: sets SHARED to the EVALSHA arguments
   local keys=() args=() i
-  for i in $(seq 0 7); do keys+=("{b}m$1$i"); args+=(1 $(check "$1" "$2")); done
+  for i in $(seq 0 7); do keys+=("{b}m$1$i"); args+=(1 $(check "$1" "${2:-}")); done
   SHARED=(8 "${keys[@]}" "" 0 "${args[@]}")
 }
 
 printf '%-44s %10s %12s\n' "call" "per call" "per request"
 # shellcheck disable=SC2046 # the check arguments are meant to split
 {
-  measure "floor: return only" "$tmp/return.lua" 1 1 '{b}k0' "" 0 1 $(check f 0)
-  measure "floor: TIME+GET+SET only" "$tmp/commands.lua" 1 1 '{b}k0' "" 0 1 $(check f 0)
-  measure "fixed window, 1 check" "$script" 1 1 '{b}k0' "" 0 1 $(check f 0)
-  measure "sliding window, 1 check" "$script" 1 1 '{b}s0' "" 0 1 $(check s 0)
+  measure "floor: return only" "$tmp/return.lua" 1 1 '{b}k0' "" 0 1 $(check f)
+  measure "floor: TIME+GET+SET only" "$tmp/commands.lua" 1 1 '{b}k0' "" 0 1 $(check f)
+  measure "fixed window, 1 check" "$script" 1 1 '{b}k0' "" 0 1 $(check f)
+  measure "sliding window, 1 check" "$script" 1 1 '{b}s0' "" 0 1 $(check s)
   measure "token bucket, 1 check" "$script" 1 1 '{b}t0' "" 0 1 $(check t 1000000)
   measure "fixed window, 3 checks" "$script" 1 3 '{b}k0' '{b}k1' '{b}k2' "" 0 3 \
-    $(check f 0) $(check f 0) $(check f 0)
-  shared f 0
+    $(check f) $(check f) $(check f)
+  shared f
   measure "fixed window, 1 check, 8 requests per call" "$script" 8 "${SHARED[@]}"
   shared t 1000000
   measure "token bucket, 1 check, 8 requests per call" "$script" 8 "${SHARED[@]}"

@@ -7,15 +7,15 @@
 --           replicas with skewed clocks agree; tests pass their injected time here
 -- ARGV[2]   "1" for a dry run: evaluate everything, write nothing (a Redis Cluster first asks
 --           every slot whether it admits, then counts; see docs/redis.md)
--- ARGV      then per request: its number of checks n, then 6 values per check i (the check's
---           key is the request's i-th):
+-- ARGV      then per request: its number of checks n, then per check i (the check's key is
+--           the request's i-th) four values, five for a token bucket:
 --             algorithm   "f" fixed window, "s" sliding window, "t" token bucket (GCRA),
 --                         "g" gate: over until the time KEYS[i] holds (a flag written by
---                         flag.lua, e.g. a blocked address)
+--                         flag.lua, e.g. a blocked address); in capitals ("F", "S", "T",
+--                         "G") for a shadow check, which may not deny the request
 --             limit       requests per window
 --             window      window length in milliseconds
 --             hits        hits to add (0 only looks)
---             shadow      "1" if this check may not deny the request
 --             burst       bucket size (token bucket only)
 -- Returns   per request: admitted (1|0), then over_i (1|0), remaining_i, reset_ms_i per check,
 --           all in one flat list. remaining_i counts the request's hits if they were recorded
@@ -67,19 +67,20 @@ local r, a, k, nargs = 0, 3, 0, #ARGV
 while a <= nargs do
   if ARGV[a] ~= n_s then n_s, n = ARGV[a], tonumber(ARGV[a]) end
   reply[r + 1] = 1
-  -- key -> state an earlier check of this request wrote (only several checks can share a key)
-  local pending = nil
-  if n > 1 then pending = {} end
+  local b = a + 1
   for i = 1, n do
-    local b = a + 6 * (i - 1)
-    local alg, x = ARGV[b + 1], ARGV[b + 2]
+    local alg, shadow = ARGV[b], false
+    if alg ~= 'f' and alg ~= 's' and alg ~= 't' and alg ~= 'g' then
+      alg, shadow = string.lower(alg), true
+    end
+    local x = ARGV[b + 1]
     if x ~= limit_s then limit_s, limit = x, tonumber(x) end
-    x = ARGV[b + 3]
+    x = ARGV[b + 2]
     if x ~= window_s then
       window_s, window = x, tonumber(x)
       if window < 1 then window = 1 end
     end
-    x = ARGV[b + 4]
+    x = ARGV[b + 3]
     if x ~= hits_s then hits_s, hits = x, tonumber(x) end
     local key = KEYS[k + i]
     local over, after, before, reset, nxt, expires = false, 0, 0, 0, nil, 0
@@ -88,12 +89,19 @@ while a <= nargs do
       over = untils > now
       if over then reset = untils - now end
     else
-      local state, stored = nil, false
-      if pending then state = pending[key] end
-      if state == nil then state, stored = redis.call('GET', key), true end
+      -- Several checks of a request may share a key: the last earlier one's next state is
+      -- this one's (a scan: requests have few checks, and a table per request costs more).
+      local state, stored = nil, true
+      for j = i - 1, 1, -1 do
+        if KEYS[k + j] == key and writes[4 * j - 2] then
+          state, stored = writes[4 * j - 2], false
+          break
+        end
+      end
+      if stored then state = redis.call('GET', key) end
       if alg == 't' then
         local now_us = now * 1000
-        local burst = tonumber(ARGV[b + 6])
+        local burst = tonumber(ARGV[b + 4])
         if limit == 0 or burst == 0 then
           over, reset, nxt, expires = hits > 0, window, format('%d', now_us), now
         else
@@ -153,9 +161,9 @@ while a <= nargs do
         if estimate < limit then before = limit - estimate end
         reset = start + window - now
       end
-      if pending then pending[key] = nxt end
     end
-    if over and ARGV[b + 5] ~= '1' then reply[r + 1] = 0 end
+    if alg == 't' then b = b + 5 else b = b + 4 end
+    if over and not shadow then reply[r + 1] = 0 end
     local o = r + 3 * i
     if over then reply[o - 1] = 1 else reply[o - 1] = 0 end
     reply[o], reply[o + 1] = before, reset
@@ -178,6 +186,6 @@ while a <= nargs do
       end
     end
   end
-  r, a, k = r + 1 + 3 * n, a + 1 + 6 * n, k + n
+  r, a, k = r + 1 + 3 * n, b, k + n
 end
 return reply

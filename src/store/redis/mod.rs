@@ -480,8 +480,8 @@ fn slot_groups(checks: &[Check]) -> Vec<(u16, Vec<usize>)> {
 }
 
 /// One request's share of a decision script call (see decide.lua): its keys, then its
-/// number of checks and six values per check. Encoded by the request, so the dispatcher only
-/// copies bytes into the call it sends.
+/// number of checks and four values per check (five for a token bucket). Encoded by the
+/// request, so the dispatcher only copies bytes into the call it sends.
 struct ScriptPart {
     args: Cmd,
     checks: usize,
@@ -492,26 +492,33 @@ struct ScriptPart {
 impl ScriptPart {
     fn new(checks: &[Check]) -> ScriptPart {
         // Sized once: growing argument by argument cost several reallocations per request.
-        // Per check: the key, then six values of at most 20 digits each (with room to spare).
+        // Per check: the key, then five values of at most 20 digits each (with room to spare).
         let keys: usize = checks.iter().map(|c| c.key.len()).sum();
-        let size = 20 + keys + 6 * 20 * checks.len();
-        let mut args = Cmd::with_capacity(1 + 7 * checks.len(), size);
+        let size = 20 + keys + 5 * 20 * checks.len();
+        let mut args = Cmd::with_capacity(1 + 6 * checks.len(), size);
         for check in checks {
             args.arg(&check.key);
         }
         args.arg(checks.len());
         for check in checks {
-            let (algorithm, burst) = match check.algorithm {
-                _ if check.gate => ("g", 0),
-                Algorithm::TokenBucket { burst } => ("t", burst),
-                other => (other.code(), 0),
+            // A shadow check's algorithm is in capitals.
+            let algorithm = match (check.algorithm, check.gate, check.shadow) {
+                (_, true, false) => "g",
+                (_, true, true) => "G",
+                (Algorithm::TokenBucket { .. }, _, false) => "t",
+                (Algorithm::TokenBucket { .. }, _, true) => "T",
+                (Algorithm::SlidingWindow, _, false) => "s",
+                (Algorithm::SlidingWindow, _, true) => "S",
+                (Algorithm::FixedWindow, _, false) => "f",
+                (Algorithm::FixedWindow, _, true) => "F",
             };
             args.arg(algorithm)
                 .arg(check.limit)
                 .arg(check.window_secs.saturating_mul(1000))
-                .arg(check.hits)
-                .arg(u8::from(check.shadow))
-                .arg(burst);
+                .arg(check.hits);
+            if let (Algorithm::TokenBucket { burst }, false) = (check.algorithm, check.gate) {
+                args.arg(burst);
+            }
         }
         ScriptPart {
             args,
