@@ -78,6 +78,21 @@ async fn shadow_never_denies(store: &impl Store, _: &ManualClock) {
     assert!(applied.admitted);
     assert!(applied.counters[1].over);
     assert_eq!(applied.counters[0].remaining, 4);
+    // Every other algorithm, and a gate, in shadow: over, and the request still admitted.
+    store.set_flag("shadowed", 60_000).await.unwrap();
+    let shadow = |c: Check| Check { shadow: true, ..c };
+    let shadows = [
+        shadow(with(Algorithm::SlidingWindow, check("h", 0, 1))),
+        shadow(with(Algorithm::TokenBucket { burst: 1 }, check("i", 0, 1))),
+        shadow(Check::gate("shadowed".into())),
+    ];
+    let applied = store.apply(&shadows).await.unwrap();
+    assert!(applied.admitted);
+    assert!(
+        applied.counters.iter().all(|c| c.over),
+        "{:?}",
+        applied.counters
+    );
 }
 
 async fn same_key_twice(store: &impl Store, _: &ManualClock) {
