@@ -14,7 +14,7 @@ use floodgate::store::redis::RedisOptions;
 use support::certs::Certs;
 use support::http::http;
 use support::process::Floodgate;
-use support::{PATIENCE, RedisServer, TestServer, request, wait_for};
+use support::{PATIENCE, RedisServer, TestServer, request, signal, wait_for};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -220,13 +220,7 @@ async fn config_changes_apply_without_restart_and_broken_ones_are_refused() {
     let mut quiet_client = quiet.client().await;
     std::fs::write(&file, limit(40)).unwrap();
     let pid = quiet.child.0.as_ref().unwrap().id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&pid, "HUP");
     wait_for("the SIGHUP reload", PATIENCE, || {
         let c = current(&mut quiet_client);
         async move { c.await == Some(40) }
@@ -261,13 +255,7 @@ async fn sigterm_during_load_finishes_in_flight_calls() {
     let client = floodgate.client().await;
     // Freeze Redis so that calls stay in flight, send them, then SIGTERM.
     let redis_pid = redis.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &redis_pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&redis_pid, "STOP");
     let calls: Vec<_> = (0..10)
         .map(|i| {
             let mut client = client.clone();
@@ -284,21 +272,9 @@ async fn sigterm_during_load_finishes_in_flight_calls() {
     })
     .await;
     let mut child = floodgate.child.take();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(child.id(), "TERM");
     // Redis wakes up later; the frozen calls then finish on the store or its timeout.
-    assert!(
-        Command::new("kill")
-            .args(["-CONT", &redis_pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&redis_pid, "CONT");
     for call in calls {
         let response = call
             .await
@@ -336,13 +312,7 @@ async fn overload_is_refused_fast_not_queued() {
         TestServer::with_limiter(CONFIG, store, LimiterOptions::default(), options).await;
     let client = server.client().await;
     let redis_pid = redis.pid().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-STOP", &redis_pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&redis_pid, "STOP");
     let calls: Vec<_> = (0..20)
         .map(|i| {
             let mut client = client.clone();

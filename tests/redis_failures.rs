@@ -15,7 +15,7 @@ use floodgate::server::ServerOptions;
 use floodgate::store::redis::RedisOptions;
 use floodgate::store::{RedisStore, Store};
 use support::http::http;
-use support::{PATIENCE, RedisServer, TestServer, free_port, request, wait_for};
+use support::{PATIENCE, RedisServer, TestServer, free_port, request, signal, wait_for};
 
 const CONFIG: &str = r#"
 domain: chaos
@@ -222,15 +222,6 @@ async fn failure_modes_answer_without_redis() {
         // After 3 failures the breaker stopped calling Redis at all.
         assert_ne!(limiter.breaker_state(), BreakerState::Closed, "{mode:?}");
     }
-}
-
-/// Sends `signal` (STOP or CONT) to `pid`.
-fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal} {pid}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

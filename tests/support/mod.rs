@@ -40,6 +40,15 @@ pub fn fixed_check(key: impl Into<String>, limit: u64, window_secs: u64, hits: u
     }
 }
 
+/// Sends the signal `name` (e.g. "STOP", "CONT", "HUP") to the process `pid`.
+pub fn signal(pid: impl std::fmt::Display, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
 /// A running in-process Floodgate; stops when dropped.
 pub struct TestServer {
     pub grpc_addr: SocketAddr,
