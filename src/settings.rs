@@ -168,7 +168,8 @@ pub struct ServeSettings {
     /// Redis connections; each is multiplexed, so a few carry many requests.
     #[arg(long, env = "FLOODGATE_REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: u32,
-    /// Deadline of one Redis call, e.g. 50ms or 1s.
+    /// Deadline of one Redis call, counted from when it is queued (a connection that misses
+    /// it is replaced), e.g. 50ms or 1s.
     #[arg(long, env = "FLOODGATE_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
     /// Prefix of every counter key.
