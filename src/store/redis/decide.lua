@@ -51,16 +51,17 @@ end
 local find, sub, format, floor = string.find, string.sub, string.format, math.floor
 local dry = ARGV[2] == '1'
 -- Lua's tonumber (strtod) and number formatting cost thousands of instructions each, and the
--- checks of one call mostly repeat the same sizes, limits, windows and hits: the last argument string
--- seen in each place and its number are kept (strings are interned, so comparing them is one
--- pointer comparison), and the "start:" prefix of the last window length's current window.
+-- checks of one call mostly repeat the same sizes, limits, windows and hits: the last argument
+-- string seen in each place and its number are kept (strings are interned, so comparing them
+-- is one pointer comparison), and the "start:" prefix of the last window length's window.
 local n_s, n, limit_s, limit, window_s, window, hits_s, hits = nil, 0, nil, 0, nil, 0, nil, 0
 local prefix_window, prefix = nil, nil
 -- reply[r+1] = admitted of the request whose answers start at r; reply[r+3i-1 .. r+3i+1] =
 -- over, remaining, reset of its check i. remaining starts as the count left without the
 -- request's hits and becomes the count left with them once the request is admitted.
--- writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write), expiry
--- (true: the key's expiry stays as it is), hits; reused by every request. Both start sized
+-- writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write; also what a
+-- later check of the request on the same key starts from), expiry (true: the key's expiry
+-- stays as it is), hits; reused by every request. Both start sized
 -- for one check (they grow as needed).
 local reply, writes = { 1, 0, 0, 0 }, { 0, false, 0, 0 }
 local r, a, k, nargs = 0, 3, 0, #ARGV
