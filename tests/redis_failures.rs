@@ -230,7 +230,7 @@ async fn a_frozen_redis_times_out_every_queued_request() {
         return;
     };
     let store = Arc::new(store(&redis.url()));
-    let check = || support::fixed_check("chaos:frozen", 1_000, 86_400, 1);
+    let check = || floodgate::store::Check::fixed_window("chaos:frozen", 1_000, 86_400, 1);
     assert!(store.apply(&[check()]).await.unwrap().admitted);
     let mut observer = redis.connection();
     let before_freeze = store_clients(&mut observer);

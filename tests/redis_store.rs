@@ -12,7 +12,7 @@ use floodgate::store::redis::RedisOptions;
 use floodgate::store::{Check, RedisStore, Store};
 use redis::Commands;
 use support::http::http;
-use support::{RedisServer, TestServer, fixed_check, free_port, request};
+use support::{RedisServer, TestServer, free_port, request};
 
 const CONFIG: &str = r#"
 domain: shared
@@ -246,7 +246,7 @@ fn shared_store(redis: &RedisServer, prefix: &str) -> Arc<RedisStore> {
 
 /// A day-long fixed-window check (no window edge falls inside a test).
 fn daily(key: String, limit: u64, hits: u64) -> Check {
-    fixed_check(key, limit, 86_400, hits)
+    Check::fixed_window(key, limit, 86_400, hits)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -339,7 +339,7 @@ async fn every_written_key_expires_with_its_window() {
     let store = RedisStore::new(&options).unwrap();
     let mut conn = redis.connection();
     let mut pttl = |key: &str| -> i64 { redis::cmd("PTTL").arg(key).query(&mut conn).unwrap() };
-    let minute = |key: &str, hits| fixed_check(key, 100, 60, hits);
+    let minute = |key: &str, hits| Check::fixed_window(key, 100, 60, hits);
     let sliding = |key: &str| Check {
         algorithm: floodgate::algorithm::Algorithm::SlidingWindow,
         ..minute(key, 1)

@@ -11,14 +11,14 @@ use floodgate::algorithm::Algorithm;
 use floodgate::clock::ManualClock;
 use floodgate::store::redis::RedisOptions;
 use floodgate::store::{Check, MemoryStore, RedisStore, Store};
-use support::{RedisServer, fixed_check};
+use support::RedisServer;
 
 const MINUTE: u64 = 60_000;
 /// Some whole minute, far from the epoch.
 const T0: u64 = 29_000_000 * MINUTE;
 
 fn check(key: &str, limit: u64, hits: u64) -> Check {
-    fixed_check(key, limit, 60, hits)
+    Check::fixed_window(key, limit, 60, hits)
 }
 
 fn with(algorithm: Algorithm, c: Check) -> Check {

@@ -419,12 +419,12 @@ mod tests {
     fn bounded_and_sweeps_finished_windows() {
         let (clock, store) = store(0, SHARDS); // one counter per shard
         for i in 0..1_000 {
-            store.apply_now(&[Check::fixed(&format!("k{i}"), 5, 1)]);
+            store.apply_now(&[Check::fixed_window(format!("k{i}"), 5, 60, 1)]);
         }
         assert!(store.len() <= SHARDS);
         clock.advance(60_000);
         for i in 0..1_000 {
-            store.apply_now(&[Check::fixed(&format!("n{i}"), 5, 1)]);
+            store.apply_now(&[Check::fixed_window(format!("n{i}"), 5, 60, 1)]);
         }
         assert!(store.len() <= SHARDS);
     }

@@ -40,13 +40,13 @@ pub struct Check {
 }
 
 impl Check {
-    /// For unit tests: a minute-long fixed-window check of `limit`, adding `hits`.
-    #[cfg(test)]
-    pub(crate) fn fixed(key: &str, limit: u64, hits: u64) -> Check {
+    /// A plain fixed-window check of `hits` against `limit` per `window_secs` (neither shadow
+    /// nor gate): the simplest counter, for tools and tests.
+    pub fn fixed_window(key: impl Into<String>, limit: u64, window_secs: u64, hits: u64) -> Check {
         Check {
             key: key.into(),
             limit,
-            window_secs: 60,
+            window_secs,
             hits,
             shadow: false,
             gate: false,

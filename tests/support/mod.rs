@@ -22,23 +22,10 @@ use floodgate::pb::{
 };
 use floodgate::server::{Listeners, ServerOptions, run};
 use floodgate::store::redis::RedisOptions;
-use floodgate::store::{Check, MemoryStore, RedisStore, Store};
+use floodgate::store::{MemoryStore, RedisStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
-
-/// A fixed-window check of `hits` against `limit` per `window_secs`, for store tests.
-pub fn fixed_check(key: impl Into<String>, limit: u64, window_secs: u64, hits: u64) -> Check {
-    Check {
-        key: key.into(),
-        limit,
-        window_secs,
-        hits,
-        shadow: false,
-        gate: false,
-        algorithm: floodgate::algorithm::Algorithm::FixedWindow,
-    }
-}
 
 /// Sends the signal `name` (e.g. "STOP", "CONT", "HUP") to the process `pid`.
 pub fn signal(pid: impl std::fmt::Display, name: &str) {

@@ -2,6 +2,7 @@
 //! (standalone or found through Sentinels), or a cluster connection that routes by key.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -9,6 +10,7 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::OnceCell;
+use tokio::time::Instant;
 
 use super::connect::{Connector, TlsFiles, Tracked, pool};
 use crate::store::StoreError;
@@ -109,7 +111,7 @@ impl Backend {
                         .await
                         .map_err(|e| StoreError::Unavailable(e.to_string()))?;
                     let tracked = Tracked::clone(&pooled);
-                    if !tracked.broken.load(std::sync::atomic::Ordering::Acquire) {
+                    if !tracked.broken.load(Ordering::Acquire) {
                         // A multiplexed connection is a cheap handle: the pooled slot goes back
                         // at once while calls share its socket.
                         return Ok(Conn::Single(tracked));
@@ -119,6 +121,32 @@ impl Backend {
             }
         }
     }
+    /// Runs `work` on a connection and has it done by `deadline`, checkout included (else
+    /// [`StoreError::Timeout`] with `timeout`, the setting that made the deadline). A
+    /// connection that lets the deadline pass is retired: a frozen or partitioned server
+    /// never answers, and only a new connection finds where the master is.
+    pub(crate) async fn within<T, F>(
+        &self,
+        deadline: Instant,
+        timeout: Duration,
+        work: impl FnOnce(Conn) -> F,
+    ) -> Result<T, StoreError>
+    where
+        F: Future<Output = Result<T, StoreError>>,
+    {
+        let late = |_| StoreError::Timeout(timeout);
+        let conn = tokio::time::timeout_at(deadline, self.connection())
+            .await
+            .map_err(late)??;
+        let held = conn.clone();
+        let result = tokio::time::timeout_at(deadline, work(conn)).await;
+        result.map_err(|elapsed| {
+            if let Conn::Single(tracked) = held {
+                tracked.broken.store(true, Ordering::Release);
+            }
+            late(elapsed)
+        })?
+    }
 }
 
 impl Conn {
@@ -126,16 +154,6 @@ impl Conn {
     pub(crate) fn check(&self, error: &RedisError) {
         if let Conn::Single(tracked) = self {
             tracked.check(error);
-        }
-    }
-
-    /// Retires the connection after a call on it outlived its deadline: a frozen or
-    /// partitioned server never answers, and only a new connection finds where the master is.
-    pub(crate) fn timed_out(&self) {
-        if let Conn::Single(tracked) = self {
-            tracked
-                .broken
-                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 

@@ -168,24 +168,15 @@ impl Dispatcher {
         }
     }
 
-    /// The batch's round trip, answered by `deadline` (checkout included); a connection that
-    /// let the deadline pass is retired.
+    /// The batch's round trip, answered by `deadline` (see [`Backend::within`]).
     async fn send(
         &self,
         batch: &[Job],
         calls: &[Range<usize>],
         deadline: Instant,
     ) -> Result<Vec<Value>, StoreError> {
-        let late = |_| StoreError::Timeout(self.timeout);
-        let mut conn = tokio::time::timeout_at(deadline, self.backend.connection())
-            .await
-            .map_err(late)??;
-        let result =
-            tokio::time::timeout_at(deadline, self.exchange(batch, calls, &mut conn)).await;
-        result.map_err(|elapsed| {
-            conn.timed_out();
-            late(elapsed)
-        })?
+        let exchange = |mut conn| async move { self.exchange(batch, calls, &mut conn).await };
+        self.backend.within(deadline, self.timeout, exchange).await
     }
 
     /// One round trip for the whole batch (two if Redis had forgotten the script), one
@@ -322,7 +313,10 @@ mod tests {
 
     fn sized(now: Option<u64>, dry_run: bool, checks: usize) -> Job {
         Job {
-            part: ScriptPart::new(&vec![crate::store::Check::fixed("k", 5, 1); checks]),
+            part: ScriptPart::new(&vec![
+                crate::store::Check::fixed_window("k", 5, 60, 1);
+                checks
+            ]),
             now,
             dry_run,
             deadline: Instant::now(),

@@ -151,23 +151,13 @@ impl RedisStore {
         })
     }
 
-    /// Runs `work` on a connection within the call deadline (checkout included), retiring
-    /// the connection if the deadline passes.
+    /// Runs `work` on a connection within the store's timeout (see [`Backend::within`]).
     async fn call<T, F>(&self, work: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, StoreError>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
-        let late = |_| StoreError::Timeout(self.timeout);
-        let conn = tokio::time::timeout_at(deadline, self.backend.connection())
-            .await
-            .map_err(late)??;
-        let held = conn.clone();
-        let result = tokio::time::timeout_at(deadline, work(conn)).await;
-        result.map_err(|elapsed| {
-            held.timed_out();
-            late(elapsed)
-        })?
+        self.backend.within(deadline, self.timeout, work).await
     }
 
     /// Runs one script invocation on a connection, retiring the connection on a fatal error.
@@ -501,18 +491,19 @@ impl ScriptPart {
         }
         args.arg(checks.len());
         for check in checks {
-            // A shadow check's algorithm is in capitals.
-            let algorithm = match (check.algorithm, check.gate, check.shadow) {
-                (_, true, false) => "g",
-                (_, true, true) => "G",
-                (Algorithm::TokenBucket { .. }, _, false) => "t",
-                (Algorithm::TokenBucket { .. }, _, true) => "T",
-                (Algorithm::SlidingWindow, _, false) => "s",
-                (Algorithm::SlidingWindow, _, true) => "S",
-                (Algorithm::FixedWindow, _, false) => "f",
-                (Algorithm::FixedWindow, _, true) => "F",
+            // The algorithm's code ("g" for a gate), in capitals for a shadow check.
+            let code = if check.gate {
+                "g"
+            } else {
+                check.algorithm.code()
             };
-            args.arg(algorithm)
+            let letter = code.as_bytes()[0];
+            let algorithm = [if check.shadow {
+                letter.to_ascii_uppercase()
+            } else {
+                letter
+            }];
+            args.arg(&algorithm[..])
                 .arg(check.limit)
                 .arg(check.window_secs.saturating_mul(1000))
                 .arg(check.hits);
