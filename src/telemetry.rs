@@ -42,6 +42,9 @@ pub const STORE_ERRORS: &str = "floodgate_store_errors_total";
 pub const REDIS_ROUND_TRIPS: &str = "floodgate_redis_round_trips_total";
 /// Decision script calls sent to Redis.
 pub const REDIS_SCRIPT_CALLS: &str = "floodgate_redis_script_calls_total";
+/// Connections opened to the Redis master (label `result`: ok, error). A count that keeps
+/// rising while Redis is up means connections are being replaced (missed deadlines, failovers).
+pub const REDIS_CONNECTS: &str = "floodgate_redis_connects_total";
 /// Redis pool connections (label `state`: in_use, idle).
 pub const REDIS_CONNECTIONS: &str = "floodgate_redis_pool_connections";
 /// Requests answered by the local over-limit cache.

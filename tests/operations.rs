@@ -425,3 +425,45 @@ async fn grpc_tls_and_mtls_handshakes() {
         Code::Ok
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_redis_connection_is_replaced_and_counted() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let url = redis.url();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config");
+    let args = [
+        "--store",
+        "redis",
+        "--redis-url",
+        &url,
+        "--redis-pool-size",
+        "1",
+    ];
+    let floodgate = Floodgate::start(config, &args).await;
+    let mut client = floodgate.client().await;
+    let connects = |text: &str| sample(text, "floodgate_redis_connects_total", &["result=\"ok\""]);
+    let req = || request("edge", &[&[("remote_address", "198.51.100.7")]]);
+    client.should_rate_limit(req()).await.unwrap();
+    let text = http(floodgate.http_addr, "GET", "/metrics", "").await.1;
+    let before = connects(&text).expect("the first connection is counted");
+
+    // The server drops every client connection; Floodgate's next calls must open a new one.
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal"][..])
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!(killed >= 1, "Floodgate's connection was open");
+    wait_for("a new connection", PATIENCE, || {
+        let mut client = client.clone();
+        async move {
+            let _ = client.should_rate_limit(req()).await;
+            let text = http(floodgate.http_addr, "GET", "/metrics", "").await.1;
+            connects(&text).is_some_and(|n| n > before)
+        }
+    })
+    .await;
+    let response = client.should_rate_limit(req()).await.unwrap().into_inner();
+    assert_eq!(response.overall_code(), Code::Ok);
+}

@@ -188,16 +188,18 @@ impl bb8::ManageConnection for Connector {
             Connector::Single(client) => {
                 client
                     .get_multiplexed_async_connection_with_config(&config)
-                    .await?
+                    .await
             }
             // Each new connection asks the Sentinels where the master is now.
             Connector::Sentinel(client) => {
                 let mut client = client.lock().await;
-                client.get_async_connection_with_config(&config).await?
+                client.get_async_connection_with_config(&config).await
             }
         };
+        let result = if conn.is_ok() { "ok" } else { "error" };
+        metrics::counter!(crate::telemetry::REDIS_CONNECTS, "result" => result).increment(1);
         Ok(Tracked {
-            conn,
+            conn: conn?,
             broken: Arc::new(AtomicBool::new(false)),
         })
     }
