@@ -65,7 +65,7 @@ async fn livez() -> &'static str {
 async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        crate::telemetry::render(&state.metrics),
     )
         .into_response()
 }

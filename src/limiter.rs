@@ -2,7 +2,7 @@
 //! owners), and the one `decide` that gRPC and HTTP share.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -18,7 +18,7 @@ use crate::decision::{
 use crate::health::{HealthRecord, HealthStatus};
 use crate::query::RateLimitQuery;
 use crate::store::{Applied, Check, Identity, RegistryError, Store, StoreError, UserRecord};
-use crate::telemetry::{self, DescriptorStats};
+use crate::telemetry::{self, DescriptorStats, LatencyHistogram};
 
 /// Default bound on how stale a replica's view of shared state (health, API key owners) may be.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(2);
@@ -72,8 +72,8 @@ pub struct Limiter<S> {
     /// stored, so that attack traffic on them costs the store nothing; `None` when off.
     over_limit: Option<TtlCache<u64>>,
     stats: DescriptorStats,
-    /// Store call latency, registered at first use (after the recorder is installed).
-    store_latency: OnceLock<metrics::Histogram>,
+    /// Store call latency.
+    store_latency: Arc<LatencyHistogram>,
 }
 
 impl<S> std::fmt::Debug for Limiter<S> {
@@ -100,7 +100,7 @@ impl<S: Store> Limiter<S> {
             identities: TtlCache::new(IDENTITY_CACHE_ENTRIES),
             breaker: CircuitBreaker::new(options.breaker),
             stats: DescriptorStats::new(options.near_limit_ratio),
-            store_latency: OnceLock::new(),
+            store_latency: LatencyHistogram::get(telemetry::STORE_DURATION, "op", "decide"),
             over_limit: (options.over_limit_cache > 0)
                 .then(|| TtlCache::new(options.over_limit_cache)),
             options,
@@ -223,9 +223,7 @@ impl<S: Store> Limiter<S> {
         }
         let started = std::time::Instant::now();
         let applied = self.guarded(self.store.apply(checks), now).await;
-        self.store_latency
-            .get_or_init(|| metrics::histogram!(telemetry::STORE_DURATION, "op" => "decide"))
-            .record(started.elapsed().as_secs_f64());
+        self.store_latency.record(started.elapsed());
         let applied = applied?;
         if applied.counters.len() != checks.len() {
             return Err(StoreError::Protocol(format!(

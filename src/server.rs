@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -32,9 +31,6 @@ use crate::rls::{InputLimits, ResponseOptions, RlsService};
 use crate::settings::{ServeSettings, StoreKind};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 use crate::telemetry;
-
-/// How often recorded latency samples are folded into the Prometheus histograms.
-const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
 /// The gRPC service name health checks ask about.
 pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -193,7 +189,6 @@ pub async fn run<S: Store>(
         serving.clone(),
         stop.clone(),
     ));
-    let upkeep = tokio::spawn(metrics_upkeep(metrics.clone(), stop.clone()));
     let watcher = options
         .config_source
         .clone()
@@ -242,7 +237,6 @@ pub async fn run<S: Store>(
     };
     trigger.abort();
     background.abort();
-    upkeep.abort();
     if let Some(watcher) = watcher {
         watcher.abort();
     }
@@ -261,20 +255,6 @@ fn no_delay(
         stream.set_nodelay(true)?;
         Ok(stream)
     })
-}
-
-/// Drains the recorded latency samples into their histograms now and then. The recorder
-/// otherwise keeps every sample until `/metrics` is scraped, so an unscraped replica's memory
-/// would grow with every request.
-async fn metrics_upkeep(handle: PrometheusHandle, stop: CancellationToken) {
-    let mut tick = tokio::time::interval(METRICS_UPKEEP);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => handle.run_upkeep(),
-            () = stop.cancelled() => return,
-        }
-    }
 }
 
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {

@@ -4,19 +4,28 @@
 //! Labels are bounded: per-descriptor metrics are labelled by domain and the rule's key path
 //! (values appear only for rules that ask, `detailed_metric` / `value_to_metric`, and at most
 //! [`MAX_DETAILED_KEYS`] distinct ones; beyond that they count under `_overflow`).
+//!
+//! Histograms are [`LatencyHistogram`]s, not the recorder's: those keep every sample until
+//! upkeep or a scrape folds them (an unscraped replica grows with every request), and cost a
+//! shared append per sample.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use metrics::{Counter, Histogram};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics::Counter;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::decision::{AppliedLimit, Code, Decision, DescriptorStatus};
+
+mod latency;
+
+pub use self::latency::LatencyHistogram;
 
 /// ShouldRateLimit latency, seconds (histogram; label `result`).
 pub const REQUEST_DURATION: &str = "floodgate_request_duration_seconds";
@@ -69,21 +78,13 @@ pub const MAX_DETAILED_KEYS: usize = 10_000;
 /// Label used for value-bearing keys past the cap.
 pub const OVERFLOW_KEY: &str = "_overflow";
 
-/// Latency buckets, seconds: 50 µs to 1 s, dense where a rate limiter should answer.
-const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-];
-
-/// Installs the Prometheus recorder (once per process) and returns the handle that renders
-/// `/metrics`.
+/// Installs the Prometheus recorder (once per process) and returns its handle; [`render`]
+/// gives `/metrics`.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-                .expect("static buckets are valid");
-            match builder.install_recorder() {
+            match PrometheusBuilder::new().install_recorder() {
                 Ok(handle) => handle,
                 // Another recorder was installed first (an embedding program): render ours
                 // anyway, empty.
@@ -91,6 +92,14 @@ pub fn prometheus() -> PrometheusHandle {
             }
         })
         .clone()
+}
+
+/// The Prometheus text exposition of every metric: the recorder's, then the latency
+/// histograms kept beside it.
+pub fn render(handle: &PrometheusHandle) -> String {
+    let mut text = handle.render();
+    latency::render(&mut text);
+    text
 }
 
 /// How a ShouldRateLimit call ended, as the `result` label says it.
@@ -130,7 +139,7 @@ impl RequestResult {
 /// the recorder: handles taken before that record nowhere.
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
-    by_result: [(Counter, Histogram); 4],
+    by_result: [(Counter, Arc<LatencyHistogram>); 4],
 }
 
 impl RequestMetrics {
@@ -140,17 +149,17 @@ impl RequestMetrics {
             by_result: RequestResult::ALL.map(|r| {
                 (
                     metrics::counter!(REQUESTS, "result" => r.label()),
-                    metrics::histogram!(REQUEST_DURATION, "result" => r.label()),
+                    LatencyHistogram::get(REQUEST_DURATION, "result", r.label()),
                 )
             }),
         }
     }
 
-    /// Counts one call that took `seconds`.
-    pub fn record(&self, result: RequestResult, seconds: f64) {
+    /// Counts one call that took `elapsed`.
+    pub fn record(&self, result: RequestResult, elapsed: Duration) {
         let (count, latency) = &self.by_result[result as usize];
         count.increment(1);
-        latency.record(seconds);
+        latency.record(elapsed);
     }
 }
 

@@ -80,7 +80,7 @@ impl<S: Store> RlsService<S> {
             Err(ServiceError::Request(_)) => RequestResult::InvalidArgument,
             Err(ServiceError::Store(_)) => RequestResult::Unavailable,
         };
-        self.metrics.record(result, started.elapsed().as_secs_f64());
+        self.metrics.record(result, started.elapsed());
         answer
     }
 
