@@ -69,7 +69,11 @@ def table(runs, out):
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]
-    for kind, label in (("memory", "memory store"), ("redis", "Redis store (1 descriptor)")):
+    for kind, label in (
+        ("memory", "memory store"),
+        ("redis", "Redis store (1 descriptor)"),
+        ("redis3", "Redis store (3 descriptors)"),
+    ):
         pairs, cpu_pairs = [], []
         for name, noop_run in runs.items():
             if not name.startswith("pair-noop-"):

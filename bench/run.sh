@@ -128,9 +128,9 @@ stop "$noop_pid"
 
 echo "== memory store"
 read -r grpc http pid < <(start_floodgate memory)
-# Paired rounds, the no-op server, the memory store and the Redis store back to back: on a
-# shared machine the speed drifts by tens of percent within minutes, so the shares are read
-# from runs made a few seconds apart.
+# Paired rounds, the no-op server, the memory store and the Redis store (one descriptor, then
+# three) back to back: on a shared machine the speed drifts by tens of percent within minutes,
+# so the shares are read from runs made a few seconds apart.
 "$bin/examples/noop_rls" "127.0.0.1:$noop_port" >"$tmp/noop-pairs.log" 2>&1 &
 noop_pid=$!; pids+=($noop_pid)
 wait_port "$noop_port"
@@ -140,6 +140,8 @@ for round in $(seq "${ROUNDS:-5}"); do
   run "pair-memory-$round" "127.0.0.1:$grpc" --concurrency 128 --connections 4 --cpu-of "server=$pid"
   run "pair-redis-$round" "127.0.0.1:$rgrpc" --concurrency 128 --connections 4 --cpu-of "server=$rpid" \
     --cpu-of "redis=$redis_pid"
+  run "pair-redis3-$round" "127.0.0.1:$rgrpc" --concurrency 128 --connections 4 --descriptors 3 \
+    --cpu-of "server=$rpid" --cpu-of "redis=$redis_pid"
 done
 stop "$noop_pid"
 stop "$rpid"
