@@ -79,8 +79,13 @@ fn stripe_index() -> usize {
 
 impl LatencyHistogram {
     /// The process's histogram `name` with the label `key="value"`, made on first use: every
-    /// server of a process records into the same series, as with the recorder's metrics.
+    /// server of a process records into the same series, as with the recorder's metrics. The
+    /// label is written as given (callers pass fixed names, nothing that needs escaping).
     pub fn get(name: &'static str, key: &str, value: &str) -> Arc<LatencyHistogram> {
+        debug_assert!(
+            !value.contains(['"', '\\', '\n']),
+            "label value needs escaping"
+        );
         let label = format!("{key}=\"{value}\"");
         let mut all = HISTOGRAMS.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(found) = all.iter().find(|h| h.name == name && h.label == label) {

@@ -121,6 +121,7 @@ impl Backend {
             }
         }
     }
+
     /// Runs `work` on a connection and has it done by `deadline`, checkout included (else
     /// [`StoreError::Timeout`] with `timeout`, the setting that made the deadline). A
     /// connection that lets the deadline pass is retired: a frozen or partitioned server
