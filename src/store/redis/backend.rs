@@ -143,7 +143,7 @@ impl Backend {
         let result = tokio::time::timeout_at(deadline, work(conn)).await;
         result.map_err(|elapsed| {
             if let Conn::Single(tracked) = held {
-                tracked.broken.store(true, Ordering::Release);
+                tracked.retire();
             }
             late(elapsed)
         })?

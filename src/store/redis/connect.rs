@@ -108,8 +108,13 @@ impl Tracked {
             // A master demoted by a failover answers writes with READONLY: go find the new one.
             || error.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
         if unusable {
-            self.broken.store(true, Ordering::Release);
+            self.retire();
         }
+    }
+
+    /// Marks the connection broken: the pool drops it on return and connects anew.
+    pub(crate) fn retire(&self) {
+        self.broken.store(true, Ordering::Release);
     }
 }
 
