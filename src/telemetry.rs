@@ -99,6 +99,7 @@ pub fn prometheus() -> PrometheusHandle {
 pub fn render(handle: &PrometheusHandle) -> String {
     let mut text = handle.render();
     latency::render(&mut text);
+    latency::render_counts(&mut text, REQUEST_DURATION, REQUESTS);
     text
 }
 
@@ -134,32 +135,25 @@ impl RequestResult {
     }
 }
 
-/// The per-call metrics (count and latency by result), registered once so that recording a
-/// call neither builds a metric key nor looks one up. Make it after [`prometheus`] has installed
-/// the recorder: handles taken before that record nowhere.
+/// The per-call metrics: a latency histogram per result, taken once so that recording a call
+/// neither builds a metric key nor looks one up. Its count is also rendered as [`REQUESTS`].
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
-    by_result: [(Counter, Arc<LatencyHistogram>); 4],
+    by_result: [Arc<LatencyHistogram>; 4],
 }
 
 impl RequestMetrics {
-    /// Handles from the installed recorder.
+    /// The process's histograms, one per result.
     pub fn new() -> RequestMetrics {
         RequestMetrics {
-            by_result: RequestResult::ALL.map(|r| {
-                (
-                    metrics::counter!(REQUESTS, "result" => r.label()),
-                    LatencyHistogram::get(REQUEST_DURATION, "result", r.label()),
-                )
-            }),
+            by_result: RequestResult::ALL
+                .map(|r| LatencyHistogram::get(REQUEST_DURATION, "result", r.label())),
         }
     }
 
     /// Counts one call that took `elapsed`.
     pub fn record(&self, result: RequestResult, elapsed: Duration) {
-        let (count, latency) = &self.by_result[result as usize];
-        count.increment(1);
-        latency.record(elapsed);
+        self.by_result[result as usize].record(elapsed);
     }
 }
 

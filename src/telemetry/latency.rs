@@ -156,6 +156,27 @@ pub(super) fn render(out: &mut String) {
     }
 }
 
+/// Appends the sample count of every series of the histogram `histogram` as the counter
+/// `counter` (same labels): a count the histogram keeps anyway is not kept a second time.
+pub(super) fn render_counts(out: &mut String, histogram: &str, counter: &str) {
+    let mut series: Vec<_> = HISTOGRAMS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|h| h.name == histogram)
+        .cloned()
+        .collect();
+    if series.is_empty() {
+        return;
+    }
+    series.sort_by(|a, b| a.label.cmp(&b.label));
+    let _ = writeln!(out, "# TYPE {counter} counter");
+    for h in series {
+        let count: u64 = h.totals().0.iter().sum();
+        let _ = writeln!(out, "{counter}{{{}}} {count}", h.label);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +235,16 @@ mod tests {
         assert_eq!(
             out.matches("# TYPE test_latency_seconds histogram").count(),
             1
+        );
+        let mut counts = String::new();
+        render_counts(&mut counts, "test_latency_seconds", "test_calls_total");
+        assert!(
+            counts.starts_with("# TYPE test_calls_total counter\n"),
+            "{counts}"
+        );
+        assert!(
+            counts.contains("test_calls_total{case=\"threads\"} 4000\n"),
+            "{counts}"
         );
     }
 }
