@@ -10,6 +10,7 @@ use crate::matcher::{RuleMatch, find_rule};
 use crate::query::RateLimitQuery;
 use crate::store::key::state_key;
 use crate::store::{Applied, Check, Identity, counter_key};
+use crate::telemetry::MetricKey;
 
 /// The entry key whose value identifies the client's address (Envoy's remote_address action).
 pub const REMOTE_ADDRESS: &str = "remote_address";
@@ -41,7 +42,7 @@ pub struct AppliedLimit {
     pub name: Option<String>,
     /// The label of the rule's metrics: its key path, or the request's values for rules with
     /// `detailed_metric` / `value_to_metric`.
-    pub metric_key: Arc<str>,
+    pub metric_key: Arc<MetricKey>,
     /// The limit came from a tier (`name` is the tier).
     pub tiered: bool,
     /// `metric_key` holds request values (so its cardinality must be capped).
@@ -169,7 +170,7 @@ struct Applying<'a> {
     name: Option<&'a str>,
     shadow: bool,
     shared: Vec<(usize, &'a str)>,
-    metric_key: Arc<str>,
+    metric_key: Arc<MetricKey>,
     metric_values: bool,
     tiered: bool,
 }
@@ -233,7 +234,7 @@ pub fn remote_address(query: &RateLimitQuery) -> Option<&str> {
 
 /// A metric label from a descriptor's entries: the keys joined with '.', or with `values`,
 /// `key_value` levels (bounded later by the metrics' cardinality cap).
-fn key_path(descriptor: &crate::query::DescriptorQuery, values: bool) -> Arc<str> {
+fn key_path(descriptor: &crate::query::DescriptorQuery, values: bool) -> Arc<MetricKey> {
     let mut path = String::new();
     for (i, entry) in descriptor.entries.iter().enumerate() {
         if i > 0 {
@@ -245,7 +246,7 @@ fn key_path(descriptor: &crate::query::DescriptorQuery, values: bool) -> Arc<str
             path.push_str(&entry.value);
         }
     }
-    path.into()
+    Arc::new(MetricKey::new(path))
 }
 
 /// Key of the flag that blocks `address` in `domain`.

@@ -163,6 +163,38 @@ impl Default for RequestMetrics {
     }
 }
 
+/// The label of a descriptor's metrics (a rule's key path, or a request's values), with the
+/// counters it was last counted on. A rule keeps its key for its lifetime, so counting its
+/// descriptors finds the counters there instead of building and looking up the label again.
+#[derive(Debug)]
+pub struct MetricKey {
+    label: Box<str>,
+    counters: OnceLock<Arc<DescriptorCounters>>,
+}
+
+impl MetricKey {
+    /// A key labelled `label`, its counters not yet known.
+    pub fn new(label: impl Into<Box<str>>) -> MetricKey {
+        MetricKey {
+            label: label.into(),
+            counters: OnceLock::new(),
+        }
+    }
+
+    /// The label.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+impl PartialEq for MetricKey {
+    fn eq(&self, other: &MetricKey) -> bool {
+        self.label == other.label
+    }
+}
+
+impl Eq for MetricKey {}
+
 /// The per-descriptor counters of one (domain, key) pair, each registered on first use (so a
 /// series appears once it has something to say, as before the handles were kept).
 #[derive(Debug)]
@@ -253,17 +285,28 @@ impl DescriptorStats {
             let Some(applied) = &status.limit else {
                 continue;
             };
+            // A rule's key remembers its counters (a key with request values is new every time,
+            // and must go through the label cap).
+            let remembered = &applied.metric_key.counters;
+            if !applied.metric_values
+                && let Some(counters) = remembered.get()
+            {
+                self.count(counters, domain, status, applied);
+                continue;
+            }
+            let label = applied.metric_key.label();
             // Kept handles are used in place; only a pair seen for the first time (or one
             // beyond the kept bound) goes the slow way.
-            let counted = with_pair(domain, &applied.metric_key, |pair| {
-                let kept = self.shard(pair).kept.load();
-                kept.get(pair)
-                    .map(|counters| self.count(counters, domain, status, applied))
-                    .is_some()
+            let kept = with_pair(domain, label, |pair| {
+                self.shard(pair).kept.load().get(pair).cloned()
             });
-            if !counted {
-                let counters = self.counters(domain, &applied.metric_key, applied.metric_values);
-                self.count(&counters, domain, status, applied);
+            let counters = match kept {
+                Some(counters) => counters,
+                None => self.counters(domain, label, applied.metric_values),
+            };
+            self.count(&counters, domain, status, applied);
+            if !applied.metric_values {
+                let _ = remembered.set(counters);
             }
         }
     }
@@ -392,5 +435,54 @@ mod tests {
         }
         assert_eq!(key_of(&stats, "ip_1", true), OVERFLOW_KEY);
         assert_eq!(key_of(&stats, "another_rule", false), "another_rule");
+    }
+
+    fn decision_on(key: &Arc<MetricKey>, values: bool) -> Decision {
+        Decision {
+            overall: Code::Ok,
+            statuses: vec![DescriptorStatus {
+                code: Code::Ok,
+                limit: Some(AppliedLimit {
+                    limit: crate::config::Limit {
+                        requests_per_unit: 10,
+                        unit: crate::config::Unit::Minute,
+                        unit_multiplier: 1,
+                        algorithm: crate::algorithm::Algorithm::FixedWindow,
+                    },
+                    name: None,
+                    metric_key: key.clone(),
+                    tiered: false,
+                    metric_values: values,
+                }),
+                remaining: 9,
+                reset_ms: Some(1000),
+                hits: 1,
+                shadow: false,
+                over: false,
+            }],
+            denial: None,
+            retry_after_secs: None,
+            degraded: false,
+        }
+    }
+
+    #[test]
+    fn a_rule_key_remembers_its_counters_and_a_value_key_does_not() {
+        let stats = DescriptorStats::new(0.8);
+        let rule = Arc::new(MetricKey::new("path"));
+        stats.record("d", &decision_on(&rule, false));
+        let remembered = rule
+            .counters
+            .get()
+            .expect("remembered after the first count");
+        assert!(Arc::ptr_eq(remembered, &stats.counters("d", "path", false)));
+        // After a reload the new rule's key finds the same counters (the same series).
+        let reloaded = Arc::new(MetricKey::new("path"));
+        stats.record("d", &decision_on(&reloaded, false));
+        assert!(Arc::ptr_eq(remembered, reloaded.counters.get().unwrap()));
+        // Request values go through the label cap every time.
+        let values = Arc::new(MetricKey::new("ip_1"));
+        stats.record("d", &decision_on(&values, true));
+        assert!(values.counters.get().is_none());
     }
 }

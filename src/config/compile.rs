@@ -2,12 +2,14 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::Problem;
 use super::model::{DescriptorNode, DomainFile, InvalidKeysSpec, RateLimitSpec, TierSpec};
 use super::rule::{InvalidKeys, Limit, Rule, SeedKey, Tier, Unit, mask_secret};
 use crate::algorithm::Algorithm;
+use crate::telemetry::MetricKey;
 
 /// Index of a node in its domain's arena.
 pub type NodeId = usize;
@@ -382,7 +384,7 @@ impl Builder {
             replaces: Vec::new(),
             detailed_metric: spec.detailed_metric,
             value_to_metric: false,
-            metric_key: metric_key.into(),
+            metric_key: Arc::new(MetricKey::new(metric_key)),
             tiered: true,
         }))
     }
@@ -426,7 +428,7 @@ impl Builder {
             replaces,
             detailed_metric: spec.detailed_metric,
             value_to_metric: spec.value_to_metric,
-            metric_key: metric_key.into(),
+            metric_key: Arc::new(MetricKey::new(metric_key)),
             tiered: false,
         }))
     }

@@ -3,6 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::telemetry::MetricKey;
+
 use crate::algorithm::Algorithm;
 
 /// A time unit of a limit. Windows are aligned to whole multiples of the unit since the Unix
@@ -123,7 +125,7 @@ pub struct Rule {
     /// Put the matched value into the metric name.
     pub value_to_metric: bool,
     /// Key path of the node ("key_value" levels joined with '.'), the label of its metrics.
-    pub metric_key: Arc<str>,
+    pub metric_key: Arc<MetricKey>,
     /// The matched entry's value is an API key: its user's tier gives the limit.
     pub tiered: bool,
 }
