@@ -1,6 +1,6 @@
 //! Validation and compilation of one domain file into the tree the matcher walks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,11 +26,15 @@ pub struct Domain {
     has_tiered: bool,
 }
 
+/// A map keyed by names from the config, looked up on every request: foldhash rather than
+/// SipHash, since its entries come from the config, not from requests.
+pub(crate) type TableMap<V> = foldhash::HashMap<String, V>;
+
 /// A node of the descriptor tree.
 #[derive(Debug, Default)]
 pub struct Node {
     /// Children grouped by entry key.
-    pub children: HashMap<String, KeyBranch>,
+    pub children: TableMap<KeyBranch>,
     /// The rule for requests whose last entry lands here.
     pub rule: Option<Rule>,
     /// For a wildcard node with `share_threshold`: its pattern, which stands for the request's
@@ -42,7 +46,7 @@ pub struct Node {
 #[derive(Debug, Default)]
 pub struct KeyBranch {
     /// key + exact value.
-    pub exact: HashMap<String, NodeId>,
+    pub exact: TableMap<NodeId>,
     /// key + value with `*`, in configuration order; the first match wins.
     pub wildcards: Vec<(String, NodeId)>,
     /// key without a value: any value.
@@ -311,7 +315,7 @@ impl Builder {
             };
             let id = self.nodes.len();
             self.nodes.push(Node {
-                children: HashMap::new(),
+                children: TableMap::default(),
                 rule,
                 shared_value: if spec.share_threshold {
                     value.map(str::to_owned)

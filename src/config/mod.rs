@@ -21,7 +21,7 @@ pub use rule::{InvalidKeys, Limit, Rule, SeedKey, Tier, Unit, mask_secret};
 /// Every loaded domain, immutable once built; a reload builds a new one and swaps it in whole.
 #[derive(Debug, Default)]
 pub struct Config {
-    domains: HashMap<String, Domain>,
+    domains: compile::TableMap<Domain>,
     version: String,
 }
 
@@ -60,7 +60,7 @@ impl Config {
     pub fn from_sources<'a>(
         sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
     ) -> Result<Config, ConfigError> {
-        let mut domains: HashMap<String, Domain> = HashMap::new();
+        let mut domains = compile::TableMap::<Domain>::default();
         let mut origins: HashMap<String, PathBuf> = HashMap::new();
         let mut digest = Vec::new();
         for (path, text) in sources {

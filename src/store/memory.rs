@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
+use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::{
@@ -61,8 +62,10 @@ struct UserEntry {
 
 #[derive(Debug, Default)]
 struct Shard {
-    /// Keys boxed, not `String`: eight bytes less per slot, over a million slots.
-    counters: HashMap<Box<str>, Slot>,
+    /// Keys boxed, not `String`: eight bytes less per slot, over a million slots. A table
+    /// rather than a map so that a key is hashed once per check (that hash also picks the
+    /// shard), not once per map operation.
+    counters: HashTable<(Box<str>, Slot)>,
     capacity: usize,
     /// No counter expires before this instant, so sweeping earlier finds nothing.
     earliest_expiry_ms: u64,
@@ -105,14 +108,18 @@ impl<C: Clock> MemoryStore<C> {
         self.len() == 0
     }
 
-    fn shard_of(&self, key: &str) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+    /// The hash of `key` in every shard's table, and the index of its shard (from bits the
+    /// table does not use for its buckets or tags, so keys sharing a shard still spread).
+    fn locate(&self, key: &str) -> (u64, usize) {
+        let hash = self.hasher.hash_one(key);
+        (hash, ((hash >> 32) as usize) % SHARDS)
     }
 
     fn apply_now(&self, checks: &[Check]) -> Applied {
         let now = self.clock.now_ms();
         // On the stack for the usual few checks: no allocation but the answer's.
-        let shard_ids: Few<usize> = checks.iter().map(|c| self.shard_of(&c.key)).collect();
+        let located: Few<(u64, usize)> = checks.iter().map(|c| self.locate(&c.key)).collect();
+        let shard_ids: Few<usize> = located.iter().map(|&(_, shard)| shard).collect();
         // Lock every shard involved, in index order so two requests can never deadlock. The
         // locks are std mutexes: held for a few map operations, never across an await.
         let mut order = shard_ids.clone();
@@ -134,8 +141,7 @@ impl<C: Clock> MemoryStore<C> {
         for (i, check) in checks.iter().enumerate() {
             let stored = guards[positions[i]]
                 .1
-                .counters
-                .get(check.key.as_str())
+                .get(located[i].0, &check.key)
                 .filter(|slot| slot.expires_ms > now);
             if check.gate {
                 verdicts.push(Verdict {
@@ -170,9 +176,13 @@ impl<C: Clock> MemoryStore<C> {
         let mut counters = Vec::with_capacity(checks.len());
         for (i, (check, verdict)) in checks.iter().zip(&verdicts).enumerate() {
             if admitted && check.hits > 0 && !check.gate {
-                guards[positions[i]]
-                    .1
-                    .put(&check.key, verdict.next, verdict.expires_ms, now);
+                guards[positions[i]].1.put(
+                    &self.hasher,
+                    (located[i].0, &check.key),
+                    verdict.next,
+                    verdict.expires_ms,
+                    now,
+                );
             }
             counters.push(Counter {
                 over: verdict.over,
@@ -203,8 +213,14 @@ impl<C: Clock> Store for MemoryStore<C> {
 
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
-        let mut shard = lock(&self.shards[self.shard_of(key)]);
-        shard.put(key, Cell::default(), now + ttl_ms, now);
+        let (hash, shard) = self.locate(key);
+        lock(&self.shards[shard]).put(
+            &self.hasher,
+            (hash, key),
+            Cell::default(),
+            now + ttl_ms,
+            now,
+        );
         Ok(())
     }
 
@@ -358,29 +374,45 @@ fn record(user_id: &str, entry: &UserEntry) -> UserRecord {
 }
 
 impl Shard {
-    fn put(&mut self, key: &str, cell: Cell, expires_ms: u64, now: u64) {
-        if let Some(slot) = self.counters.get_mut(key) {
-            *slot = Slot { cell, expires_ms };
-            self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
+    /// The counter of `key` (whose hash is `hash`), expired or not.
+    fn get(&self, hash: u64, key: &str) -> Option<&Slot> {
+        self.counters
+            .find(hash, |(k, _)| **k == *key)
+            .map(|(_, slot)| slot)
+    }
+
+    /// Stores the counter of `key` (with its `hash`); `hasher` rehashes keys when the table
+    /// grows.
+    fn put(
+        &mut self,
+        hasher: &RandomState,
+        (hash, key): (u64, &str),
+        cell: Cell,
+        expires_ms: u64,
+        now: u64,
+    ) {
+        let slot = Slot { cell, expires_ms };
+        self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
+        if let Some((_, stored)) = self.counters.find_mut(hash, |(k, _)| **k == *key) {
+            *stored = slot;
             return;
         }
         if self.counters.len() >= self.capacity {
-            self.make_room(now);
+            self.make_room(hasher, now);
         }
-        self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
         self.counters
-            .insert(Box::from(key), Slot { cell, expires_ms });
+            .insert_unique(hash, (Box::from(key), slot), |(k, _)| hasher.hash_one(k));
     }
 
     /// Frees one place: sweeps finished windows if any can have ended, else evicts the sampled
     /// counter whose window ends first (the one whose loss matters least).
-    fn make_room(&mut self, now: u64) {
+    fn make_room(&mut self, hasher: &RandomState, now: u64) {
         if now >= self.earliest_expiry_ms {
-            self.counters.retain(|_, slot| slot.expires_ms > now);
+            self.counters.retain(|(_, slot)| slot.expires_ms > now);
             self.earliest_expiry_ms = self
                 .counters
-                .values()
-                .map(|slot| slot.expires_ms)
+                .iter()
+                .map(|(_, slot)| slot.expires_ms)
                 .min()
                 .unwrap_or(u64::MAX);
         }
@@ -392,9 +424,14 @@ impl Shard {
             .iter()
             .take(EVICTION_SAMPLE)
             .min_by_key(|(_, slot)| slot.expires_ms)
-            .map(|(key, _)| key.clone());
-        if let Some(victim) = victim {
-            self.counters.remove(&victim);
+            .map(|(key, _)| (hasher.hash_one(key), key.as_ptr()));
+        // Keys are distinct allocations: the victim is the entry holding the same one.
+        if let Some((hash, victim)) = victim
+            && let Ok(entry) = self
+                .counters
+                .find_entry(hash, |(key, _)| std::ptr::eq(key.as_ptr(), victim))
+        {
+            entry.remove();
         }
     }
 }
