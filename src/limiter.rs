@@ -215,7 +215,7 @@ impl<S: Store> Limiter<S> {
         if checks.is_empty() {
             return Ok(Applied {
                 admitted: true,
-                counters: Vec::new(),
+                counters: crate::store::Counters::new(),
             });
         }
         if let Some(denied) = self.known_over_limit(checks, now) {

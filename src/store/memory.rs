@@ -9,7 +9,8 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::{
-    Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord, admits,
+    Applied, Check, Counter, Counters, Identity, RegistryError, Store, StoreError, UserRecord,
+    admits,
 };
 use crate::algorithm::{Cell, Verdict, evaluate};
 use crate::clock::Clock;
@@ -173,7 +174,7 @@ impl<C: Clock> MemoryStore<C> {
         }
         // ...then record them all, or nothing.
         let admitted = admits(checks, |i| verdicts[i].over);
-        let mut counters = Vec::with_capacity(checks.len());
+        let mut counters = Counters::with_capacity(checks.len());
         for (i, (check, verdict)) in checks.iter().zip(&verdicts).enumerate() {
             if admitted && check.hits > 0 && !check.gate {
                 guards[positions[i]].1.put(

@@ -126,8 +126,13 @@ pub struct Applied {
     /// Whether the hits were recorded (no non-shadow check went over).
     pub admitted: bool,
     /// One counter per check, in order.
-    pub counters: Vec<Counter>,
+    pub counters: Counters,
 }
+
+/// The counters of one request, inline for the usual few checks: on Redis they are made on
+/// the dispatcher's thread and read on the request's, and memory passed between threads costs
+/// more to allocate and free than memory kept on one.
+pub type Counters = smallvec::SmallVec<[Counter; 4]>;
 
 /// A store that could not answer.
 #[derive(Debug, Error)]

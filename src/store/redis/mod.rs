@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Script, Value};
+use smallvec::SmallVec;
 
 use self::backend::{Backend, Conn};
 use self::batch::Batcher;
@@ -471,25 +472,27 @@ fn slot_groups(checks: &[Check]) -> Vec<(u16, Vec<usize>)> {
 
 /// One request's share of a decision script call (see decide.lua): its keys, then its
 /// number of checks and four values per check (five for a token bucket). Encoded by the
-/// request, so the dispatcher only copies bytes into the call it sends.
+/// request, so the dispatcher only copies bytes into the call it sends; inline for the usual
+/// few checks, since the request's thread makes it and the dispatcher's frees it.
 struct ScriptPart {
-    args: Cmd,
+    /// The arguments, one after the other.
+    bytes: SmallVec<[u8; 256]>,
+    /// Where each argument ends in `bytes`.
+    ends: SmallVec<[u32; 24]>,
     checks: usize,
-    /// Bytes the arguments take at most.
-    size: usize,
 }
 
 impl ScriptPart {
     fn new(checks: &[Check]) -> ScriptPart {
-        // Sized once: growing argument by argument cost several reallocations per request.
-        // Per check: the key, then five values of at most 20 digits each (with room to spare).
-        let keys: usize = checks.iter().map(|c| c.key.len()).sum();
-        let size = 20 + keys + 5 * 20 * checks.len();
-        let mut args = Cmd::with_capacity(1 + 6 * checks.len(), size);
+        let mut part = ScriptPart {
+            bytes: SmallVec::new(),
+            ends: SmallVec::new(),
+            checks: checks.len(),
+        };
         for check in checks {
-            args.arg(&check.key);
+            part.push(check.key.as_bytes());
         }
-        args.arg(checks.len());
+        part.push_number(checks.len() as u64);
         for check in checks {
             // The algorithm's code ("g" for a gate), in capitals for a shadow check.
             let code = if check.gate {
@@ -498,36 +501,42 @@ impl ScriptPart {
                 check.algorithm.code()
             };
             let letter = code.as_bytes()[0];
-            let algorithm = [if check.shadow {
+            part.push(&[if check.shadow {
                 letter.to_ascii_uppercase()
             } else {
                 letter
-            }];
-            args.arg(&algorithm[..])
-                .arg(check.limit)
-                .arg(check.window_secs.saturating_mul(1000))
-                .arg(check.hits);
+            }]);
+            part.push_number(check.limit);
+            part.push_number(check.window_secs.saturating_mul(1000));
+            part.push_number(check.hits);
             if let (Algorithm::TokenBucket { burst }, false) = (check.algorithm, check.gate) {
-                args.arg(burst);
+                part.push_number(burst);
             }
         }
-        ScriptPart {
-            args,
-            checks: checks.len(),
-            size,
-        }
+        part
+    }
+
+    fn push(&mut self, arg: &[u8]) {
+        self.bytes.extend_from_slice(arg);
+        self.ends.push(self.bytes.len() as u32);
+    }
+
+    /// A number in decimal, as Redis reads it (and as redis-rs writes one).
+    fn push_number(&mut self, n: impl itoa::Integer) {
+        self.push(itoa::Buffer::new().format(n).as_bytes());
+    }
+
+    /// The arguments, in order.
+    fn args(&self) -> impl Iterator<Item = &[u8]> {
+        let starts = std::iter::once(0).chain(self.ends.iter().copied());
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(start, end)| &self.bytes[start as usize..end as usize])
     }
 
     /// The keys, then the script arguments.
     fn split(&self) -> (impl Iterator<Item = &[u8]>, impl Iterator<Item = &[u8]>) {
-        // Only plain arguments were added.
-        let bytes = |arg| match arg {
-            redis::Arg::Simple(bytes) => bytes,
-            _ => &[][..],
-        };
-        let keys = self.args.args_iter().take(self.checks).map(bytes);
-        let rest = self.args.args_iter().skip(self.checks).map(bytes);
-        (keys, rest)
+        (self.args().take(self.checks), self.args().skip(self.checks))
     }
 }
 
@@ -541,8 +550,8 @@ fn script_call<'a>(
 ) -> Cmd {
     let (mut args, mut bytes, mut keys) = (5, 64, 0);
     for part in parts.clone() {
-        args += part.args.args_iter().len();
-        bytes += part.size;
+        args += part.ends.len();
+        bytes += part.bytes.len();
         keys += part.checks;
     }
     let mut cmd = Cmd::with_capacity(args, bytes);
