@@ -130,6 +130,8 @@ impl Dispatcher {
     async fn run(self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut calls = Vec::with_capacity(MAX_BATCH);
+        // Values each call's reply must hold.
+        let mut needed = Vec::with_capacity(MAX_BATCH);
         loop {
             {
                 // Held only to take what is queued, never across the round trip.
@@ -153,12 +155,18 @@ impl Dispatcher {
                 continue; // all of it had expired in the queue
             };
             share_calls(&batch, &mut calls);
+            needed.clear();
+            needed.extend(
+                calls
+                    .iter()
+                    .map(|call| batch[call.clone()].iter().map(reply_size).sum::<usize>()),
+            );
             let outcome = self.send(&batch, &calls, deadline).await;
             let mut jobs = batch.drain(..);
             match outcome {
                 Ok(replies) => {
-                    for (call, reply) in calls.iter().zip(replies) {
-                        answer(jobs.by_ref().take(call.len()), &reply);
+                    for ((call, reply), &needed) in calls.iter().zip(replies).zip(&needed) {
+                        answer(jobs.by_ref().take(call.len()), &reply, needed);
                     }
                 }
                 Err(e) => jobs.for_each(|job| {
@@ -273,25 +281,40 @@ fn share_calls(batch: &[Job], calls: &mut Vec<Range<usize>>) {
 }
 
 /// Answers the requests of one script call from its reply: each its own share of the list,
-/// or all the call's error.
-fn answer(jobs: impl Iterator<Item = Job>, reply: &Value) {
-    let values = reply_values(reply);
+/// or all the call's error. `needed` is the length their shares add up to.
+fn answer(jobs: impl Iterator<Item = Job>, reply: &Value, needed: usize) {
+    // A reply of another length than the call's requests need means the script and this
+    // code disagree: no share of it is trusted.
+    let values = reply_values(reply).and_then(|values| {
+        if values.len() == needed {
+            Ok(values)
+        } else {
+            Err(StoreError::Protocol(format!(
+                "script replied {} values where its requests need {needed}",
+                values.len()
+            )))
+        }
+    });
     let mut offset = 0;
     for job in jobs {
-        let size = 1 + 3 * job.part.checks;
+        let size = reply_size(&job);
         let result = match &values {
             Ok(values) => match values.get(offset..offset + size) {
                 Some(share) => decode(share, job.part.checks),
-                None => Err(StoreError::Protocol(format!(
-                    "script replied {} values, fewer than its requests need",
-                    values.len()
-                ))),
+                None => Err(StoreError::Protocol(
+                    "reply shorter than its requests".into(),
+                )),
             },
             Err(e) => Err(clone_error(e)),
         };
         offset += size;
         let _ = job.reply.send(result);
     }
+}
+
+/// Values a request's share of a reply holds: admitted, then three per check.
+fn reply_size(job: &Job) -> usize {
+    1 + 3 * job.part.checks
 }
 
 fn clone_error(e: &StoreError) -> StoreError {
@@ -385,22 +408,27 @@ mod tests {
             int(900),
         ]);
         let ((a, mut a_answer), (b, mut b_answer)) = (one(), one());
-        answer([a, b].into_iter(), &reply);
+        answer([a, b].into_iter(), &reply, 8);
         let a = a_answer.try_recv().unwrap().unwrap();
         let b = b_answer.try_recv().unwrap().unwrap();
         assert!(a.admitted && !a.counters[0].over && a.counters[0].remaining == 4);
         assert!(!b.admitted && b.counters[0].over && b.counters[0].reset_ms == 900);
 
-        // A reply too short for its requests is a protocol error, not a misread.
-        let ((a, mut a_answer), (b, mut b_answer)) = (one(), one());
-        answer(
-            [a, b].into_iter(),
-            &Value::Array(vec![int(1), int(0), int(4), int(1000)]),
-        );
-        assert!(a_answer.try_recv().unwrap().is_ok());
-        assert!(matches!(
-            b_answer.try_recv().unwrap(),
-            Err(StoreError::Protocol(_))
-        ));
+        // A reply too short or too long for its requests is a protocol error for all of
+        // them, not a misread.
+        for values in [4, 9] {
+            let ((a, mut a_answer), (b, mut b_answer)) = (one(), one());
+            answer(
+                [a, b].into_iter(),
+                &Value::Array((0..values).map(|_| int(0)).collect()),
+                8,
+            );
+            for answer in [&mut a_answer, &mut b_answer] {
+                assert!(matches!(
+                    answer.try_recv().unwrap(),
+                    Err(StoreError::Protocol(_))
+                ));
+            }
+        }
     }
 }
