@@ -1,7 +1,6 @@
 //! Validation and compilation of one domain file into the tree the matcher walks.
 
 use std::collections::HashSet;
-
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -3,9 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::telemetry::MetricKey;
-
 use crate::algorithm::Algorithm;
+use crate::telemetry::MetricKey;
 
 /// A time unit of a limit. Windows are aligned to whole multiples of the unit since the Unix
 /// epoch, and a month and a year are fixed lengths (30 and 365 days), as in envoyproxy/ratelimit.

@@ -393,14 +393,16 @@ impl Shard {
         now: u64,
     ) {
         let slot = Slot { cell, expires_ms };
-        self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
         if let Some((_, stored)) = self.counters.find_mut(hash, |(k, _)| **k == *key) {
             *stored = slot;
+            self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
             return;
         }
         if self.counters.len() >= self.capacity {
             self.make_room(hasher, now);
         }
+        // After making room, which recomputes the earliest expiry of the counters it keeps.
+        self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
         self.counters
             .insert_unique(hash, (Box::from(key), slot), |(k, _)| hasher.hash_one(k));
     }
@@ -465,5 +467,29 @@ mod tests {
             store.apply_now(&[Check::fixed_window(format!("n{i}"), 5, 60, 1)]);
         }
         assert!(store.len() <= SHARDS);
+    }
+
+    #[test]
+    fn the_earliest_expiry_counts_the_counter_that_made_room() {
+        let hasher = RandomState::new();
+        let mut shard = Shard {
+            capacity: 1,
+            ..Shard::default()
+        };
+        let put = |shard: &mut Shard, key: &str, expires_ms, now| {
+            shard.put(
+                &hasher,
+                (hasher.hash_one(key), key),
+                Cell::default(),
+                expires_ms,
+                now,
+            );
+        };
+        put(&mut shard, "a", 100, 0);
+        // Full: "a" has expired and is swept, then "b" goes in; no counter expires before
+        // the recorded earliest expiry, "b" included.
+        put(&mut shard, "b", 300, 200);
+        assert_eq!(shard.counters.len(), 1);
+        assert_eq!(shard.earliest_expiry_ms, 300);
     }
 }
