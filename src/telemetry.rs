@@ -294,16 +294,7 @@ impl DescriptorStats {
                 self.count(counters, domain, status, applied);
                 continue;
             }
-            let label = applied.metric_key.label();
-            // Kept handles are used in place; only a pair seen for the first time (or one
-            // beyond the kept bound) goes the slow way.
-            let kept = with_pair(domain, label, |pair| {
-                self.shard(pair).kept.load().get(pair).cloned()
-            });
-            let counters = match kept {
-                Some(counters) => counters,
-                None => self.counters(domain, label, applied.metric_values),
-            };
+            let counters = self.counters(domain, applied.metric_key.label(), applied.metric_values);
             self.count(&counters, domain, status, applied);
             if !applied.metric_values {
                 let _ = remembered.set(counters);
