@@ -139,15 +139,20 @@ impl LatencyHistogram {
     }
 }
 
-/// Appends every histogram of the process to `out`, in the Prometheus text format.
-pub(super) fn render(out: &mut String) {
+/// Every histogram of the process, ordered by name and label (the order they are rendered in).
+fn sorted() -> Vec<Arc<LatencyHistogram>> {
     let mut all = HISTOGRAMS
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .clone();
     all.sort_by(|a, b| (a.name, &a.label).cmp(&(b.name, &b.label)));
+    all
+}
+
+/// Appends every histogram of the process to `out`, in the Prometheus text format.
+pub(super) fn render(out: &mut String) {
     let mut previous = "";
-    for histogram in &all {
+    for histogram in &sorted() {
         if histogram.name != previous {
             let _ = writeln!(out, "# TYPE {} histogram", histogram.name);
             previous = histogram.name;
@@ -159,17 +164,11 @@ pub(super) fn render(out: &mut String) {
 /// Appends the sample count of every series of the histogram `histogram` as the counter
 /// `counter` (same labels): a count the histogram keeps anyway is not kept a second time.
 pub(super) fn render_counts(out: &mut String, histogram: &str, counter: &str) {
-    let mut series: Vec<_> = HISTOGRAMS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .iter()
-        .filter(|h| h.name == histogram)
-        .cloned()
-        .collect();
+    let mut series = sorted();
+    series.retain(|h| h.name == histogram);
     if series.is_empty() {
         return;
     }
-    series.sort_by(|a, b| a.label.cmp(&b.label));
     let _ = writeln!(out, "# TYPE {counter} counter");
     for h in series {
         let count: u64 = h.totals().0.iter().sum();
