@@ -130,8 +130,6 @@ impl Dispatcher {
     async fn run(self) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         let mut calls = Vec::with_capacity(MAX_BATCH);
-        // Values each call's reply must hold.
-        let mut needed = Vec::with_capacity(MAX_BATCH);
         loop {
             {
                 // Held only to take what is queued, never across the round trip.
@@ -155,18 +153,12 @@ impl Dispatcher {
                 continue; // all of it had expired in the queue
             };
             share_calls(&batch, &mut calls);
-            needed.clear();
-            needed.extend(
-                calls
-                    .iter()
-                    .map(|call| batch[call.clone()].iter().map(reply_size).sum::<usize>()),
-            );
             let outcome = self.send(&batch, &calls, deadline).await;
             let mut jobs = batch.drain(..);
             match outcome {
                 Ok(replies) => {
-                    for ((call, reply), &needed) in calls.iter().zip(replies).zip(&needed) {
-                        answer(jobs.by_ref().take(call.len()), &reply, needed);
+                    for (call, reply) in calls.iter().zip(replies) {
+                        answer(&mut jobs, call.len(), &reply);
                     }
                 }
                 Err(e) => jobs.for_each(|job| {
@@ -280,9 +272,10 @@ fn share_calls(batch: &[Job], calls: &mut Vec<Range<usize>>) {
     }
 }
 
-/// Answers the requests of one script call from its reply: each its own share of the list,
-/// or all the call's error. `needed` is the length their shares add up to.
-fn answer(jobs: impl Iterator<Item = Job>, reply: &Value, needed: usize) {
+/// Answers the next `count` requests of `jobs`, those of one script call, from its reply:
+/// each its own share of the list, or all the call's error.
+fn answer(jobs: &mut std::vec::Drain<'_, Job>, count: usize, reply: &Value) {
+    let needed: usize = jobs.as_slice().iter().take(count).map(reply_size).sum();
     // A reply of another length than the call's requests need means the script and this
     // code disagree: no share of it is trusted.
     let values = reply_values(reply).and_then(|values| {
@@ -296,7 +289,7 @@ fn answer(jobs: impl Iterator<Item = Job>, reply: &Value, needed: usize) {
         }
     });
     let mut offset = 0;
-    for job in jobs {
+    for job in jobs.take(count) {
         let size = reply_size(&job);
         let result = match &values {
             Ok(values) => match values.get(offset..offset + size) {
@@ -408,7 +401,7 @@ mod tests {
             int(900),
         ]);
         let ((a, mut a_answer), (b, mut b_answer)) = (one(), one());
-        answer([a, b].into_iter(), &reply, 8);
+        answer(&mut vec![a, b].drain(..), 2, &reply);
         let a = a_answer.try_recv().unwrap().unwrap();
         let b = b_answer.try_recv().unwrap().unwrap();
         assert!(a.admitted && !a.counters[0].over && a.counters[0].remaining == 4);
@@ -419,9 +412,9 @@ mod tests {
         for values in [4, 9] {
             let ((a, mut a_answer), (b, mut b_answer)) = (one(), one());
             answer(
-                [a, b].into_iter(),
+                &mut vec![a, b].drain(..),
+                2,
                 &Value::Array((0..values).map(|_| int(0)).collect()),
-                8,
             );
             for answer in [&mut a_answer, &mut b_answer] {
                 assert!(matches!(
