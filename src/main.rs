@@ -11,8 +11,8 @@ use floodgate::settings::{Cli, Command, LogFormat};
 
 /// The allocator: mimalloc. With glibc's malloc a Redis-store decision cost about a fifth more
 /// CPU, most of it in malloc and free of memory that one worker thread allocates and another
-/// frees (the request and the pipeline dispatcher run on different threads); see
-/// docs/benchmarks.md.
+/// frees (the request, the pipeline dispatcher and the connection task run on different
+/// threads); see docs/benchmarks.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

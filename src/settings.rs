@@ -165,8 +165,7 @@ pub struct ServeSettings {
     /// The client certificate's key (PEM).
     #[arg(long, env = "FLOODGATE_REDIS_TLS_KEY", requires = "redis_tls_cert")]
     pub redis_tls_key: Option<PathBuf>,
-    /// Pipeline dispatchers, each with its own Redis connection carrying many requests per
-    /// round trip; also the most pooled connections for other calls (health, registry).
+    /// Redis connections; each is multiplexed, so a few carry many requests.
     #[arg(long, env = "FLOODGATE_REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: u32,
     /// Deadline of one Redis call, counted from when it is queued (a connection that misses

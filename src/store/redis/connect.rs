@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode};
+use redis::{Client, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode};
 
 use crate::store::StoreError;
 
@@ -175,20 +175,6 @@ impl Connector {
                 )
                 .map_err(bad)?;
                 Ok(Connector::Sentinel(tokio::sync::Mutex::new(client)))
-            }
-        }
-    }
-}
-
-impl Connector {
-    /// Where the master is now (asked of the Sentinels, if any), with the credentials and
-    /// database to use on it.
-    pub(crate) async fn master(&self) -> Result<ConnectionInfo, StoreError> {
-        match self {
-            Connector::Single(client) => Ok(client.get_connection_info().clone()),
-            Connector::Sentinel(client) => {
-                let master = client.lock().await.async_get_client().await?;
-                Ok(master.get_connection_info().clone())
             }
         }
     }

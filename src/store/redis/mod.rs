@@ -2,15 +2,12 @@
 //! script on NOSCRIPT) whatever the number of descriptors, over a pool of connections to one
 //! master (standalone or found through Sentinels) or a Redis Cluster.
 //!
-//! Concurrent requests share script calls and round trips (see `batch`), sent by dispatchers on
-//! connections of their own (see `direct`); other calls (health state, registry, flags) go
-//! straight over a pooled connection. Every call has a deadline.
+//! Concurrent requests share script calls and round trips (see `batch`); other calls (health
+//! state, registry, flags) go straight over a pooled connection. Every call has a deadline.
 
 mod backend;
 mod batch;
 pub mod connect;
-mod direct;
-mod resp;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,9 +18,8 @@ use redis::{Cmd, Script, Value};
 use smallvec::SmallVec;
 
 use self::backend::{Backend, Conn};
-use self::batch::{Batcher, Route};
+use self::batch::Batcher;
 pub use self::connect::{TlsFiles, Topology};
-use self::resp::Reply;
 use super::key::{registry_prefix, slot};
 use super::{Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord};
 use crate::algorithm::Algorithm;
@@ -63,8 +59,7 @@ pub struct RedisOptions {
     pub topology: Topology,
     /// Certificates for rediss://.
     pub tls: TlsFiles,
-    /// Pipeline dispatchers (each with a connection of its own over plain TCP), and the most
-    /// connections in the pool for other calls.
+    /// Connections in the pool (and pipeline dispatchers); each is multiplexed.
     pub pool_size: u32,
     /// Deadline of one call, connection checkout included.
     pub timeout: Duration,
@@ -124,19 +119,14 @@ impl RedisStore {
                 None,
             ),
             topology => {
-                let connector = || connect::Connector::new(&options.url, topology, &options.tls);
-                let backend = Backend::pooled(connector()?, options.pool_size, options.timeout);
-                // Over plain TCP each dispatcher speaks to the master on a connection of its
-                // own (see `direct`); TLS and Unix sockets go through the pool.
-                let plain_tcp = redis::IntoConnectionInfo::into_connection_info(&*options.url)
-                    .is_ok_and(|info| matches!(info.addr(), redis::ConnectionAddr::Tcp(..)));
-                let route = if plain_tcp {
-                    Route::Direct(Arc::new(connector()?))
-                } else {
-                    Route::Pooled(backend.clone())
-                };
-                let batcher =
-                    Batcher::start(route, script.clone(), options.pool_size, options.timeout);
+                let connector = connect::Connector::new(&options.url, topology, &options.tls)?;
+                let backend = Backend::pooled(connector, options.pool_size, options.timeout);
+                let batcher = Batcher::start(
+                    backend.clone(),
+                    script.clone(),
+                    options.pool_size,
+                    options.timeout,
+                );
                 (backend, Some(batcher))
             }
         };
@@ -208,9 +198,7 @@ impl RedisStore {
             None => {
                 let cmd = script_call(self.script.get_hash(), now, dry_run, [&part]);
                 let value = Box::pin(self.cluster_eval(cmd)).await?;
-                let mut ints = Vec::new();
-                let reply = reply_of(&value, &mut ints);
-                decode(reply_integers(&reply, &ints)?, checks.len())
+                decode(reply_values(&value)?, checks.len())
             }
         }
     }
@@ -552,129 +540,59 @@ impl ScriptPart {
     }
 }
 
-/// The arguments of the EVALSHA deciding `parts` one after the other at `now` (`None`: the
-/// server's clock; `dry_run` evaluates and never writes), each handed to `arg` in order;
-/// returns how many there are.
-fn script_args<'a>(
-    hash: &'a str,
-    now: Option<u64>,
-    dry_run: bool,
-    parts: impl IntoIterator<Item = &'a ScriptPart> + Clone,
-) -> (usize, impl Iterator<Item = ScriptArg<'a>>) {
-    let (mut args, mut keys) = (5, 0);
-    for part in parts.clone() {
-        args += part.ends.len();
-        keys += part.checks;
-    }
-    let head = [
-        ScriptArg::Text(b"EVALSHA"),
-        ScriptArg::Text(hash.as_bytes()),
-        ScriptArg::Number(keys as u64),
-    ];
-    let keys = parts.clone().into_iter().flat_map(|part| part.split().0);
-    let time = match now {
-        Some(now) => ScriptArg::Number(now),
-        None => ScriptArg::Text(b""),
-    };
-    let mode = ScriptArg::Text(if dry_run { b"1" } else { b"0" });
-    let rest = parts.into_iter().flat_map(|part| part.split().1);
-    let all = head
-        .into_iter()
-        .chain(keys.map(ScriptArg::Text))
-        .chain([time, mode])
-        .chain(rest.map(ScriptArg::Text));
-    (args, all)
-}
-
-/// One argument of a decision call.
-#[derive(Clone, Copy)]
-enum ScriptArg<'a> {
-    Text(&'a [u8]),
-    Number(u64),
-}
-
-impl ScriptArg<'_> {
-    /// The argument's bytes, given a buffer to write a number in.
-    fn bytes<'b>(&'b self, buffer: &'b mut itoa::Buffer) -> &'b [u8] {
-        match self {
-            ScriptArg::Text(text) => text,
-            ScriptArg::Number(n) => buffer.format(*n).as_bytes(),
-        }
-    }
-}
-
-/// The EVALSHA deciding `parts` (see [`script_args`]), as a redis-rs command.
+/// The EVALSHA deciding `parts` one after the other, at `now` (`None`: the server's clock);
+/// `dry_run` evaluates and never writes.
 fn script_call<'a>(
-    hash: &'a str,
+    hash: &str,
     now: Option<u64>,
     dry_run: bool,
     parts: impl IntoIterator<Item = &'a ScriptPart> + Clone,
 ) -> Cmd {
-    let bytes: usize = parts.clone().into_iter().map(|p| p.bytes.len()).sum();
-    let (count, args) = script_args(hash, now, dry_run, parts);
-    let mut cmd = Cmd::with_capacity(count, bytes + 64);
-    let mut buffer = itoa::Buffer::new();
-    for arg in args {
-        cmd.arg(arg.bytes(&mut buffer));
+    let (mut args, mut bytes, mut keys) = (5, 64, 0);
+    for part in parts.clone() {
+        args += part.ends.len();
+        bytes += part.bytes.len();
+        keys += part.checks;
+    }
+    let mut cmd = Cmd::with_capacity(args, bytes);
+    cmd.arg("EVALSHA").arg(hash).arg(keys);
+    for part in parts.clone() {
+        for key in part.split().0 {
+            cmd.arg(key);
+        }
+    }
+    match now {
+        Some(now) => cmd.arg(now),
+        None => cmd.arg(""),
+    };
+    cmd.arg(u8::from(dry_run));
+    for part in parts {
+        for arg in part.split().1 {
+            cmd.arg(arg);
+        }
     }
     cmd
 }
 
-/// The same EVALSHA in Redis' wire format, appended to `out`.
-fn write_script_call<'a>(
-    out: &mut Vec<u8>,
-    hash: &'a str,
-    now: Option<u64>,
-    dry_run: bool,
-    parts: impl IntoIterator<Item = &'a ScriptPart> + Clone,
-) {
-    let (count, args) = script_args(hash, now, dry_run, parts);
-    resp::command_head(out, count);
-    let mut buffer = itoa::Buffer::new();
-    for arg in args {
-        resp::argument(out, arg.bytes(&mut buffer));
-    }
-}
-
-/// A redis-rs reply as the dispatcher reads one (integers appended to `ints`).
-fn reply_of(value: &Value, ints: &mut Vec<i64>) -> Reply {
-    match value {
-        Value::Array(values) => {
-            let start = ints.len();
-            for value in values {
-                match value {
-                    Value::Int(n) => ints.push(*n),
-                    _ => {
-                        ints.truncate(start);
-                        return Reply::Other("mixed array");
-                    }
-                }
-            }
-            Reply::Integers(start..ints.len())
-        }
-        Value::ServerError(e) => Reply::Error(match e.details() {
-            Some(details) => format!("{} {details}", e.code()),
-            None => e.code().to_owned(),
-        }),
-        Value::Int(_) => Reply::Other("integer"),
-        Value::Nil => Reply::Other("nil"),
-        _ => Reply::Other("string"),
-    }
-}
-
-/// The integers a decision script call answered (an error reply becomes that call's error).
-fn reply_integers<'a>(reply: &Reply, ints: &'a [i64]) -> Result<&'a [i64], StoreError> {
+/// The list a decision script call answered (an error reply becomes that call's error).
+fn reply_values(reply: &Value) -> Result<&[Value], StoreError> {
     match reply {
-        Reply::Integers(range) => Ok(&ints[range.clone()]),
-        Reply::Error(text) => Err(StoreError::Unavailable(format!("Redis replied: {text}"))),
-        Reply::Other(kind) => Err(StoreError::Protocol(format!(
-            "decision reply: a {kind}, not a list of integers"
+        Value::Array(values) => Ok(values),
+        Value::ServerError(e) => Err(StoreError::Unavailable(format!("Redis replied: {e:?}"))),
+        other => Err(StoreError::Protocol(format!(
+            "decision reply: not an array: {other:?}"
         ))),
     }
 }
 
 /// One request's answers (admitted, then three values per check) from a decision reply.
-fn decode(values: &[i64], checks: usize) -> Result<Applied, StoreError> {
+fn decode(values: &[Value], checks: usize) -> Result<Applied, StoreError> {
+    let number = |v: &Value| match v {
+        Value::Int(n) => Ok(*n),
+        other => Err(StoreError::Protocol(format!(
+            "decision reply: not an integer: {other:?}"
+        ))),
+    };
     let [admitted, triples @ ..] = values else {
         return Err(StoreError::Protocol("empty script reply".into()));
     };
@@ -686,14 +604,16 @@ fn decode(values: &[i64], checks: usize) -> Result<Applied, StoreError> {
     }
     let counters = triples
         .chunks_exact(3)
-        .map(|t| Counter {
-            over: t[0] == 1,
-            remaining: t[1].max(0) as u64,
-            reset_ms: t[2].max(0) as u64,
+        .map(|t| {
+            Ok(Counter {
+                over: number(&t[0])? == 1,
+                remaining: number(&t[1])?.max(0) as u64,
+                reset_ms: number(&t[2])?.max(0) as u64,
+            })
         })
-        .collect();
+        .collect::<Result<_, StoreError>>()?;
     Ok(Applied {
-        admitted: *admitted == 1,
+        admitted: number(admitted)? == 1,
         counters,
     })
 }
