@@ -275,6 +275,45 @@ async fn a_frozen_redis_times_out_every_queued_request() {
     .await;
 }
 
+#[tokio::test]
+async fn a_demoted_master_s_connections_are_replaced() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let store = store(&redis.url());
+    let check = || floodgate::store::Check::fixed_window("chaos:demoted", 1_000, 86_400, 1);
+    assert!(store.apply(&[check()]).await.unwrap().admitted);
+    let mut observer = redis.connection();
+    let before = store_clients(&mut observer);
+    assert!(!before.is_empty());
+    // Demoted by hand (as a failover does, but without Sentinel's CLIENT KILL): writes are
+    // refused with READONLY on the connections Floodgate already holds.
+    let nowhere = free_port().to_string();
+    let _: () = redis::cmd("REPLICAOF")
+        .arg(&["127.0.0.1", &nowhere])
+        .query(&mut observer)
+        .unwrap();
+    let refused = store.apply(&[check()]).await.unwrap_err();
+    assert!(refused.to_string().contains("READONLY"), "{refused}");
+    let _: () = redis::cmd("REPLICAOF")
+        .arg(&["NO", "ONE"])
+        .query(&mut observer)
+        .unwrap();
+    // A READONLY reply retires its connection: the next call connects anew (through the
+    // Sentinels, with them), and the connections from before are closed.
+    wait_for("decisions on a fresh connection", PATIENCE, || {
+        let store = &store;
+        async move { matches!(store.apply(&[check()]).await, Ok(a) if a.admitted) }
+    })
+    .await;
+    wait_for("the demoted connections closed", PATIENCE, || {
+        let open = store_clients(&mut observer);
+        let closed = before.iter().all(|id| !open.contains(id));
+        async move { closed }
+    })
+    .await;
+}
+
 /// Ids of the clients connected to the server, except `observer` itself.
 fn store_clients(observer: &mut redis::Connection) -> Vec<u64> {
     let me: u64 = redis::cmd("CLIENT").arg("ID").query(observer).unwrap();

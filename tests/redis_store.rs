@@ -385,3 +385,54 @@ async fn every_written_key_expires_with_its_window() {
         "the new window counted twice"
     );
 }
+
+#[tokio::test]
+async fn a_password_an_acl_user_and_a_database_are_used_over_plain_tcp() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    // This connection logged in before the password was set, and stays logged in.
+    let mut observer = redis.connection();
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "floodgate", "on", ">app-pass", "~*", "+@all"])
+        .query(&mut observer)
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "s3cret"])
+        .query(&mut observer)
+        .unwrap();
+    let store = |credentials: &str, db: u32| {
+        let url = format!("redis://{credentials}@127.0.0.1:{}/{db}", redis.port);
+        RedisStore::new(&RedisOptions {
+            timeout: Duration::from_millis(500),
+            ..RedisOptions::standalone(&url, "pw:")
+        })
+        .unwrap()
+    };
+    let check = [daily("pw:k".into(), 5, 1)];
+    // The default user's password, and an ACL user on database 3: decisions are made, and
+    // written to the database the URL names.
+    let applied = store(":s3cret", 0).apply(&check).await.unwrap();
+    assert_eq!(applied.counters[0].remaining, 4);
+    let applied = store("floodgate:app-pass", 3).apply(&check).await.unwrap();
+    assert_eq!(
+        applied.counters[0].remaining, 4,
+        "database 3 has its own counter"
+    );
+    let _: () = redis::cmd("SELECT").arg(3).query(&mut observer).unwrap();
+    let in_3: bool = observer.exists("pw:k").unwrap();
+    assert!(in_3);
+    // A wrong password or none: a decision fails with why (not only that a connection
+    // checkout timed out), and the message never repeats the password. (Without a password,
+    // Redis refuses a command of over ten arguments before it can say NOAUTH.)
+    let refusals = [
+        ("floodgate:wrong-pass", "authentication failed"),
+        ("", "ERR Protocol error: unauthenticated"),
+    ];
+    for (credentials, refusal) in refusals {
+        let error = store(credentials, 0).apply(&check).await.unwrap_err();
+        let message = error.to_string();
+        assert!(message.contains(refusal), "{credentials}: {message}");
+        assert!(!message.contains("wrong-pass"), "{message}");
+    }
+}

@@ -12,13 +12,14 @@ use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, Value};
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-use super::connect::{Connector, TlsFiles, Tracked, pool};
+use super::connect::{Connector, LastError, TlsFiles, Tracked, pool};
 use crate::store::StoreError;
 
 /// Where connections come from.
 #[derive(Clone)]
 pub(crate) enum Backend {
-    Pool(bb8::Pool<Connector>),
+    /// The pool, and why its connector last failed to connect.
+    Pool(bb8::Pool<Connector>, LastError),
     /// Connected on first use, so that Floodgate starts while the cluster is down.
     Cluster(Arc<LazyCluster>),
 }
@@ -38,7 +39,8 @@ pub(crate) enum Conn {
 
 impl Backend {
     pub(crate) fn pooled(connector: Connector, size: u32, timeout: Duration) -> Backend {
-        Backend::Pool(pool(connector, size, timeout))
+        let last_error = connector.last_error.clone();
+        Backend::Pool(pool(connector, size, timeout), last_error)
     }
 
     /// A Redis Cluster reached through `nodes` (`host:port`), with the credentials and scheme
@@ -82,7 +84,7 @@ impl Backend {
     /// (in use, idle) connections of the pool; `None` for a cluster.
     pub(crate) fn pool_state(&self) -> Option<(u32, u32)> {
         match self {
-            Backend::Pool(pool) => {
+            Backend::Pool(pool, _) => {
                 let state = pool.state();
                 Some((
                     state.connections - state.idle_connections,
@@ -104,12 +106,12 @@ impl Backend {
                     .map_err(StoreError::from)?;
                 Ok(Conn::Cluster(connection.clone()))
             }
-            Backend::Pool(pool) => {
+            Backend::Pool(pool, _) => {
                 for _ in 0..=pool.state().connections {
                     let pooled = pool
                         .get()
                         .await
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                        .map_err(|e| self.no_connection(StoreError::Unavailable(e.to_string())))?;
                     let tracked = Tracked::clone(&pooled);
                     if !tracked.broken.load(Ordering::Acquire) {
                         // A multiplexed connection is a cheap handle: the pooled slot goes back
@@ -119,6 +121,20 @@ impl Backend {
                 }
                 Err(StoreError::Unavailable("no usable Redis connection".into()))
             }
+        }
+    }
+
+    /// The error of a checkout that failed with `error`: rather why connecting last failed,
+    /// if it did (a refused password, an unreachable host), since that is why no connection
+    /// came.
+    fn no_connection(&self, error: StoreError) -> StoreError {
+        let why = match self {
+            Backend::Pool(_, last_error) => last_error.lock().ok().and_then(|why| why.clone()),
+            Backend::Cluster(_) => None,
+        };
+        match why {
+            Some(why) => StoreError::Unavailable(format!("no Redis connection: {why}")),
+            None => error,
         }
     }
 
@@ -138,7 +154,7 @@ impl Backend {
         let late = |_| StoreError::Timeout(timeout);
         let conn = tokio::time::timeout_at(deadline, self.connection())
             .await
-            .map_err(late)??;
+            .map_err(|_| self.no_connection(StoreError::Timeout(timeout)))??;
         let held = conn.clone();
         let result = tokio::time::timeout_at(deadline, work(conn)).await;
         result.map_err(|elapsed| {
@@ -155,6 +171,13 @@ impl Conn {
     pub(crate) fn check(&self, error: &RedisError) {
         if let Conn::Single(tracked) = self {
             tracked.check(error);
+        }
+    }
+
+    /// Retires the connection (the cluster client heals itself).
+    pub(crate) fn retire(&self) {
+        if let Conn::Single(tracked) = self {
+            tracked.retire();
         }
     }
 

@@ -195,8 +195,13 @@ impl Dispatcher {
             pipe.add_command(script_call(hash, first.now, first.dry_run, parts));
         }
         let mut replies = self.pipeline(conn, &mut pipe).await?;
+        if replies.iter().any(|reply| is_error(reply, "READONLY")) {
+            // A master demoted by a failover (errors of single calls come back as values, so
+            // the check of failed calls never sees this): the next connection finds the new one.
+            conn.retire();
+        }
         let missing: Vec<usize> = (0..replies.len())
-            .filter(|&i| is_noscript(&replies[i]))
+            .filter(|&i| is_error(&replies[i], "NOSCRIPT"))
             .collect();
         if !missing.is_empty() {
             // Restarted or flushed: load the script once, then resend the calls that missed it.
@@ -244,8 +249,8 @@ impl Dispatcher {
     }
 }
 
-fn is_noscript(value: &Value) -> bool {
-    matches!(value, Value::ServerError(e) if e.code() == "NOSCRIPT")
+fn is_error(value: &Value, code: &str) -> bool {
+    matches!(value, Value::ServerError(e) if e.code() == code)
 }
 
 /// Splits `batch` into the ranges of requests that share a script call: consecutive, of the

@@ -118,8 +118,18 @@ impl Tracked {
     }
 }
 
-/// Makes connections to the master, for bb8.
-pub(crate) enum Connector {
+/// Makes connections to the master, for bb8, and remembers why the last attempt failed.
+pub(crate) struct Connector {
+    target: Target,
+    /// Why the last connection attempt failed, cleared by a success. bb8 only says that a
+    /// checkout timed out, which would hide a refused password or an unreachable host.
+    pub(crate) last_error: LastError,
+}
+
+/// The shared record of why connecting last failed.
+pub(crate) type LastError = Arc<std::sync::Mutex<Option<String>>>;
+
+enum Target {
     Single(Client),
     Sentinel(tokio::sync::Mutex<SentinelClient>),
 }
@@ -143,7 +153,7 @@ impl Connector {
                 } else {
                     Client::open(info).map_err(bad)?
                 };
-                Ok(Connector::Single(client))
+                Ok(Connector::to(Target::Single(client)))
             }
             Topology::Sentinel {
                 sentinels,
@@ -174,8 +184,19 @@ impl Connector {
                     SentinelServerType::Master,
                 )
                 .map_err(bad)?;
-                Ok(Connector::Sentinel(tokio::sync::Mutex::new(client)))
+                Ok(Connector::to(Target::Sentinel(tokio::sync::Mutex::new(
+                    client,
+                ))))
             }
+        }
+    }
+}
+
+impl Connector {
+    fn to(target: Target) -> Connector {
+        Connector {
+            target,
+            last_error: LastError::default(),
         }
     }
 }
@@ -189,20 +210,25 @@ impl bb8::ManageConnection for Connector {
         // connection that misses one; redis-rs' default 500 ms response timeout would cut a
         // longer configured timeout short.
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let conn = match self {
-            Connector::Single(client) => {
+        let conn = match &self.target {
+            Target::Single(client) => {
                 client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
             }
             // Each new connection asks the Sentinels where the master is now.
-            Connector::Sentinel(client) => {
+            Target::Sentinel(client) => {
                 let mut client = client.lock().await;
                 client.get_async_connection_with_config(&config).await
             }
         };
         let result = if conn.is_ok() { "ok" } else { "error" };
         metrics::counter!(crate::telemetry::REDIS_CONNECTS, "result" => result).increment(1);
+        // Redis' refusals (WRONGPASS, NOAUTH) and redis-rs' errors never hold the password.
+        let why = conn.as_ref().err().map(RedisError::to_string);
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = why;
+        }
         Ok(Tracked {
             conn: conn?,
             broken: Arc::new(AtomicBool::new(false)),

@@ -578,7 +578,11 @@ fn script_call<'a>(
 fn reply_values(reply: &Value) -> Result<&[Value], StoreError> {
     match reply {
         Value::Array(values) => Ok(values),
-        Value::ServerError(e) => Err(StoreError::Unavailable(format!("Redis replied: {e:?}"))),
+        Value::ServerError(e) => Err(StoreError::Unavailable(format!(
+            "Redis replied: {} {}",
+            e.code(),
+            e.details().unwrap_or_default()
+        ))),
         other => Err(StoreError::Protocol(format!(
             "decision reply: not an array: {other:?}"
         ))),
