@@ -259,20 +259,10 @@ async fn a_frozen_redis_times_out_every_queued_request() {
     }
     signal(redis.pid(), "CONT");
     assert_eq!(timeouts, 200);
-    // Thawed, the store decides again (on a fresh connection if the old one was retired).
-    wait_for("decisions after the thaw", PATIENCE, || {
-        let store = store.clone();
-        async move { matches!(store.apply(&[check()]).await, Ok(a) if a.admitted) }
-    })
-    .await;
-    // Connections that let a deadline pass were retired (a partitioned master would never
+    // Thawed, the store decides again (on a fresh connection if the old one was retired), and
+    // connections that let a deadline pass were retired (a partitioned master would never
     // answer on them): those from before the freeze close.
-    wait_for("the timed-out connections closed", PATIENCE, || {
-        let open = store_clients(&mut observer);
-        let closed = before_freeze.iter().all(|id| !open.contains(id));
-        async move { closed }
-    })
-    .await;
+    decides_on_fresh_connections(&store, check(), &mut observer, &before_freeze).await;
 }
 
 #[tokio::test]
@@ -301,13 +291,23 @@ async fn a_demoted_master_s_connections_are_replaced() {
         .unwrap();
     // A READONLY reply retires its connection: the next call connects anew (through the
     // Sentinels, with them), and the connections from before are closed.
-    wait_for("decisions on a fresh connection", PATIENCE, || {
-        let store = &store;
-        async move { matches!(store.apply(&[check()]).await, Ok(a) if a.admitted) }
+    decides_on_fresh_connections(&store, check(), &mut observer, &before).await;
+}
+
+/// Waits until `store` admits `check` again and none of the connections in `before` is open.
+async fn decides_on_fresh_connections(
+    store: &RedisStore,
+    check: floodgate::store::Check,
+    observer: &mut redis::Connection,
+    before: &[u64],
+) {
+    wait_for("decisions after the failure", PATIENCE, || {
+        let check = check.clone();
+        async move { matches!(store.apply(&[check]).await, Ok(a) if a.admitted) }
     })
     .await;
-    wait_for("the demoted connections closed", PATIENCE, || {
-        let open = store_clients(&mut observer);
+    wait_for("the connections from before closed", PATIENCE, || {
+        let open = store_clients(observer);
         let closed = before.iter().all(|id| !open.contains(id));
         async move { closed }
     })

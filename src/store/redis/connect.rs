@@ -135,6 +135,13 @@ enum Target {
 }
 
 impl Connector {
+    fn to(target: Target) -> Connector {
+        Connector {
+            target,
+            last_error: LastError::default(),
+        }
+    }
+
     /// A connector for a standalone server or a Sentinel-managed master.
     pub(crate) fn new(
         url: &str,
@@ -188,15 +195,6 @@ impl Connector {
                     client,
                 ))))
             }
-        }
-    }
-}
-
-impl Connector {
-    fn to(target: Target) -> Connector {
-        Connector {
-            target,
-            last_error: LastError::default(),
         }
     }
 }
