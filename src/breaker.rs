@@ -59,6 +59,17 @@ pub enum Permit {
     Reject,
 }
 
+/// A change of the circuit that a call's outcome made, worth telling the operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// Nothing changed (or the circuit stays open after a failed probe).
+    None,
+    /// The failures reached the threshold: calls now fail at once.
+    Opened,
+    /// A call succeeded on an open circuit: calls go through again.
+    Closed,
+}
+
 /// Counts failures and opens the circuit; see the module doc.
 #[derive(Debug)]
 pub struct CircuitBreaker {
@@ -97,35 +108,43 @@ impl CircuitBreaker {
         }
     }
 
-    /// Records the outcome of a call made under `permit`.
-    pub fn record(&self, permit: Permit, success: bool, now_ms: u64) {
+    /// Records the outcome of a call made under `permit`; says whether that opened or closed
+    /// the circuit (each change is reported to one caller only).
+    pub fn record(&self, permit: Permit, success: bool, now_ms: u64) -> Transition {
         if success {
             // Read first: a store on every call would bounce the line between cores.
             if self.consecutive_failures.load(Ordering::Acquire) != 0 {
                 self.consecutive_failures.store(0, Ordering::Release);
             }
             if permit == Permit::Probe || self.opened_at.load(Ordering::Acquire) != 0 {
-                self.opened_at.store(0, Ordering::Release);
+                let was_open = self.opened_at.swap(0, Ordering::AcqRel) != 0;
                 self.probing.store(false, Ordering::Release);
+                if was_open {
+                    return Transition::Closed;
+                }
             }
-            return;
+            return Transition::None;
         }
         if permit == Permit::Probe {
             // The probe failed: open again for another cool-down.
             self.opened_at.store(now_ms.max(1), Ordering::Release);
             self.probing.store(false, Ordering::Release);
-            return;
+            return Transition::None;
         }
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
         if self.settings.threshold > 0 && failures >= self.settings.threshold {
             // Only the first caller to see the threshold opens it (and dates it).
-            let _ = self.opened_at.compare_exchange(
+            let opened = self.opened_at.compare_exchange(
                 0,
                 now_ms.max(1),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             );
+            if opened.is_ok() {
+                return Transition::Opened;
+            }
         }
+        Transition::None
     }
 
     /// The state at `now_ms`.
@@ -155,25 +174,35 @@ mod tests {
         });
         for _ in 0..2 {
             assert_eq!(breaker.permit(0), Permit::Call);
-            breaker.record(Permit::Call, false, 10);
+            assert_eq!(breaker.record(Permit::Call, false, 10), Transition::None);
         }
         // a success resets the count
-        breaker.record(Permit::Call, true, 10);
-        for _ in 0..3 {
-            breaker.record(Permit::Call, false, 10);
-        }
+        assert_eq!(breaker.record(Permit::Call, true, 10), Transition::None);
+        let opening: Vec<Transition> = (0..4)
+            .map(|_| breaker.record(Permit::Call, false, 10))
+            .collect();
+        // the third failure in a row opens it, and only that one says so
+        use Transition::{Closed, Opened};
+        let none = Transition::None;
+        assert_eq!(opening, [none, none, Opened, none]);
         assert_eq!(breaker.state(10), BreakerState::Open);
         assert_eq!(breaker.permit(109), Permit::Reject);
         // after the cool-down, one probe; everyone else is still refused
         assert_eq!(breaker.permit(110), Permit::Probe);
         assert_eq!(breaker.permit(110), Permit::Reject);
         assert_eq!(breaker.state(110), BreakerState::HalfOpen);
-        // the probe fails: open again, counted from now
-        breaker.record(Permit::Probe, false, 120);
+        // the probe fails: open again, counted from now (not news: it was open)
+        assert_eq!(breaker.record(Permit::Probe, false, 120), none);
         assert_eq!(breaker.permit(200), Permit::Reject);
         assert_eq!(breaker.permit(220), Permit::Probe);
-        breaker.record(Permit::Probe, true, 221);
+        assert_eq!(breaker.record(Permit::Probe, true, 221), Closed);
         assert_eq!(breaker.state(221), BreakerState::Closed);
+        // a late success of a call let through before it opened closes it too, once
+        for _ in 0..3 {
+            breaker.record(Permit::Call, false, 230);
+        }
+        assert_eq!(breaker.record(Permit::Call, true, 231), Closed);
+        assert_eq!(breaker.record(Permit::Call, true, 231), none);
         assert_eq!(breaker.permit(221), Permit::Call);
     }
 
@@ -184,7 +213,7 @@ mod tests {
             cooldown_ms: 100,
         });
         for _ in 0..100 {
-            breaker.record(Permit::Call, false, 1);
+            assert_eq!(breaker.record(Permit::Call, false, 1), Transition::None);
         }
         assert_eq!(breaker.permit(2), Permit::Call);
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit};
+use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit, Transition};
 use crate::cache::TtlCache;
 use crate::clock::Clock;
 use crate::config::{Config, Domain, mask_secret};
@@ -143,7 +143,15 @@ impl<S: Store> Limiter<S> {
         );
         // A failure is timed when it is known (it may have taken the whole timeout).
         let finished = if healthy { now } else { self.clock.now_ms() };
-        self.breaker.record(permit, healthy, finished);
+        match (self.breaker.record(permit, healthy, finished), &result) {
+            // Once per outage, with its cause (single failures are logged at debug only).
+            (Transition::Opened, Err(e)) => tracing::warn!(
+                error = %e,
+                "store failing: circuit opened; requests get the failure mode until a probe succeeds"
+            ),
+            (Transition::Closed, _) => tracing::info!("store answering again: circuit closed"),
+            _ => {}
+        }
         result
     }
 

@@ -467,3 +467,68 @@ async fn a_dropped_redis_connection_is_replaced_and_counted() {
     let response = client.should_rate_limit(req()).await.unwrap().into_inner();
     assert_eq!(response.overall_code(), Code::Ok);
 }
+
+#[tokio::test]
+async fn a_refused_redis_password_is_logged_with_its_cause_and_never_the_password() {
+    use std::io::{BufRead, BufReader};
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let _: () = redis::cmd("CONFIG")
+        .arg(&["SET", "requirepass", "right-secret"][..])
+        .query(&mut redis.connection())
+        .unwrap();
+    let grpc_addr = format!("127.0.0.1:{}", support::free_port());
+    let http_addr = format!("127.0.0.1:{}", support::free_port());
+    let url = redis.url();
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["serve", "--config", config, "--grpc-addr", &grpc_addr])
+        .args(["--http-addr", &http_addr, "--store", "redis"])
+        .args(["--redis-url", &url, "--redis-password", "wrong-secret-4821"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped()) // the log
+        .spawn()
+        .expect("spawn floodgate");
+    let stdout = child.stdout.take().unwrap();
+    let _guard = support::ChildGuard(Some(child));
+    let (lines, log) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let endpoint = format!("http://{grpc_addr}");
+    wait_for("the gRPC port", PATIENCE, || {
+        let endpoint = endpoint.clone();
+        async move { RateLimitServiceClient::connect(endpoint).await.is_ok() }
+    })
+    .await;
+    let client = RateLimitServiceClient::connect(endpoint).await.unwrap();
+    // Every request fails (UNAVAILABLE, the default failure mode) until the circuit opens,
+    // which is logged as a warning that says why.
+    let mut seen = Vec::new();
+    wait_for("the circuit-opened warning", PATIENCE, || {
+        let mut client = client.clone();
+        let req = request("edge", &[&[("remote_address", "198.51.100.7")]]);
+        seen.extend(log.try_iter());
+        let opened = seen.iter().any(|line| line.contains("circuit opened"));
+        async move {
+            if !opened {
+                let status = client.should_rate_limit(req).await.unwrap_err();
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            }
+            opened
+        }
+    })
+    .await;
+    let warning = seen
+        .iter()
+        .find(|line| line.contains("circuit opened"))
+        .unwrap();
+    assert!(warning.contains("authentication failed"), "{warning}");
+    assert!(
+        seen.iter().all(|line| !line.contains("wrong-secret-4821")),
+        "the password was logged: {seen:?}"
+    );
+}
