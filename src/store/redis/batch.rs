@@ -195,11 +195,6 @@ impl Dispatcher {
             pipe.add_command(script_call(hash, first.now, first.dry_run, parts));
         }
         let mut replies = self.pipeline(conn, &mut pipe).await?;
-        if replies.iter().any(|reply| is_error(reply, "READONLY")) {
-            // A master demoted by a failover (errors of single calls come back as values, so
-            // the check of failed calls never sees this): the next connection finds the new one.
-            conn.retire();
-        }
         let missing: Vec<usize> = (0..replies.len())
             .filter(|&i| is_error(&replies[i], "NOSCRIPT"))
             .collect();
@@ -242,10 +237,16 @@ impl Dispatcher {
         // Errors of single calls (e.g. NOSCRIPT) come back as values, not as a failed batch.
         pipe.ignore_errors();
         let result: Result<Vec<Value>, RedisError> = pipe.query_async(conn).await;
-        result.map_err(|e| {
+        let replies = result.map_err(|e| {
             conn.check(&e);
             StoreError::from(e)
-        })
+        })?;
+        if replies.iter().any(|reply| is_error(reply, "READONLY")) {
+            // A master demoted by a failover: as an error value, `check` never sees it. The
+            // next connection finds the new master.
+            conn.retire();
+        }
+        Ok(replies)
     }
 }
 
