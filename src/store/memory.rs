@@ -395,16 +395,15 @@ impl Shard {
         let slot = Slot { cell, expires_ms };
         if let Some((_, stored)) = self.counters.find_mut(hash, |(k, _)| **k == *key) {
             *stored = slot;
-            self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
-            return;
+        } else {
+            if self.counters.len() >= self.capacity {
+                self.make_room(hasher, now);
+            }
+            self.counters
+                .insert_unique(hash, (Box::from(key), slot), |(k, _)| hasher.hash_one(k));
         }
-        if self.counters.len() >= self.capacity {
-            self.make_room(hasher, now);
-        }
-        // After making room, which recomputes the earliest expiry of the counters it keeps.
+        // Last: making room recomputes the earliest expiry of the counters it keeps.
         self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
-        self.counters
-            .insert_unique(hash, (Box::from(key), slot), |(k, _)| hasher.hash_one(k));
     }
 
     /// Frees one place: sweeps finished windows if any can have ended, else evicts the sampled
