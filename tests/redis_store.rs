@@ -379,6 +379,12 @@ async fn every_written_key_expires_with_its_window() {
             pttl(key)
         );
     }
+    // A fixed window's key holds the current window's count only: the old one is dropped.
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("ex:f")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert_eq!(fields, [format!("{}:", T0 + MINUTE)]);
     let look = store.apply(&[minute("ex:f", 0)]).await.unwrap();
     assert_eq!(
         look.counters[0].remaining, 98,

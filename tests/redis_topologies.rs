@@ -202,6 +202,27 @@ async fn cluster_decides_across_slots() {
         .unwrap()
         .into_inner();
     assert_eq!(alone.statuses[0].limit_remaining, 2, "b counted only twice");
+    // The same key twice beside another slot's: the slots' dry runs count the first hit before
+    // the second, and a denied request still consumes nothing.
+    let twice = request("topo", &[&[("c", "1")], &[("c", "1")], &[("b", "1")]]);
+    let r = client
+        .should_rate_limit(twice.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code(), Code::Ok);
+    let remaining: Vec<u32> = r.statuses.iter().map(|s| s.limit_remaining).collect();
+    assert_eq!(remaining, [2, 1, 1]);
+    let r = client.should_rate_limit(twice).await.unwrap().into_inner();
+    assert_eq!(r.overall_code(), Code::OverLimit);
+    assert_eq!(r.statuses[1].code(), Code::OverLimit);
+    let alone = client
+        .should_rate_limit(request("topo", &[&[("c", "1")], &[("b", "1")]]))
+        .await
+        .unwrap()
+        .into_inner();
+    let remaining: Vec<u32> = alone.statuses.iter().map(|s| s.limit_remaining).collect();
+    assert_eq!(remaining, [0, 0], "the denied request counted nothing");
     // The keys really are spread over the cluster.
     let keys: Vec<String> = ["a", "b", "c"]
         .iter()
@@ -221,6 +242,11 @@ async fn cluster_decides_across_slots() {
         .collect();
     let slots: std::collections::HashSet<u16> = keys.iter().map(|k| slot(k.as_bytes())).collect();
     assert!(slots.len() > 1, "the test needs keys in different slots");
+    assert_ne!(
+        slot(keys[1].as_bytes()),
+        slot(keys[2].as_bytes()),
+        "the test needs b and c in different slots"
+    );
     assert!(
         keys_per_node(&cluster).iter().filter(|&&n| n > 0).count() > 1,
         "{:?}",

@@ -11,8 +11,9 @@ use crate::algorithm::Algorithm;
 use crate::query::Entry;
 
 /// The key of the counter for `entries` in `domain` with windows of `window_secs`, counted by
-/// `algorithm` (fixed-window keys carry no suffix; the others a letter, so that a change of
-/// algorithm never reads another's state).
+/// `algorithm`, which ends the key as a letter, so that a change of algorithm never reads
+/// another's state (the algorithms keep different state, fixed windows even a different Redis
+/// type).
 ///
 /// `shared_values` lists (entry index, pattern) pairs whose pattern stands for the request's
 /// value, so all values matching a `share_threshold` wildcard share one counter.
@@ -42,9 +43,7 @@ pub fn counter_key(
     }
     key.push('|');
     key.push_str(itoa::Buffer::new().format(window_secs));
-    if algorithm != Algorithm::FixedWindow {
-        key.push_str(algorithm.code());
-    }
+    key.push_str(algorithm.code());
     key
 }
 
@@ -153,7 +152,7 @@ mod tests {
             60,
             Algorithm::FixedWindow,
         );
-        assert_eq!(key, "fg:3:api|1:k3:v_1|60");
+        assert_eq!(key, "fg:3:api|1:k3:v_1|60f");
         let key = counter_key(
             "fg:",
             "api",

@@ -22,14 +22,16 @@
 --           (admitted, not a dry run), and not otherwise.
 --
 -- The rules are those of src/algorithm.rs, line by line:
---   f  state "start:count"              window start (ms) and count
---   s  state "start:count:previous"     plus the count of the window before
+--   f  a hash: field "start:" → count  the window's start (ms) and its count
+--   s  state "start:count:previous"     window start, count, and the count of the window before
 --   t  state "tat"                      theoretical arrival time (µs)
--- A request is admitted unless a non-shadow check would go over its limit; only then is any
--- state written (a denied request consumes nothing). Keys expire when their state no longer
--- matters (PX, relative to `now`, so that injected time and the server's clock agree); a write
--- within the window the key already holds keeps its expiry (KEEPTTL, half the cost of PX). Lua
--- numbers are doubles: exact up to 2^53, far above any count or µs time here.
+-- A request is admitted unless a non-shadow check would go over its limit, and only an
+-- admitted request's hits stay counted (a denied request consumes nothing: sliding windows and
+-- buckets are written only once the request is admitted, fixed windows count as they go and
+-- are taken back). Keys expire when their state no longer matters (relative to `now`, so that
+-- injected time and the server's clock agree); a write within the window the key already holds
+-- keeps its expiry (KEEPTTL, half the cost of PX). Lua numbers are doubles: exact up to 2^53,
+-- far above any count or µs time here.
 --
 -- Redis runs this whole body on every call, so it is written for that: no local functions
 -- (each would be a new closure per call), one table for what the second pass needs, states
@@ -61,8 +63,9 @@ local prefix_window, prefix = nil, nil
 -- request's hits and becomes the count left with them once the request is admitted.
 -- writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write; also what a
 -- later check of the request on the same key starts from), expiry (true: the key's expiry
--- stays as it is), hits; reused by every request. Both start sized
--- for one check (they grow as needed).
+-- stays as it is; false: a fixed window's hits, counted already in the field that next state
+-- names, to take back if the request is denied), hits; reused by every request. Both start
+-- sized for one check (they grow as needed).
 local reply, writes = { 1, 0, 0, 0 }, { 0, false, 0, 0 }
 local r, a, k, nargs = 0, 3, 0, #ARGV
 while a <= nargs do
@@ -89,6 +92,44 @@ while a <= nargs do
       local untils = tonumber(redis.call('GET', key) or '0') or 0
       over = untils > now
       if over then reset = untils - now end
+    elseif alg == 'f' then
+      -- A fixed window counts in a hash field named after the window's start: HINCRBY
+      -- counts and reads back in one command (no state string to parse and format), and an
+      -- admitted request's hits are counted here already (undone below if it is denied).
+      local start = now - (now % window)
+      if window ~= prefix_window then prefix_window, prefix = window, format('%d:', start) end
+      local total
+      if hits > 0 and not dry then
+        total = redis.call('HINCRBY', key, prefix, hits)
+        if total == hits then
+          -- the window's first count: drop an older window's field, set the expiry
+          if redis.call('HLEN', key) > 1 then
+            redis.call('DEL', key)
+            redis.call('HSET', key, prefix, total)
+          end
+          redis.call('PEXPIRE', key, start + window - now + EXPIRY_SLACK_MS)
+        end
+        nxt, expires = prefix, false
+      else
+        -- only looking, or a dry run: an earlier check of the request on the same key may
+        -- have counted (a dry run's counts are pending, here)
+        local pending = nil
+        if dry then
+          for j = i - 1, 1, -1 do
+            if KEYS[k + j] == key and writes[4 * j - 2] then
+              pending = writes[4 * j - 2]
+              break
+            end
+          end
+        end
+        total = (pending or tonumber(redis.call('HGET', key, prefix) or '0')) + hits
+        if dry then nxt = total end
+      end
+      local estimate = total - hits
+      over = total > limit
+      if not over then after = limit - total end
+      if estimate < limit then before = limit - estimate end
+      reset = start + window - now
     else
       -- Several checks of a request may share a key: the last earlier one's next state is
       -- this one's (a scan: requests have few checks, and a table per request costs more).
@@ -141,21 +182,14 @@ while a <= nargs do
               same = stored
               current = tonumber(sub(state, p + 1, q and q - 1))
               if q then previous = tonumber(sub(state, q + 1)) end
-            elseif alg == 's' and tonumber(sub(state, 1, p - 1)) == start - window then
+            elseif tonumber(sub(state, 1, p - 1)) == start - window then
               previous = tonumber(sub(state, p + 1, q and q - 1))
             end
           end
         end
-        local estimate = current
-        if alg == 's' then
-          estimate = floor(previous * (window - (now - start)) / window) + current
-          nxt = format('%s%d:%d', prefix, current + hits, previous)
-          expires = start + 2 * window
-        else
-          nxt = prefix .. format('%d', current + hits)
-          expires = start + window
-        end
-        if same then expires = true end
+        local estimate = floor(previous * (window - (now - start)) / window) + current
+        nxt = format('%s%d:%d', prefix, current + hits, previous)
+        if same then expires = true else expires = start + 2 * window end
         local total = estimate + hits
         over = total > limit
         if not over then after = limit - total end
@@ -178,11 +212,23 @@ while a <= nargs do
       reply[r + 3 * i] = writes[w - 3]
       local nxt, expires = writes[w - 2], writes[w - 1]
       -- the last check on a key carries its final state; writing each in turn ends there
-      if nxt and writes[w] > 0 then
+      if expires ~= false and nxt and writes[w] > 0 then
         if expires == true then
           redis.call('SET', KEYS[k + i], nxt, 'KEEPTTL')
         elseif expires > now then
           redis.call('SET', KEYS[k + i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
+        end
+      end
+    end
+  elseif not dry then
+    -- denied: take back the fixed windows' counts (a field back at zero goes, and with the
+    -- last field the key, so a denied request leaves nothing behind)
+    for i = 1, n do
+      local w = 4 * i
+      if writes[w - 1] == false then
+        local key, field = KEYS[k + i], writes[w - 2]
+        if redis.call('HINCRBY', key, field, -writes[w]) == 0 then
+          redis.call('HDEL', key, field)
         end
       end
     end
