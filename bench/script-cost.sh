@@ -3,7 +3,8 @@
 # callgrind: a figure that does not move with machine noise, unlike time. Prints one line per
 # request shape (the algorithm, the number of checks, and how many requests share the call),
 # per call and per request, beside two floors: a script that only returns, and one that only
-# runs the commands a one-check call needs (TIME, GET, SET).
+# runs the commands a one-check fixed-window call needs (TIME, HINCRBY; the floors use a key of
+# their own).
 #
 #   bench/script-cost.sh                 # decide.lua of this tree
 #   bench/script-cost.sh other.lua       # another version, to compare
@@ -26,8 +27,7 @@ cat >"$tmp/return.lua" <<'LUA'
 return {1, 0, 0, 0}
 LUA
 cat >"$tmp/commands.lua" <<'LUA'
-redis.call('TIME'); redis.call('GET', KEYS[1])
-redis.call('SET', KEYS[1], '1700000000000:5', 'PX', 3600000)
+redis.call('TIME'); redis.call('HINCRBY', KEYS[1], '1700000000000:', 1)
 return {1, 0, 0, 0}
 LUA
 
@@ -54,11 +54,21 @@ shared() { # algorithm, burst: sets SHARED to the EVALSHA arguments
   SHARED=(8 "${keys[@]}" "" 0 "${args[@]}")
 }
 
+# The same with three checks per request (distinct keys).
+shared3() {
+  local keys=() args=() i
+  for i in $(seq 0 7); do
+    keys+=("{b}x$i" "{b}y$i" "{b}z$i")
+    args+=(3 $(check f) $(check f) $(check f))
+  done
+  SHARED=(24 "${keys[@]}" "" 0 "${args[@]}")
+}
+
 printf '%-44s %10s %12s\n' "call" "per call" "per request"
 # shellcheck disable=SC2046 # the check arguments are meant to split
 {
-  measure "floor: return only" "$tmp/return.lua" 1 1 '{b}k0' "" 0 1 $(check f)
-  measure "floor: TIME+GET+SET only" "$tmp/commands.lua" 1 1 '{b}k0' "" 0 1 $(check f)
+  measure "floor: return only" "$tmp/return.lua" 1 1 '{b}floor' "" 0 1 $(check f)
+  measure "floor: TIME+HINCRBY only" "$tmp/commands.lua" 1 1 '{b}floor' "" 0 1 $(check f)
   measure "fixed window, 1 check" "$script" 1 1 '{b}k0' "" 0 1 $(check f)
   measure "sliding window, 1 check" "$script" 1 1 '{b}s0' "" 0 1 $(check s)
   measure "token bucket, 1 check" "$script" 1 1 '{b}t0' "" 0 1 $(check t 1000000)
@@ -66,6 +76,8 @@ printf '%-44s %10s %12s\n' "call" "per call" "per request"
     $(check f) $(check f) $(check f)
   shared f
   measure "fixed window, 1 check, 8 requests per call" "$script" 8 "${SHARED[@]}"
+  shared3
+  measure "fixed window, 3 checks, 8 requests per call" "$script" 8 "${SHARED[@]}"
   shared t 1000000
   measure "token bucket, 1 check, 8 requests per call" "$script" 8 "${SHARED[@]}"
 }

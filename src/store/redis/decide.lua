@@ -100,7 +100,8 @@ while a <= nargs do
       if window ~= prefix_window then prefix_window, prefix = window, format('%d:', start) end
       local total
       if hits > 0 and not dry then
-        total = redis.call('HINCRBY', key, prefix, hits)
+        -- hits_s: the argument as sent (Redis would format the number back into a string)
+        total = redis.call('HINCRBY', key, prefix, hits_s)
         if total == hits then
           -- the window's first count: drop an older window's field, set the expiry
           if redis.call('HLEN', key) > 1 then
