@@ -578,11 +578,10 @@ fn script_call<'a>(
 fn reply_values(reply: &Value) -> Result<&[Value], StoreError> {
     match reply {
         Value::Array(values) => Ok(values),
-        Value::ServerError(e) => Err(StoreError::Unavailable(format!(
-            "Redis replied: {} {}",
-            e.code(),
-            e.details().unwrap_or_default()
-        ))),
+        Value::ServerError(e) => Err(StoreError::Unavailable(match e.details() {
+            Some(details) => format!("Redis replied: {} {details}", e.code()),
+            None => format!("Redis replied: {}", e.code()),
+        })),
         other => Err(StoreError::Protocol(format!(
             "decision reply: not an array: {other:?}"
         ))),
@@ -625,5 +624,25 @@ fn decode(values: &[Value], checks: usize) -> Result<Applied, StoreError> {
 impl From<redis::RedisError> for StoreError {
     fn from(e: redis::RedisError) -> StoreError {
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_of(reply: &[u8]) -> String {
+        let value = redis::parse_redis_value(reply).unwrap();
+        reply_values(&value).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn error_replies_read_as_code_and_details() {
+        assert!(
+            error_of(b"-READONLY You can't write against a read only replica.\r\n")
+                .ends_with("Redis replied: READONLY You can't write against a read only replica."),
+        );
+        assert!(error_of(b"-ERR\r\n").ends_with("Redis replied: ERR"));
+        assert!(error_of(b":1\r\n").contains("not an array"));
     }
 }
