@@ -3,6 +3,10 @@
 //! one probe call goes through (half-open): success closes it, failure opens it again. An
 //! outage then costs microseconds per request instead of a timeout each.
 //!
+//! With the breaker off (threshold 0) it still notices when calls start and stop failing, so
+//! an outage is reported all the same (at most once per cool-down, so a flapping store cannot
+//! flood the log).
+//!
 //! Lock-free: a few atomics read on every call, written only on state changes.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -68,6 +72,11 @@ pub enum Transition {
     Opened,
     /// A call succeeded on an open circuit: calls go through again.
     Closed,
+    /// With the breaker off: a call failed where calls had succeeded (reported at most once
+    /// per cool-down).
+    Failing,
+    /// With the breaker off: a call succeeded after a reported failure.
+    Recovered,
 }
 
 /// Counts failures and opens the circuit; see the module doc.
@@ -78,6 +87,10 @@ pub struct CircuitBreaker {
     /// When the circuit opened (Unix ms); 0 while closed.
     opened_at: AtomicU64,
     probing: AtomicBool,
+    /// With the breaker off: a failure was reported and no success has followed it yet.
+    failing: AtomicBool,
+    /// With the breaker off: when a failure was last reported (Unix ms); 0: never.
+    failing_reported_at: AtomicU64,
 }
 
 impl CircuitBreaker {
@@ -88,6 +101,8 @@ impl CircuitBreaker {
             consecutive_failures: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
             probing: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
+            failing_reported_at: AtomicU64::new(0),
         }
     }
 
@@ -109,12 +124,16 @@ impl CircuitBreaker {
     }
 
     /// Records the outcome of a call made under `permit`; says whether that opened or closed
-    /// the circuit (each change is reported to one caller only).
+    /// the circuit, or with the breaker off, began or ended a failing spell (each change is
+    /// reported to one caller only).
     pub fn record(&self, permit: Permit, success: bool, now_ms: u64) -> Transition {
         if success {
             // Read first: a store on every call would bounce the line between cores.
             if self.consecutive_failures.load(Ordering::Acquire) != 0 {
                 self.consecutive_failures.store(0, Ordering::Release);
+            }
+            if self.failing.load(Ordering::Acquire) && self.failing.swap(false, Ordering::AcqRel) {
+                return Transition::Recovered;
             }
             if permit == Permit::Probe || self.opened_at.load(Ordering::Acquire) != 0 {
                 let was_open = self.opened_at.swap(0, Ordering::AcqRel) != 0;
@@ -132,7 +151,15 @@ impl CircuitBreaker {
             return Transition::None;
         }
         let failures = self.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if self.settings.threshold > 0 && failures >= self.settings.threshold {
+        if self.settings.threshold == 0 {
+            let last = self.failing_reported_at.load(Ordering::Acquire);
+            let due = last == 0 || now_ms >= last.saturating_add(self.settings.cooldown_ms);
+            if due && !self.failing.swap(true, Ordering::AcqRel) {
+                self.failing_reported_at
+                    .store(now_ms.max(1), Ordering::Release);
+                return Transition::Failing;
+            }
+        } else if failures >= self.settings.threshold {
             // Only the first caller to see the threshold opens it (and dates it).
             let opened = self.opened_at.compare_exchange(
                 0,
@@ -212,9 +239,33 @@ mod tests {
             threshold: 0,
             cooldown_ms: 100,
         });
+        assert_eq!(breaker.record(Permit::Call, false, 1), Transition::Failing);
         for _ in 0..100 {
             assert_eq!(breaker.record(Permit::Call, false, 1), Transition::None);
         }
         assert_eq!(breaker.permit(2), Permit::Call);
+    }
+
+    #[test]
+    fn threshold_zero_reports_failing_spells_once_per_cooldown() {
+        let breaker = CircuitBreaker::new(BreakerSettings {
+            threshold: 0,
+            cooldown_ms: 100,
+        });
+        let record = |success, now| breaker.record(Permit::Call, success, now);
+        assert_eq!(
+            record(true, 10),
+            Transition::None,
+            "nothing to recover from"
+        );
+        assert_eq!(record(false, 20), Transition::Failing);
+        assert_eq!(record(false, 30), Transition::None, "the same spell");
+        assert_eq!(record(true, 40), Transition::Recovered);
+        assert_eq!(record(true, 50), Transition::None);
+        // Flapping within the cool-down: neither the failure nor the recovery is reported.
+        assert_eq!(record(false, 60), Transition::None);
+        assert_eq!(record(true, 70), Transition::None);
+        assert_eq!(record(false, 120), Transition::Failing, "a cool-down later");
+        assert_eq!(record(true, 130), Transition::Recovered);
     }
 }

@@ -150,6 +150,11 @@ impl<S: Store> Limiter<S> {
                 "store failing: circuit opened; requests get the failure mode until a probe succeeds"
             ),
             (Transition::Closed, _) => tracing::info!("store answering again: circuit closed"),
+            (Transition::Failing, Err(e)) => tracing::warn!(
+                error = %e,
+                "store failing (circuit breaker off): requests get the failure mode"
+            ),
+            (Transition::Recovered, _) => tracing::info!("store answering again"),
             _ => {}
         }
         result

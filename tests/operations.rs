@@ -470,6 +470,17 @@ async fn a_dropped_redis_connection_is_replaced_and_counted() {
 
 #[tokio::test]
 async fn a_refused_redis_password_is_logged_with_its_cause_and_never_the_password() {
+    refused_password_is_logged(&[], "circuit opened").await;
+}
+
+#[tokio::test]
+async fn a_redis_outage_is_logged_with_the_circuit_breaker_off() {
+    refused_password_is_logged(&["--circuit-failures", "0"], "circuit breaker off").await;
+}
+
+/// Runs the binary (with `args`) against a Redis that refuses its password, until its log has
+/// a line with `warning`: that line must give the cause, and no line the password.
+async fn refused_password_is_logged(args: &[&str], warning: &str) {
     use std::io::{BufRead, BufReader};
     let Some(redis) = RedisServer::start() else {
         return;
@@ -486,6 +497,7 @@ async fn a_refused_redis_password_is_logged_with_its_cause_and_never_the_passwor
         .args(["serve", "--config", config, "--grpc-addr", &grpc_addr])
         .args(["--http-addr", &http_addr, "--store", "redis"])
         .args(["--redis-url", &url, "--redis-password", "wrong-secret-4821"])
+        .args(args)
         .env("RUST_LOG", "info")
         .stdout(std::process::Stdio::piped()) // the log
         .spawn()
@@ -505,14 +517,14 @@ async fn a_refused_redis_password_is_logged_with_its_cause_and_never_the_passwor
     })
     .await;
     let client = RateLimitServiceClient::connect(endpoint).await.unwrap();
-    // Every request fails (UNAVAILABLE, the default failure mode) until the circuit opens,
-    // which is logged as a warning that says why.
+    // Every request fails (UNAVAILABLE, the default failure mode) until the warning that says
+    // why is logged.
     let mut seen = Vec::new();
-    wait_for("the circuit-opened warning", PATIENCE, || {
+    wait_for("the warning", PATIENCE, || {
         let mut client = client.clone();
         let req = request("edge", &[&[("remote_address", "198.51.100.7")]]);
         seen.extend(log.try_iter());
-        let opened = seen.iter().any(|line| line.contains("circuit opened"));
+        let opened = seen.iter().any(|line| line.contains(warning));
         async move {
             if !opened {
                 let status = client.should_rate_limit(req).await.unwrap_err();
@@ -522,11 +534,8 @@ async fn a_refused_redis_password_is_logged_with_its_cause_and_never_the_passwor
         }
     })
     .await;
-    let warning = seen
-        .iter()
-        .find(|line| line.contains("circuit opened"))
-        .unwrap();
-    assert!(warning.contains("authentication failed"), "{warning}");
+    let line = seen.iter().find(|line| line.contains(warning)).unwrap();
+    assert!(line.contains("authentication failed"), "{line}");
     assert!(
         seen.iter().all(|line| !line.contains("wrong-secret-4821")),
         "the password was logged: {seen:?}"
