@@ -92,56 +92,20 @@ while a <= nargs do
       local untils = tonumber(redis.call('GET', key) or '0') or 0
       over = untils > now
       if over then reset = untils - now end
-    elseif alg == 'f' then
-      -- A fixed window counts in a hash field named after the window's start: HINCRBY
-      -- counts and reads back in one command (no state string to parse and format), and an
-      -- admitted request's hits are counted here already (undone below if it is denied).
-      local start = now - (now % window)
-      if window ~= prefix_window then prefix_window, prefix = window, format('%d:', start) end
-      local total
-      if hits > 0 and not dry then
-        -- hits_s: the argument as sent (Redis would format the number back into a string)
-        total = redis.call('HINCRBY', key, prefix, hits_s)
-        if total == hits then
-          -- the window's first count: drop an older window's field, set the expiry
-          if redis.call('HLEN', key) > 1 then
-            redis.call('DEL', key)
-            redis.call('HSET', key, prefix, total)
-          end
-          redis.call('PEXPIRE', key, start + window - now + EXPIRY_SLACK_MS)
-        end
-        nxt, expires = prefix, false
-      else
-        -- only looking, or a dry run: an earlier check of the request on the same key may
-        -- have counted (a dry run's counts are pending, here)
-        local pending = nil
-        if dry then
-          for j = i - 1, 1, -1 do
-            if KEYS[k + j] == key and writes[4 * j - 2] then
-              pending = writes[4 * j - 2]
-              break
-            end
-          end
-        end
-        total = (pending or tonumber(redis.call('HGET', key, prefix) or '0')) + hits
-        if dry then nxt = total end
-      end
-      local estimate = total - hits
-      over = total > limit
-      if not over then after = limit - total end
-      if estimate < limit then before = limit - estimate end
-      reset = start + window - now
     else
       -- Several checks of a request may share a key: the last earlier one's next state is
-      -- this one's (a scan: requests have few checks, and a table per request costs more).
+      -- this one's (a scan: requests have few checks, and a table per request costs more). A
+      -- fixed window keeps no pending state unless in a dry run: its hits are in Redis already.
       local state, stored = nil, true
-      for j = i - 1, 1, -1 do
-        if KEYS[k + j] == key and writes[4 * j - 2] then
-          state, stored = writes[4 * j - 2], false
-          break
+      if alg ~= 'f' or dry then
+        for j = i - 1, 1, -1 do
+          if KEYS[k + j] == key and writes[4 * j - 2] then
+            state, stored = writes[4 * j - 2], false
+            break
+          end
         end
       end
-      if stored then state = redis.call('GET', key) end
+      if stored and alg ~= 'f' then state = redis.call('GET', key) end
       if alg == 't' then
         local now_us = now * 1000
         local burst = tonumber(ARGV[b + 4])
@@ -172,26 +136,51 @@ while a <= nargs do
       else
         local start = now - (now % window)
         if window ~= prefix_window then prefix_window, prefix = window, format('%d:', start) end
-        -- same: the state is this window's, so the key already expires when this window's
-        -- state stops mattering (if it came from Redis; a pending state may not be written)
-        local current, previous, same = 0, 0, false
-        if state then
-          local p = find(state, ':', 1, true)
-          if p then
-            local q = find(state, ':', p + 1, true)
-            if sub(state, 1, p) == prefix then
-              same = stored
-              current = tonumber(sub(state, p + 1, q and q - 1))
-              if q then previous = tonumber(sub(state, q + 1)) end
-            elseif tonumber(sub(state, 1, p - 1)) == start - window then
-              previous = tonumber(sub(state, p + 1, q and q - 1))
+        local estimate, total
+        if alg == 'f' then
+          -- A fixed window counts in a hash field named after the window's start: HINCRBY
+          -- counts and reads back in one command (no state string to parse and format), and
+          -- an admitted request's hits are counted here already (taken back if it is denied).
+          if hits > 0 and not dry then
+            -- hits_s: the argument as sent (Redis would format the number back into a string)
+            total = redis.call('HINCRBY', key, prefix, hits_s)
+            if total == hits then
+              -- the window's first count: drop an older window's field, set the expiry
+              if redis.call('HLEN', key) > 1 then
+                redis.call('DEL', key)
+                redis.call('HSET', key, prefix, total)
+              end
+              redis.call('PEXPIRE', key, start + window - now + EXPIRY_SLACK_MS)
+            end
+            nxt, expires = prefix, false
+          else
+            -- only looking, or a dry run (whose pending state is the count)
+            total = (state or tonumber(redis.call('HGET', key, prefix) or '0')) + hits
+            if dry then nxt = total end
+          end
+          estimate = total - hits
+        else
+          -- same: the state is this window's, so the key already expires when this window's
+          -- state stops mattering (if it came from Redis; a pending state may not be written)
+          local current, previous, same = 0, 0, false
+          if state then
+            local p = find(state, ':', 1, true)
+            if p then
+              local q = find(state, ':', p + 1, true)
+              if sub(state, 1, p) == prefix then
+                same = stored
+                current = tonumber(sub(state, p + 1, q and q - 1))
+                if q then previous = tonumber(sub(state, q + 1)) end
+              elseif tonumber(sub(state, 1, p - 1)) == start - window then
+                previous = tonumber(sub(state, p + 1, q and q - 1))
+              end
             end
           end
+          estimate = floor(previous * (window - (now - start)) / window) + current
+          total = estimate + hits
+          nxt = format('%s%d:%d', prefix, current + hits, previous)
+          if same then expires = true else expires = start + 2 * window end
         end
-        local estimate = floor(previous * (window - (now - start)) / window) + current
-        nxt = format('%s%d:%d', prefix, current + hits, previous)
-        if same then expires = true else expires = start + 2 * window end
-        local total = estimate + hits
         over = total > limit
         if not over then after = limit - total end
         if estimate < limit then before = limit - estimate end
