@@ -15,6 +15,7 @@
 //!
 //! Results print as a table line, and as JSON with `--json FILE`.
 
+mod pace;
 mod wire;
 
 use std::sync::Arc;
@@ -284,40 +285,21 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
             let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
             let budget = load.concurrency.max(1) * 64;
             let in_flight = Arc::new(AtomicU64::new(0));
-            // The schedule is kept by a thread of its own: std's sleep wakes within tens of
-            // microseconds, where Tokio's timer rounds up to the next millisecond (which would
-            // add up to a millisecond to every latency measured from the intended send time).
-            // It hands each batch of due requests to the runtime's one thread.
-            let (due_tx, mut due_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, u64)>();
             let origin = Instant::now();
             let due_at = move |i: u64| origin + interval.mul_f64(i as f64);
-            let pacer = {
-                let tally = tally.clone();
-                std::thread::spawn(move || {
-                    let mut next: u64 = 0;
-                    while !tally.stop.load(Ordering::Relaxed) {
-                        let now = Instant::now();
-                        if due_at(next) > now {
-                            std::thread::sleep(due_at(next) - now);
-                        }
-                        let now = Instant::now();
-                        let first = next;
-                        while due_at(next) <= now {
-                            next += 1;
-                        }
-                        if due_tx.send((first, next)).is_err() {
-                            return;
-                        }
-                    }
-                })
-            };
+            let pacer = pace::Pacer::new()?;
             let scheduler = {
                 let (tally, load, domain) = (tally.clone(), load.clone(), domain.clone());
                 tokio::spawn(async move {
                     let mut buf = BytesMut::new();
                     let shape = RequestShape::new(&domain, load.descriptors);
-                    while let Some((first, end)) = due_rx.recv().await {
-                        for i in first..end {
+                    let mut next: u64 = 0;
+                    while !tally.stop.load(Ordering::Relaxed) {
+                        pacer.until(due_at(next)).await?;
+                        let now = Instant::now();
+                        while due_at(next) <= now {
+                            let i = next;
+                            next += 1;
                             if in_flight.load(Ordering::Relaxed) >= budget as u64 {
                                 tally.count(Outcome::Error);
                                 continue;
@@ -338,13 +320,11 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
                             });
                         }
                     }
+                    std::io::Result::Ok(())
                 })
             };
             phase = run_phases(&tally, &load).await;
-            pacer
-                .join()
-                .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
-            scheduler.await?;
+            scheduler.await??;
             // Let the last answers land.
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -1,0 +1,103 @@
+//! `floodgate-bench grpc` against a real server: the requests it reports are the ones the server
+//! decided, split into OK and OVER_LIMIT as the server answered them, in both loop modes.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use floodgate::server::ServerOptions;
+use serde_json::Value;
+use support::TestServer;
+
+/// Every request goes to one counter (`--keys 1`) that admits 40, then the hot key admits 1.
+const CONFIG: &str = "
+domain: bench
+descriptors:
+  - key: k0
+    rate_limit: { unit: hour, requests_per_unit: 40 }
+  - key: hot
+    rate_limit: { unit: hour, requests_per_unit: 1 }
+";
+
+/// Runs the generator with `args` against the server at `addr` and reads its JSON report
+/// (blocking: run it off the server's runtime threads).
+async fn generate(addr: SocketAddr, name: &'static str, args: &'static [&'static str]) -> Value {
+    tokio::task::spawn_blocking(move || run(addr, name, args))
+        .await
+        .unwrap()
+}
+
+fn run(addr: SocketAddr, name: &str, args: &[&str]) -> Value {
+    let dir = std::env::temp_dir().join(format!(
+        "floodgate-load-generator-{}-{name}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("report.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_floodgate-bench"))
+        .arg("grpc")
+        .args(["--name", name, "--addr", &addr.to_string()])
+        .args(["--keys", "1", "--warmup", "0s", "--duration", "1s"])
+        .arg("--json")
+        .arg(&json)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "floodgate-bench failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    report
+}
+
+fn count(report: &Value, field: &str) -> u64 {
+    report[field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{field} in {report}"))
+}
+
+/// The report's counts add up, the split is the server's, and the percentiles are ordered.
+fn check(report: &Value, admitted: u64) {
+    let requests = count(report, "requests");
+    assert_eq!(count(report, "errors"), 0, "{report}");
+    assert!(
+        requests > admitted,
+        "too few requests to exhaust the limit: {report}"
+    );
+    assert_eq!(count(report, "ok"), admitted, "{report}");
+    assert_eq!(count(report, "over_limit"), requests - admitted, "{report}");
+    let quantiles: Vec<u64> = ["p50_us", "p90_us", "p99_us", "p999_us", "max_us"]
+        .iter()
+        .map(|q| count(report, q))
+        .collect();
+    assert!(quantiles[0] > 0, "{report}");
+    assert!(quantiles.windows(2).all(|w| w[0] <= w[1]), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_loop_reports_what_the_server_decided() {
+    let server = TestServer::memory(CONFIG, ServerOptions::default()).await;
+    let report = generate(server.grpc_addr, "open", &["--rate", "400"]).await;
+    assert_eq!(report["mode"], "grpc");
+    assert_eq!(report["target_rate"], 400);
+    check(&report, 40);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_closed_loop_reports_what_the_server_decided() {
+    let server = TestServer::memory(CONFIG, ServerOptions::default()).await;
+    let report = generate(server.grpc_addr, "closed", &["--concurrency", "8"]).await;
+    assert_eq!(report["target_rate"], Value::Null);
+    check(&report, 40);
+
+    // Attack traffic: every request on the hot key, which admits one.
+    let hot = &["--concurrency", "8", "--hot-share", "1"];
+    let report = generate(server.grpc_addr, "hot", hot).await;
+    check(&report, 1);
+    server.stop().await;
+}
