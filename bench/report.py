@@ -59,13 +59,17 @@ def table(runs, out):
             load = f"closed, {r['concurrency']} in flight"
         redis = r.get("redis")
         calls = f"{redis['calls_per_decision']:.2f} / {redis['calls_per_decision'] * redis['trips_per_call']:.3f}" if redis else ""
-        cpu = ", ".join(f"{k} {v:.0f}" for k, v in sorted(r.get("cpu_us_per_request", {}).items()))
+        waits = r.get("wait_us_per_request", {})
+        cpu = ", ".join(
+            f"{k} {v:.0f}" + (f" / {waits[k]:.0f}" if k in waits else "")
+            for k, v in sorted(r.get("cpu_us_per_request", {}).items())
+        )
         rows.append(
             f"| {name} | {load} | {r['descriptors']} | {r['rps']:,.0f} | {cell(r['p50_us'])} | {cell(r['p99_us'])} | "
             f"{cell(r['p999_us'])} | {cell(r['max_us'])} | {r['ok']:,} / {r['over_limit']:,} / {r['errors']:,} | {cpu} | {calls} | {share.strip(', ')} |"
         )
     lines = [
-        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | CPU µs per decision | EVALSHA / round trips per decision | compared with |",
+        "| run | load | descriptors | decisions/s | p50 µs | p99 µs | p99.9 µs | max µs | OK / OVER / errors | CPU / waiting for a core, µs per decision | EVALSHA / round trips per decision | compared with |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
     ]

@@ -91,8 +91,8 @@ struct Load {
     #[arg(long)]
     json: Option<std::path::PathBuf>,
     /// Report the CPU time a process spent per measured request, as NAME=PID (repeatable; Linux,
-    /// from /proc/PID/task/*/schedstat). CPU per request does not depend on how fast the
-    /// generator is, as throughput on a shared machine does.
+    /// from /proc/PID/task/*/schedstat; `grpc` adds its own as `generator`). CPU per request
+    /// does not depend on how fast the generator is, as throughput on a shared machine does.
     #[arg(long = "cpu-of", value_parser = named_pid)]
     cpu_of: Vec<(String, u32)>,
 }
@@ -106,17 +106,28 @@ fn named_pid(text: &str) -> Result<(String, u32), String> {
 }
 
 /// Nanoseconds of CPU all threads of `pid` have run (None when /proc cannot tell).
-fn cpu_ns(pid: u32) -> Option<u64> {
+fn sched_ns(pid: u32) -> Option<Sched> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = 0;
+    let mut total = Sched::default();
     for task in tasks.flatten() {
         // A thread may end between the listing and the read: it counts for nothing.
         let Ok(stat) = std::fs::read_to_string(task.path().join("schedstat")) else {
             continue;
         };
-        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+        let mut fields = stat.split_whitespace().map(|f| f.parse::<u64>().ok());
+        total.run += fields.next()??;
+        total.wait += fields.next()??;
     }
     Some(total)
+}
+
+/// A process's scheduler times, summed over its threads (nanoseconds).
+#[derive(Debug, Default, Clone, Copy)]
+struct Sched {
+    /// On a core.
+    run: u64,
+    /// Runnable but waiting for a core: on a shared machine, latency no code path explains.
+    wait: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,6 +187,9 @@ struct Report {
     max_us: u64,
     /// Microseconds of CPU per measured request, by process (`--cpu-of`).
     cpu_us_per_request: std::collections::BTreeMap<String, f64>,
+    /// Microseconds per measured request that the process's threads were runnable but waited
+    /// for a core, by process.
+    wait_us_per_request: std::collections::BTreeMap<String, f64>,
 }
 
 /// Per-run shared counters and latencies (merged histograms under a lock only at the end).
@@ -245,7 +259,10 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
         connections.push(Connection::open(&args.addr).await?);
     }
     let tally = Tally::new();
-    let load = args.load.clone();
+    let mut load = args.load.clone();
+    // Its own share too: on a shared machine the generator's CPU is part of the budget.
+    load.cpu_of
+        .push(("generator".to_owned(), std::process::id()));
     let domain: Arc<str> = args.domain.into();
     let phase;
     match args.rate {
@@ -332,10 +349,11 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
     Ok(report(&load, "grpc", args.rate, &tally, phase).await)
 }
 
-/// What the measured phase took: its length, and the CPU of each `--cpu-of` process in it.
+/// What the measured phase took: its length, and the scheduler times of each `--cpu-of`
+/// process in it.
 struct Phase {
     elapsed: Duration,
-    cpu_ns: Vec<(String, u64)>,
+    sched: Vec<(String, Sched)>,
 }
 
 /// Warm-up, then the measured phase.
@@ -343,7 +361,7 @@ async fn run_phases(tally: &Tally, load: &Load) -> Phase {
     let cpu = || {
         load.cpu_of
             .iter()
-            .map(|(name, pid)| (name.clone(), cpu_ns(*pid).unwrap_or(0)))
+            .map(|(name, pid)| (name.clone(), sched_ns(*pid).unwrap_or_default()))
             .collect::<Vec<_>>()
     };
     tokio::time::sleep(load.warmup).await;
@@ -356,10 +374,19 @@ async fn run_phases(tally: &Tally, load: &Load) -> Phase {
     tally.stop.store(true, Ordering::Relaxed);
     Phase {
         elapsed: started.elapsed(),
-        cpu_ns: before
+        sched: before
             .into_iter()
             .zip(after)
-            .map(|((name, a), (_, b))| (name, b.saturating_sub(a)))
+            .map(|((name, a), (_, b))| {
+                let run = b.run.saturating_sub(a.run);
+                (
+                    name,
+                    Sched {
+                        run,
+                        wait: b.wait.saturating_sub(a.wait),
+                    },
+                )
+            })
             .collect(),
     }
 }
@@ -388,12 +415,23 @@ async fn report(load: &Load, mode: &str, rate: Option<u64>, tally: &Tally, phase
         p99_us: h.value_at_quantile(0.99),
         p999_us: h.value_at_quantile(0.999),
         max_us: h.max(),
-        cpu_us_per_request: phase
-            .cpu_ns
-            .into_iter()
-            .map(|(name, ns)| (name, ns as f64 / 1000.0 / requests.max(1) as f64))
-            .collect(),
+        cpu_us_per_request: per_request(&phase, requests, |sched| sched.run),
+        wait_us_per_request: per_request(&phase, requests, |sched| sched.wait),
     }
+}
+
+/// One of each process's scheduler times, in microseconds per request.
+fn per_request(
+    phase: &Phase,
+    requests: u64,
+    time: impl Fn(&Sched) -> u64,
+) -> std::collections::BTreeMap<String, f64> {
+    let per = |ns: u64| ns as f64 / 1000.0 / requests.max(1) as f64;
+    phase
+        .sched
+        .iter()
+        .map(|(name, sched)| (name.clone(), per(time(sched))))
+        .collect()
 }
 
 async fn store(args: StoreArgs) -> anyhow::Result<Report> {
@@ -533,7 +571,11 @@ fn print(report: &Report, json: Option<&std::path::Path>) -> anyhow::Result<()> 
         report.errors
     );
     for (name, micros) in &report.cpu_us_per_request {
-        println!("{:<28} {name} CPU {micros:.1} µs per request", "");
+        let waited = report.wait_us_per_request.get(name).copied().unwrap_or(0.0);
+        println!(
+            "{:<28} {name} CPU {micros:.1} µs per request, {waited:.1} µs waiting for a core",
+            ""
+        );
     }
     if let Some(path) = json {
         std::fs::write(path, serde_json::to_string_pretty(report)? + "\n")?;
