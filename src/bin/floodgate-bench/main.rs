@@ -105,7 +105,7 @@ fn named_pid(text: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), pid))
 }
 
-/// Nanoseconds of CPU all threads of `pid` have run (None when /proc cannot tell).
+/// The scheduler times of all threads of `pid` so far (None when /proc cannot tell).
 fn sched_ns(pid: u32) -> Option<Sched> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
     let mut total = Sched::default();
@@ -128,6 +128,16 @@ struct Sched {
     run: u64,
     /// Runnable but waiting for a core: on a shared machine, latency no code path explains.
     wait: u64,
+}
+
+impl Sched {
+    /// The times spent between `earlier` and `self`.
+    fn since(self, earlier: Sched) -> Sched {
+        Sched {
+            run: self.run.saturating_sub(earlier.run),
+            wait: self.wait.saturating_sub(earlier.wait),
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -358,7 +368,7 @@ struct Phase {
 
 /// Warm-up, then the measured phase.
 async fn run_phases(tally: &Tally, load: &Load) -> Phase {
-    let cpu = || {
+    let sched = || {
         load.cpu_of
             .iter()
             .map(|(name, pid)| (name.clone(), sched_ns(*pid).unwrap_or_default()))
@@ -366,27 +376,18 @@ async fn run_phases(tally: &Tally, load: &Load) -> Phase {
     };
     tokio::time::sleep(load.warmup).await;
     tally.measuring.store(true, Ordering::Relaxed);
-    let before = cpu();
+    let before = sched();
     let started = Instant::now();
     tokio::time::sleep(load.duration).await;
     tally.measuring.store(false, Ordering::Relaxed);
-    let after = cpu();
+    let after = sched();
     tally.stop.store(true, Ordering::Relaxed);
     Phase {
         elapsed: started.elapsed(),
         sched: before
             .into_iter()
             .zip(after)
-            .map(|((name, a), (_, b))| {
-                let run = b.run.saturating_sub(a.run);
-                (
-                    name,
-                    Sched {
-                        run,
-                        wait: b.wait.saturating_sub(a.wait),
-                    },
-                )
-            })
+            .map(|((name, a), (_, b))| (name, b.since(a)))
             .collect(),
     }
 }

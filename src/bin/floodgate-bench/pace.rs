@@ -85,6 +85,7 @@ mod tokio_timer {
     pub(crate) struct Pacer;
 
     impl Pacer {
+        /// Nothing to set up.
         pub(crate) fn new() -> io::Result<Pacer> {
             Ok(Pacer)
         }
