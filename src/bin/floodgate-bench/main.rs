@@ -374,7 +374,11 @@ async fn run_phases(tally: &Tally, load: &Load) -> Phase {
             .map(|(name, pid)| (name.clone(), sched_ns(*pid).unwrap_or_default()))
             .collect::<Vec<_>>()
     };
-    tokio::time::sleep(load.warmup).await;
+    // Without a warm-up every request counts: the workers have not run yet (one runtime
+    // thread), and even a zero-length sleep would let them send, and hear back, unmeasured.
+    if !load.warmup.is_zero() {
+        tokio::time::sleep(load.warmup).await;
+    }
     tally.measuring.store(true, Ordering::Relaxed);
     let before = sched();
     let started = Instant::now();
