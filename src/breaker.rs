@@ -132,7 +132,11 @@ impl CircuitBreaker {
             if self.consecutive_failures.load(Ordering::Acquire) != 0 {
                 self.consecutive_failures.store(0, Ordering::Release);
             }
-            if self.failing.load(Ordering::Acquire) && self.failing.swap(false, Ordering::AcqRel) {
+            // Only the breaker off ever sets `failing`: with it on, no atomic is read for it.
+            if self.settings.threshold == 0
+                && self.failing.load(Ordering::Acquire)
+                && self.failing.swap(false, Ordering::AcqRel)
+            {
                 return Transition::Recovered;
             }
             if permit == Permit::Probe || self.opened_at.load(Ordering::Acquire) != 0 {
