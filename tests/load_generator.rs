@@ -9,6 +9,7 @@ use std::process::Command;
 use floodgate::server::ServerOptions;
 use serde_json::Value;
 use support::TestServer;
+use support::topology::TempDir;
 
 /// Every request goes to one counter (`--keys 1`) that admits 40, then the hot key admits 1.
 const CONFIG: &str = "
@@ -29,12 +30,8 @@ async fn generate(addr: SocketAddr, name: &'static str, args: &'static [&'static
 }
 
 fn run(addr: SocketAddr, name: &str, args: &[&str]) -> Value {
-    let dir = std::env::temp_dir().join(format!(
-        "floodgate-load-generator-{}-{name}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("report.json");
+    let dir = TempDir::new("load-generator");
+    let json = dir.path.join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_floodgate-bench"))
         .arg("grpc")
         .args(["--name", name, "--addr", &addr.to_string()])
@@ -49,9 +46,7 @@ fn run(addr: SocketAddr, name: &str, args: &[&str]) -> Value {
         "floodgate-bench failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let report: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
-    report
+    serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap()
 }
 
 fn count(report: &Value, field: &str) -> u64 {

@@ -959,12 +959,12 @@ impl Process {
 }
 
 /// A directory under the system temp dir, unique to this process and call, removed on drop.
-struct TempDir {
-    path: PathBuf,
+pub struct TempDir {
+    pub path: PathBuf,
 }
 
 impl TempDir {
-    fn new(kind: &str) -> TempDir {
+    pub fn new(kind: &str) -> TempDir {
         let path = std::env::temp_dir().join(format!(
             "floodgate-{kind}-{}-{}",
             std::process::id(),
