@@ -491,6 +491,8 @@ async fn usage<S: Store>(
             hits: 0,
             shadow: true,
             gate: false,
+            quota: false,
+            count_denied: false,
             algorithm: limit.algorithm,
         };
         let applied = limiter.store().apply(std::slice::from_ref(&check)).await?;

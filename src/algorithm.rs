@@ -159,6 +159,10 @@ fn token_bucket(
     let tat = cell.map_or(now_us, |c| c.0).max(now_us);
     let new_tat = tat.saturating_add(hits.saturating_mul(interval));
     let over = new_tat - now_us > tolerance;
+    // Recorded past its limit (a shadow bucket, or one that counts denied hits), the bucket
+    // owes at most one window's worth: whoever keeps sending stays denied, and is let in again
+    // at most a window after stopping.
+    let stored_tat = new_tat.min(now_us + tolerance + window.saturating_mul(1000));
     let left = |t: u64| (tolerance.saturating_sub(t - now_us)) / interval;
     Verdict {
         over,
@@ -169,8 +173,8 @@ fn token_bucket(
         } else {
             (new_tat - now_us).div_ceil(1000)
         },
-        next: Cell(new_tat, 0, 0),
-        expires_ms: new_tat.div_ceil(1000),
+        next: Cell(stored_tat, 0, 0),
+        expires_ms: stored_tat.div_ceil(1000),
     }
 }
 
@@ -258,6 +262,26 @@ mod tests {
         assert_eq!(admitted(alg, &mut cell, t0 + 60_000, 60, MINUTE, 10), 5);
         let v = evaluate(alg, None, t0, 60, MINUTE, 1);
         assert_eq!((v.remaining_before, v.remaining_after), (60 / 12, 4));
+    }
+
+    #[test]
+    fn token_bucket_recorded_past_its_limit_owes_at_most_one_window() {
+        let alg = Algorithm::TokenBucket { burst: 10 };
+        let t0 = 1_000_000;
+        // 10 per minute (one per 6 s), the bucket full: 15 hits recorded anyway (a usage report)
+        let v = evaluate(alg, None, t0, 10, MINUTE, 15);
+        assert!(v.over);
+        // 5 tokens owed: the next hit fits once 6 tokens are back
+        let owed = evaluate(alg, Some(v.next), t0, 10, MINUTE, 1);
+        assert_eq!((owed.over, owed.reset_ms), (true, 36_000));
+        // a report far beyond the bucket owes one window (10 tokens), not 1,000
+        let v = evaluate(alg, None, t0, 10, MINUTE, 1_010);
+        let capped = evaluate(alg, Some(v.next), t0, 10, MINUTE, 1);
+        assert_eq!(capped.reset_ms, MINUTE + 6_000);
+        assert_eq!(v.expires_ms, t0 + 2 * MINUTE);
+        // a window (and one token's time) later, one hit fits again
+        let later = evaluate(alg, Some(v.next), t0 + MINUTE + 6_000, 10, MINUTE, 1);
+        assert!(!later.over);
     }
 
     #[test]

@@ -392,6 +392,8 @@ pub fn plan(
             hits: if denial.is_some() { 0 } else { descriptor.hits },
             shadow: shadow || global_shadow,
             gate: false,
+            quota: false,
+            count_denied: false,
             algorithm: limit.algorithm,
         });
     }

@@ -351,6 +351,8 @@ impl<S: Store> Limiter<S> {
             hits: 1,
             shadow: false,
             gate: false,
+            quota: false,
+            count_denied: false,
             algorithm: crate::algorithm::Algorithm::FixedWindow,
         };
         match self.store.apply(std::slice::from_ref(&strike)).await {

@@ -286,6 +286,8 @@ async fn tls_with_password_acl_user_and_client_certificates() {
         hits: 1,
         shadow: false,
         gate: false,
+        quota: false,
+        count_denied: false,
         algorithm: floodgate::algorithm::Algorithm::FixedWindow,
     };
     // The right CA and the password: decisions work.

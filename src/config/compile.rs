@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::error::Problem;
 use super::model::{DescriptorNode, DomainFile, InvalidKeysSpec, RateLimitSpec, TierSpec};
-use super::rule::{InvalidKeys, Limit, Rule, SeedKey, Tier, Unit, mask_secret};
+use super::rule::{InvalidKeys, Limit, Metadata, Rule, SeedKey, Tier, Unit, mask_secret};
 use crate::algorithm::Algorithm;
 use crate::telemetry::MetricKey;
 
@@ -94,41 +94,97 @@ impl Domain {
     }
 }
 
-/// Parses, validates and compiles one domain file.
-pub(crate) fn compile_file(text: &str) -> Result<Domain, Problem> {
-    let file: DomainFile =
-        serde_yaml::from_str(text).map_err(|e| Problem::Syntax(e.to_string()))?;
-    let name = file
-        .domain
-        .filter(|d| !d.is_empty())
-        .ok_or(Problem::MissingDomain)?;
-    let tiers = tiers(&file.tiers.0)?;
-    let seed_keys = seed_keys(&file.api_keys.0, &tiers)?;
-    let invalid_keys = invalid_keys(file.invalid_keys.as_ref())?;
-    let mut builder = Builder {
-        nodes: vec![Node::default()],
-        names: HashSet::new(),
-        replaces: Vec::new(),
-        has_tiers: !tiers.is_empty(),
-        has_tiered: false,
-    };
-    builder.add_children(0, &file.descriptors, "descriptors", "")?;
-    for (at, replaced) in &builder.replaces {
-        if !builder.names.contains(replaced) {
-            return Err(Problem::UnknownReplaces {
-                at: at.clone(),
-                name: replaced.clone(),
-            });
-        }
+/// Parses one domain file.
+pub(crate) fn parse_file(text: &str) -> Result<DomainFile, Problem> {
+    serde_yaml::from_str(text).map_err(|e| Problem::Syntax(e.to_string()))
+}
+
+impl DomainFile {
+    /// The file's domain name.
+    pub(crate) fn name(&self) -> Result<&str, Problem> {
+        self.domain
+            .as_deref()
+            .filter(|d| !d.is_empty())
+            .ok_or(Problem::MissingDomain)
     }
-    Ok(Domain {
-        name,
-        nodes: builder.nodes,
-        tiers,
-        seed_keys,
-        invalid_keys,
-        has_tiered: builder.has_tiered,
-    })
+
+    /// Whether the file sets tiers, API keys or the invalid-key policy.
+    pub(crate) fn has_plans(&self) -> bool {
+        !self.tiers.0.is_empty() || !self.api_keys.0.is_empty() || self.invalid_keys.is_some()
+    }
+}
+
+/// A domain being compiled from its file, or from several files when domains are merged (the
+/// reference's MERGE_DOMAIN_CONFIG): their descriptors join one tree, checked as one.
+pub(crate) struct DomainBuilder {
+    name: String,
+    tiers: Vec<Tier>,
+    seed_keys: Vec<SeedKey>,
+    invalid_keys: InvalidKeys,
+    builder: Builder,
+}
+
+impl DomainBuilder {
+    /// Starts the domain of `file` (its first file), `index` being the file's place in the load.
+    pub(crate) fn new(file: &DomainFile, index: usize) -> Result<DomainBuilder, Problem> {
+        let name = file.name()?.to_owned();
+        let tiers = tiers(&file.tiers.0)?;
+        let seed_keys = seed_keys(&file.api_keys.0, &tiers)?;
+        let invalid_keys = invalid_keys(file.invalid_keys.as_ref())?;
+        let mut domain = DomainBuilder {
+            name,
+            builder: Builder {
+                nodes: vec![Node::default()],
+                names: HashSet::new(),
+                replaces: Vec::new(),
+                has_tiers: !tiers.is_empty(),
+                has_tiered: false,
+                file: index,
+            },
+            tiers,
+            seed_keys,
+            invalid_keys,
+        };
+        domain.merge(file, index)?;
+        Ok(domain)
+    }
+
+    /// The domain's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds the descriptors of `file` (the file at `index`) to the domain's tree.
+    pub(crate) fn merge(&mut self, file: &DomainFile, index: usize) -> Result<(), Problem> {
+        self.builder.file = index;
+        self.builder
+            .add_children(0, &file.descriptors, "descriptors", "")
+    }
+
+    /// The compiled domain, once every `replaces` is known to name a limit of the domain; an
+    /// error comes with the index of the file it is in.
+    pub(crate) fn finish(self) -> Result<Domain, (usize, Problem)> {
+        let builder = self.builder;
+        for (file, at, replaced) in &builder.replaces {
+            if !builder.names.contains(replaced) {
+                return Err((
+                    *file,
+                    Problem::UnknownReplaces {
+                        at: at.clone(),
+                        name: replaced.clone(),
+                    },
+                ));
+            }
+        }
+        Ok(Domain {
+            name: self.name,
+            nodes: builder.nodes,
+            tiers: self.tiers,
+            seed_keys: self.seed_keys,
+            invalid_keys: self.invalid_keys,
+            has_tiered: builder.has_tiered,
+        })
+    }
 }
 
 fn tiers(specs: &[(String, TierSpec)]) -> Result<Vec<Tier>, Problem> {
@@ -274,11 +330,13 @@ struct Builder {
     nodes: Vec<Node>,
     /// Every limit name in the domain.
     names: HashSet<String>,
-    /// (location, name) of every `replaces` entry, checked once all names are known.
-    replaces: Vec<(String, String)>,
-    /// Whether the file defines tiers (a `tiered` node needs them).
+    /// (file, location, name) of every `replaces` entry, checked once all names are known.
+    replaces: Vec<(usize, String, String)>,
+    /// Whether the domain defines tiers (a `tiered` node needs them).
     has_tiers: bool,
     has_tiered: bool,
+    /// The index of the file being added.
+    file: usize,
 }
 
 impl Builder {
@@ -384,6 +442,9 @@ impl Builder {
             limit: None,
             name: None,
             shadow_mode: spec.shadow_mode,
+            quota_mode: spec.quota_mode,
+            count_denied_hits: false,
+            metadata: metadata(spec.metadata.as_ref(), at)?,
             replaces: Vec::new(),
             detailed_metric: spec.detailed_metric,
             value_to_metric: false,
@@ -398,6 +459,8 @@ impl Builder {
         at: &str,
         metric_key: &str,
     ) -> Result<Option<Rule>, Problem> {
+        // Checked even where no rule carries it, so that a bad block never loads.
+        let metadata = metadata(spec.metadata.as_ref(), at)?;
         let Some(rate_limit) = &spec.rate_limit else {
             if !spec.replaces.is_empty() {
                 return Err(Problem::ReplacesWithoutLimit { at: at.to_owned() });
@@ -405,29 +468,44 @@ impl Builder {
             return Ok(None);
         };
         let limit = limit(rate_limit, at)?;
-        let name = rate_limit.name.clone().filter(|n| !n.is_empty());
-        if let Some(name) = &name
-            && !self.names.insert(name.clone())
-        {
-            return Err(Problem::DuplicateName {
-                at: at.to_owned(),
-                name: name.clone(),
-            });
+        if rate_limit.count_denied_hits && limit.is_none() {
+            return Err(Problem::CountDeniedUnlimited { at: at.to_owned() });
         }
-        let mut replaces = Vec::with_capacity(spec.replaces.len());
-        for entry in &spec.replaces {
+        // Several limits may share a name: `replaces` then drops them all, as in the reference.
+        let name = rate_limit.name.clone().filter(|n| !n.is_empty());
+        if let Some(name) = &name {
+            self.names.insert(name.clone());
+        }
+        // The reference's place for `replaces` is inside `rate_limit`; beside it is an alias.
+        let entries = match (rate_limit.replaces.is_empty(), spec.replaces.is_empty()) {
+            (false, false) => return Err(Problem::ReplacesTwice { at: at.to_owned() }),
+            (false, true) => &rate_limit.replaces,
+            (true, _) => &spec.replaces,
+        };
+        let mut replaces = Vec::with_capacity(entries.len());
+        for entry in entries {
             let replaced = entry
                 .name
                 .clone()
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| Problem::EmptyReplacesName { at: at.to_owned() })?;
-            self.replaces.push((at.to_owned(), replaced.clone()));
+            if name.as_ref() == Some(&replaced) {
+                return Err(Problem::ReplacesSelf {
+                    at: at.to_owned(),
+                    name: replaced,
+                });
+            }
+            self.replaces
+                .push((self.file, at.to_owned(), replaced.clone()));
             replaces.push(replaced);
         }
         Ok(Some(Rule {
             limit,
             name,
             shadow_mode: spec.shadow_mode,
+            quota_mode: spec.quota_mode,
+            count_denied_hits: rate_limit.count_denied_hits,
+            metadata,
             replaces,
             detailed_metric: spec.detailed_metric,
             value_to_metric: spec.value_to_metric,
@@ -435,6 +513,58 @@ impl Builder {
             tiered: false,
         }))
     }
+}
+
+/// A descriptor's `metadata` as the JSON-like map the response carries: a mapping whose keys
+/// are strings (numbers and booleans are written as text, as the reference does).
+fn metadata(value: Option<&serde_yaml::Value>, at: &str) -> Result<Option<Arc<Metadata>>, Problem> {
+    let bad = |message: String| Problem::Metadata {
+        at: at.to_owned(),
+        message,
+    };
+    match value {
+        None | Some(serde_yaml::Value::Null) => Ok(None),
+        Some(mapping @ serde_yaml::Value::Mapping(_)) => match json_value(mapping) {
+            Ok(serde_json::Value::Object(map)) if map.is_empty() => Ok(None),
+            Ok(serde_json::Value::Object(map)) => Ok(Some(Arc::new(map))),
+            Ok(_) => Err(bad("must be a mapping".into())),
+            Err(message) => Err(bad(message)),
+        },
+        Some(_) => Err(bad("must be a mapping".into())),
+    }
+}
+
+/// A YAML value as JSON, or why it has no JSON form.
+fn json_value(value: &serde_yaml::Value) -> Result<serde_json::Value, String> {
+    use serde_yaml::Value as Y;
+    Ok(match value {
+        Y::Null => serde_json::Value::Null,
+        Y::Bool(b) => serde_json::Value::Bool(*b),
+        Y::Number(n) => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            serde_json::Number::from_f64(f)
+                .map(serde_json::Value::Number)
+                .ok_or_else(|| format!("{n} is not a finite number"))?
+        }
+        Y::String(s) => serde_json::Value::String(s.clone()),
+        Y::Sequence(items) => {
+            serde_json::Value::Array(items.iter().map(json_value).collect::<Result<_, _>>()?)
+        }
+        Y::Mapping(map) => {
+            let mut object = serde_json::Map::with_capacity(map.len());
+            for (key, value) in map {
+                let key = match key {
+                    Y::String(s) => s.clone(),
+                    Y::Bool(b) => b.to_string(),
+                    Y::Number(n) => n.to_string(),
+                    other => return Err(format!("a key must be text, not {other:?}")),
+                };
+                object.insert(key, json_value(value)?);
+            }
+            serde_json::Value::Object(object)
+        }
+        Y::Tagged(tagged) => return Err(format!("tags are not supported ({})", tagged.tag)),
+    })
 }
 
 /// The limit of a `rate_limit` block; `None` for `unlimited: true`.

@@ -117,13 +117,46 @@ pub enum Problem {
         /// Location.
         at: String,
     },
-    /// Two limits share a name, so `replaces` would be ambiguous.
-    #[error("{at}.rate_limit: duplicate limit name '{name}'")]
-    DuplicateName {
+    /// A limit that names itself in its `replaces`.
+    #[error("{at}.rate_limit.replaces: the limit '{name}' cannot replace itself")]
+    ReplacesSelf {
         /// Location.
         at: String,
-        /// The name.
+        /// The limit's name.
         name: String,
+    },
+    /// `replaces` both inside `rate_limit` and beside it.
+    #[error(
+        "{at}: 'replaces' is given both inside 'rate_limit' and beside it; keep one (inside 'rate_limit' is the reference's place)"
+    )]
+    ReplacesTwice {
+        /// Location.
+        at: String,
+    },
+    /// `count_denied_hits` where nothing is counted.
+    #[error(
+        "{at}.rate_limit: 'count_denied_hits' needs a limit to count against, not 'unlimited: true'"
+    )]
+    CountDeniedUnlimited {
+        /// Location.
+        at: String,
+    },
+    /// `metadata` that the response's dynamic metadata cannot carry.
+    #[error("{at}.metadata: {message}")]
+    Metadata {
+        /// Location.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A later file of a merged domain sets what only one file may.
+    #[error(
+        "'tiers', 'api_keys' and 'invalid_keys' of a merged domain belong in its first file ({first})",
+        first = first.display()
+    )]
+    MergedDomainPlans {
+        /// The file that defined the domain first.
+        first: std::path::PathBuf,
     },
     /// `share_threshold` on a value without `*`.
     #[error("{at}: 'share_threshold' needs a value containing '*'")]

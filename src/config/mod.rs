@@ -9,14 +9,13 @@ mod glob;
 mod model;
 mod rule;
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 pub use compile::{Domain, KeyBranch, Node, NodeId};
 pub use error::{ConfigError, Problem};
 pub use glob::glob_match;
-pub use rule::{InvalidKeys, Limit, Rule, SeedKey, Tier, Unit, mask_secret};
+pub use rule::{InvalidKeys, Limit, Metadata, Rule, SeedKey, Tier, Unit, mask_secret};
 
 /// Every loaded domain, immutable once built; a reload builds a new one and swaps it in whole.
 #[derive(Debug, Default)]
@@ -30,56 +29,74 @@ impl Config {
     /// files each hold one domain (hidden entries, such as a Kubernetes ConfigMap's `..data`,
     /// are skipped).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let meta = fs::metadata(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let files = if meta.is_dir() {
-            let files = domain_files(path)?;
-            if files.is_empty() {
-                return Err(ConfigError::NoFiles {
-                    path: path.to_owned(),
-                });
-            }
-            files
-        } else {
-            vec![path.to_owned()]
-        };
-        let mut sources = Vec::with_capacity(files.len());
-        for file in files {
-            let text = fs::read_to_string(&file).map_err(|source| ConfigError::Read {
-                path: file.clone(),
-                source,
-            })?;
-            sources.push((file, text));
-        }
-        Config::from_sources(sources.iter().map(|(p, t)| (p.as_path(), t.as_str())))
+        Config::load_with(path, &LoadOptions::default())
     }
 
     /// Builds a config from (file name, YAML text) pairs; the names only label errors.
     pub fn from_sources<'a>(
         sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
     ) -> Result<Config, ConfigError> {
-        let mut domains = compile::TableMap::<Domain>::default();
-        let mut origins: HashMap<String, PathBuf> = HashMap::new();
+        Config::from_sources_with(sources, &LoadOptions::default())
+    }
+
+    /// Like [`Config::load`], with `options`.
+    pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError> {
+        let sources = read_sources(path)?;
+        Config::from_sources_with(
+            sources.iter().map(|(p, t)| (p.as_path(), t.as_str())),
+            options,
+        )
+    }
+
+    /// Like [`Config::from_sources`], with `options`.
+    pub fn from_sources_with<'a>(
+        sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
+        options: &LoadOptions,
+    ) -> Result<Config, ConfigError> {
+        let mut paths: Vec<&Path> = Vec::new();
+        // Domains in the order their first file came, each with that file's index.
+        let mut building: Vec<(usize, compile::DomainBuilder)> = Vec::new();
         let mut digest = Vec::new();
-        for (path, text) in sources {
+        for (index, (path, text)) in sources.into_iter().enumerate() {
+            paths.push(path);
             digest.extend_from_slice(path.as_os_str().as_encoded_bytes());
             digest.push(0);
             digest.extend_from_slice(text.as_bytes());
             digest.push(0);
-            let domain = compile::compile_file(text).map_err(|problem| ConfigError::Invalid {
+            let invalid = |problem| ConfigError::Invalid {
                 path: path.to_owned(),
                 problem,
-            })?;
-            if let Some(first) = origins.get(domain.name()) {
-                return Err(ConfigError::DuplicateDomain {
-                    path: path.to_owned(),
-                    domain: domain.name().to_owned(),
-                    first: first.clone(),
-                });
+            };
+            let file = compile::parse_file(text).map_err(invalid)?;
+            let name = file.name().map_err(invalid)?;
+            match building.iter_mut().find(|(_, d)| d.name() == name) {
+                None => building.push((
+                    index,
+                    compile::DomainBuilder::new(&file, index).map_err(invalid)?,
+                )),
+                Some((first, _)) if !options.merge_domains => {
+                    return Err(ConfigError::DuplicateDomain {
+                        path: path.to_owned(),
+                        domain: name.to_owned(),
+                        first: paths[*first].to_owned(),
+                    });
+                }
+                Some((first, _)) if file.has_plans() => {
+                    return Err(invalid(Problem::MergedDomainPlans {
+                        first: paths[*first].to_owned(),
+                    }));
+                }
+                Some((_, domain)) => domain.merge(&file, index).map_err(invalid)?,
             }
-            origins.insert(domain.name().to_owned(), path.to_owned());
+        }
+        let mut domains = compile::TableMap::<Domain>::default();
+        for (_, builder) in building {
+            let domain = builder
+                .finish()
+                .map_err(|(index, problem)| ConfigError::Invalid {
+                    path: paths[index].to_owned(),
+                    problem,
+                })?;
             domains.insert(domain.name().to_owned(), domain);
         }
         let version = format!("{:016x}", crate::store::key::fnv1a(&digest));
@@ -107,6 +124,42 @@ impl Config {
         names.sort_unstable();
         names
     }
+}
+
+/// How files become a config.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// A domain may span several files, whose descriptors are merged (the reference's
+    /// MERGE_DOMAIN_CONFIG); otherwise a domain defined twice is refused.
+    pub merge_domains: bool,
+}
+
+/// The (path, text) of the file at `path`, or of each domain file of the directory `path`.
+fn read_sources(path: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
+    let meta = fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let files = if meta.is_dir() {
+        let files = domain_files(path)?;
+        if files.is_empty() {
+            return Err(ConfigError::NoFiles {
+                path: path.to_owned(),
+            });
+        }
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut sources = Vec::with_capacity(files.len());
+    for file in files {
+        let text = fs::read_to_string(&file).map_err(|source| ConfigError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        sources.push((file, text));
+    }
+    Ok(sources)
 }
 
 /// The domain files of a directory, sorted by name so that errors are reproducible.
@@ -191,8 +244,28 @@ mod tests {
                 "'replaces' needs a 'rate_limit'",
             ),
             (
-                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: { unit: second, requests_per_unit: 1, name: n }\n  - key: b\n    rate_limit: { unit: second, requests_per_unit: 1, name: n }",
-                "descriptors[1].rate_limit: duplicate limit name 'n'",
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, name: me, replaces: [{ name: me }] }",
+                "descriptors[0].rate_limit.replaces: the limit 'me' cannot replace itself",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, replaces: [{ name: }] }",
+                "descriptors[0].replaces: every entry needs a non-empty 'name'",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: a\n    rate_limit: { unit: second, requests_per_unit: 1, name: n }\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, replaces: [{ name: n }] }\n    replaces: [{ name: n }]",
+                "descriptors[1]: 'replaces' is given both inside 'rate_limit' and beside it",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unlimited: true, count_denied_hits: true }",
+                "descriptors[0].rate_limit: 'count_denied_hits' needs a limit to count against",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    metadata: [a, b]",
+                "descriptors[0].metadata: must be a mapping",
+            ),
+            (
+                "domain: d\ndescriptors:\n  - key: k\n    metadata: { a: !tagged x }",
+                "descriptors[0].metadata: tags are not supported",
             ),
             (
                 "domain: d\ndescriptors:\n  - key: k\n    value: plain\n    share_threshold: true",
@@ -385,6 +458,101 @@ descriptors:
                 .limit,
             None
         );
+    }
+
+    /// The rule at `key` (no value) of the domain's top level.
+    fn top_rule<'c>(config: &'c Config, domain: &str, key: &str) -> &'c Rule {
+        let domain = config.domain(domain).unwrap();
+        let id = domain.root().children[key].any.unwrap();
+        domain.node(id).rule.as_ref().unwrap()
+    }
+
+    #[test]
+    fn reads_replaces_metadata_quota_and_usage_metering() {
+        let yaml = r#"
+domain: d
+descriptors:
+  - key: a
+    rate_limit: { unit: second, requests_per_unit: 5, name: shared }
+  - key: b
+    rate_limit: { unit: second, requests_per_unit: 5, name: shared }
+  - key: c
+    quota_mode: true
+    metadata:
+      name: svc
+      nested: { n: 1, list: [x, true] }
+      7: seven
+    rate_limit:
+      unit: second
+      requests_per_unit: 10
+      count_denied_hits: true
+      replaces:
+        - name: shared
+  - key: alias
+    rate_limit: { unit: second, requests_per_unit: 1 }
+    replaces: [{ name: shared }]
+"#;
+        let config = Config::from_yaml(yaml).unwrap();
+        let c = top_rule(&config, "d", "c");
+        assert_eq!(c.replaces, vec!["shared".to_owned()]);
+        assert!(c.quota_mode && c.count_denied_hits);
+        let metadata = serde_json::Value::Object(Metadata::clone(c.metadata.as_ref().unwrap()));
+        assert_eq!(
+            metadata,
+            serde_json::json!({"name": "svc", "nested": {"n": 1.0, "list": ["x", true]}, "7": "seven"})
+        );
+        assert_eq!(
+            top_rule(&config, "d", "alias").replaces,
+            vec!["shared".to_owned()]
+        );
+        let a = top_rule(&config, "d", "a");
+        assert!(!a.quota_mode && !a.count_denied_hits && a.metadata.is_none());
+    }
+
+    #[test]
+    fn merges_a_domain_across_files_when_asked() {
+        let first = "domain: d\ndescriptors:\n  - key: k1\n    value: v1\n    rate_limit: { unit: minute, requests_per_unit: 10, name: one }";
+        let second = "domain: d\ndescriptors:\n  - key: k2\n    value: v2\n    rate_limit: { unit: minute, requests_per_unit: 20, replaces: [{ name: one }] }";
+        let merge = LoadOptions {
+            merge_domains: true,
+        };
+        let sources = [(Path::new("a.yaml"), first), (Path::new("b.yaml"), second)];
+        let config = Config::from_sources_with(sources, &merge).unwrap();
+        let domain = config.domain("d").unwrap();
+        assert_eq!(domain.root().children.len(), 2);
+        // without merging, the second file is refused
+        let err = Config::from_sources(sources).unwrap_err().to_string();
+        assert!(err.starts_with("b.yaml: duplicate domain 'd'"), "{err}");
+        // the same descriptor twice is refused, naming the second file
+        let twice = [(Path::new("a.yaml"), first), (Path::new("c.yaml"), first)];
+        let err = Config::from_sources_with(twice, &merge)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "c.yaml: descriptors[0]: duplicate descriptor key 'k1' value 'v1' at the same level"
+        );
+        // a replaces naming no limit of the merged domain names its own file
+        let stray = "domain: d\ndescriptors:\n  - key: k3\n    rate_limit: { unit: minute, requests_per_unit: 1, replaces: [{ name: nope }] }";
+        let err = Config::from_sources_with(
+            [(Path::new("a.yaml"), first), (Path::new("s.yaml"), stray)],
+            &merge,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("s.yaml: descriptors[0].replaces: no limit named 'nope'"),
+            "{err}"
+        );
+        // plans belong to the first file only
+        let plans = "domain: d\ntiers:\n  free: { unit: minute, base: 1, burst: 1, degraded: 1 }";
+        let err = Config::from_sources_with(
+            [(Path::new("a.yaml"), first), (Path::new("p.yaml"), plans)],
+            &merge,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("p.yaml: 'tiers', 'api_keys' and 'invalid_keys' of a merged domain belong in its first file (a.yaml)"), "{err}");
     }
 
     #[test]

@@ -95,6 +95,12 @@ pub(crate) struct DescriptorNode {
     pub(crate) descriptors: Vec<DescriptorNode>,
     #[serde(default)]
     pub(crate) shadow_mode: bool,
+    /// Over this limit alone the request is still admitted while another quota of the request
+    /// has room (the reference's `quota_mode`).
+    #[serde(default)]
+    pub(crate) quota_mode: bool,
+    /// Floodgate's older place for `replaces` (the reference reads it inside `rate_limit`);
+    /// kept as an alias.
     #[serde(default)]
     pub(crate) replaces: Vec<ReplacesSpec>,
     #[serde(default)]
@@ -106,6 +112,8 @@ pub(crate) struct DescriptorNode {
     /// The entry's value is an API key, limited by its user's tier.
     #[serde(default)]
     pub(crate) tiered: bool,
+    /// Free-form data returned in the response's dynamic metadata when the descriptor passes.
+    pub(crate) metadata: Option<serde_yaml::Value>,
 }
 
 /// The `rate_limit` block of a node.
@@ -123,6 +131,12 @@ pub(crate) struct RateLimitSpec {
     pub(crate) burst: Option<u32>,
     /// Window length in units (default 1).
     pub(crate) unit_multiplier: Option<u32>,
+    /// Names of limits this one removes from the requests it applies to.
+    #[serde(default)]
+    pub(crate) replaces: Vec<ReplacesSpec>,
+    /// Hits are counted even when the request is denied (usage-metered limits).
+    #[serde(default)]
+    pub(crate) count_denied_hits: bool,
 }
 
 /// One entry of a node's `replaces` list.

@@ -117,6 +117,12 @@ pub struct Rule {
     pub name: Option<String>,
     /// Count and report, but never deny.
     pub shadow_mode: bool,
+    /// A quota: over it, the request is denied only when every quota of the request is over.
+    pub quota_mode: bool,
+    /// Usage-metered: hits are counted even when the request is denied.
+    pub count_denied_hits: bool,
+    /// Returned in the response's dynamic metadata when the descriptor passes.
+    pub metadata: Option<Arc<Metadata>>,
     /// Names of limits this rule removes from the same request.
     pub replaces: Vec<String>,
     /// Report metrics per full descriptor value rather than per key path.
@@ -128,6 +134,9 @@ pub struct Rule {
     /// The matched entry's value is an API key: its user's tier gives the limit.
     pub tiered: bool,
 }
+
+/// A descriptor's `metadata`: a JSON-like map, as the response's dynamic metadata carries it.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
 
 /// A plan (free, pro, ...): its limits per window of `unit`.
 #[derive(Debug, Clone, PartialEq, Eq)]

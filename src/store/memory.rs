@@ -176,7 +176,8 @@ impl<C: Clock> MemoryStore<C> {
         let admitted = admits(checks, |i| verdicts[i].over);
         let mut counters = Counters::with_capacity(checks.len());
         for (i, (check, verdict)) in checks.iter().zip(&verdicts).enumerate() {
-            if admitted && check.hits > 0 && !check.gate {
+            let recorded = check.records(admitted);
+            if recorded {
                 guards[positions[i]].1.put(
                     &self.hasher,
                     (located[i].0, &check.key),
@@ -187,7 +188,7 @@ impl<C: Clock> MemoryStore<C> {
             }
             counters.push(Counter {
                 over: verdict.over,
-                remaining: if admitted {
+                remaining: if recorded {
                     verdict.remaining_after
                 } else {
                     verdict.remaining_before

@@ -35,6 +35,12 @@ pub struct Check {
     /// A gate (e.g. a blocked address): over while its flag is set (see [`Store::set_flag`]),
     /// and never written.
     pub gate: bool,
+    /// A quota (the reference's `quota_mode`): over it, the request is denied only when every
+    /// quota check of the request is over too.
+    pub quota: bool,
+    /// Usage-metered: the hits are counted even when the request is denied, so the counter may
+    /// pass its limit (the reference's way, for every check).
+    pub count_denied: bool,
     /// How the counter counts.
     pub algorithm: Algorithm,
 }
@@ -50,6 +56,8 @@ impl Check {
             hits,
             shadow: false,
             gate: false,
+            quota: false,
+            count_denied: false,
             algorithm: Algorithm::FixedWindow,
         }
     }
@@ -57,14 +65,14 @@ impl Check {
     /// A check that denies while the flag at `key` is set.
     pub fn gate(key: String) -> Check {
         Check {
-            key,
-            limit: 0,
-            window_secs: 1,
-            hits: 0,
-            shadow: false,
             gate: true,
-            algorithm: Algorithm::FixedWindow,
+            ..Check::fixed_window(key, 0, 1, 0)
         }
+    }
+
+    /// Whether its hits are recorded when the request is `admitted` (or not).
+    pub const fn records(&self, admitted: bool) -> bool {
+        (admitted || self.count_denied) && self.hits > 0 && !self.gate
     }
 }
 
@@ -113,8 +121,9 @@ pub enum RegistryError {
 pub struct Counter {
     /// This request's hits would take it over its limit (for a gate: the flag is set).
     pub over: bool,
-    /// Requests left after this request: counting its hits if it was admitted, not counting
-    /// them if it was denied; 0 when over.
+    /// Requests left after this request: counting its hits if they were recorded (the
+    /// request was admitted, or the check counts denied hits), not counting them otherwise;
+    /// 0 when over.
     pub remaining: u64,
     /// Milliseconds until the window resets (gate: until the flag expires).
     pub reset_ms: u64,
@@ -123,7 +132,8 @@ pub struct Counter {
 /// What a store did with one request's checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Applied {
-    /// Whether the hits were recorded (no non-shadow check went over).
+    /// Whether the request was admitted (see [`admits`]), and so its hits recorded; a denied
+    /// request's hits are recorded only on its `count_denied` checks.
     pub admitted: bool,
     /// One counter per check, in order.
     pub counters: Counters,
@@ -244,8 +254,53 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
 }
 
-/// The admission rule both stores follow: the request passes unless a non-shadow check would
-/// go over its limit.
+/// The admission rule every store follows: the request passes unless a non-shadow check is
+/// over its limit; quota checks deny only together, when the request has some and every one
+/// is over (the reference's quota mode: a shadow quota never counts as over).
 pub fn admits(checks: &[Check], over: impl Fn(usize) -> bool) -> bool {
-    checks.iter().enumerate().all(|(i, c)| c.shadow || !over(i))
+    let (mut quotas, mut quotas_over) = (0usize, 0usize);
+    for (i, check) in checks.iter().enumerate() {
+        let denies = !check.shadow && over(i);
+        if check.quota {
+            quotas += 1;
+            quotas_over += usize::from(denies);
+        } else if denies {
+            return false;
+        }
+    }
+    quotas == 0 || quotas_over < quotas
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_follows_the_reference_quota_rule() {
+        let plain = Check::fixed_window("a", 1, 60, 1);
+        let quota = Check {
+            quota: true,
+            ..plain.clone()
+        };
+        let shadow_quota = Check {
+            shadow: true,
+            ..quota.clone()
+        };
+        // (checks, which are over, admitted)
+        let cases: Vec<(Vec<&Check>, Vec<bool>, bool)> = vec![
+            (vec![&plain], vec![false], true),
+            (vec![&plain], vec![true], false),
+            (vec![&plain, &quota], vec![true, false], false),
+            (vec![&plain, &quota], vec![false, true], false),
+            (vec![&plain, &quota], vec![false, false], true),
+            (vec![&quota, &quota], vec![true, true], false),
+            (vec![&quota, &quota], vec![true, false], true),
+            (vec![&quota, &shadow_quota], vec![true, true], true),
+            (vec![&shadow_quota], vec![true], true),
+        ];
+        for (checks, over, want) in cases {
+            let owned: Vec<Check> = checks.into_iter().cloned().collect();
+            assert_eq!(admits(&owned, |i| over[i]), want, "{over:?}");
+        }
+    }
 }

@@ -474,6 +474,8 @@ async fn store(args: StoreArgs) -> anyhow::Result<Report> {
                         hits: 1,
                         shadow: false,
                         gate: false,
+                        quota: false,
+                        count_denied: false,
                         algorithm: Algorithm::FixedWindow,
                     })
                     .collect();
@@ -544,6 +546,8 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
                 hits: 1,
                 shadow: false,
                 gate: false,
+                quota: false,
+                count_denied: false,
                 algorithm: Algorithm::FixedWindow,
             };
             let _ = store.apply(std::slice::from_ref(&check)).await;
