@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::config::{Config, Domain, Limit};
+use crate::config::{Config, Domain, Limit, Metadata};
 use crate::health::HealthStatus;
 use crate::matcher::{RuleMatch, find_rule};
 use crate::query::RateLimitQuery;
@@ -47,6 +47,8 @@ pub struct AppliedLimit {
     pub tiered: bool,
     /// `metric_key` holds request values (so its cardinality must be capped).
     pub metric_values: bool,
+    /// The rule's `metadata`, for the response's dynamic metadata.
+    pub metadata: Option<Arc<Metadata>>,
 }
 
 /// The outcome for one descriptor.
@@ -64,8 +66,28 @@ pub struct DescriptorStatus {
     pub hits: u64,
     /// The rule is in shadow mode (its code is OK even when over).
     pub shadow: bool,
+    /// The descriptor is a quota (`quota_mode`, or the global quota mode): over it alone, the
+    /// request is denied only when every quota of the request is over.
+    pub quota: bool,
     /// The counter went over its limit (also for shadow rules, whose code stays OK).
     pub over: bool,
+}
+
+impl DescriptorStatus {
+    /// The status of a descriptor no counter was asked about: no limit applies, or none is
+    /// known.
+    const fn unlimited(code: Code, remaining: u32) -> DescriptorStatus {
+        DescriptorStatus {
+            code,
+            limit: None,
+            remaining,
+            reset_ms: None,
+            hits: 0,
+            shadow: false,
+            quota: false,
+            over: false,
+        }
+    }
 }
 
 /// The outcome of one request.
@@ -107,15 +129,7 @@ pub fn fallback(descriptors: usize, mode: FailureMode) -> Option<Decision> {
     Some(Decision {
         overall: code,
         statuses: (0..descriptors)
-            .map(|_| DescriptorStatus {
-                code,
-                limit: None,
-                remaining: 0,
-                reset_ms: None,
-                hits: 0,
-                shadow: false,
-                over: false,
-            })
+            .map(|_| DescriptorStatus::unlimited(code, 0))
             .collect(),
         denial: None,
         // Denied only while the store is away: worth retrying soon.
@@ -155,6 +169,8 @@ pub struct Plan {
     /// The request is denied whatever the counters say: its checks only look.
     denial: Option<Denial>,
     global_shadow: bool,
+    /// Every descriptor with a limit (or none), but unlimited ones, is a quota.
+    global_quota: bool,
 }
 
 impl Plan {
@@ -169,10 +185,31 @@ struct Applying<'a> {
     limit: Limit,
     name: Option<&'a str>,
     shadow: bool,
+    quota: bool,
+    count_denied: bool,
+    metadata: Option<Arc<Metadata>>,
     shared: Vec<(usize, &'a str)>,
     metric_key: Arc<MetricKey>,
     metric_values: bool,
     tiered: bool,
+}
+
+impl<'a> Applying<'a> {
+    /// What the rule `rule` applies with `limit`.
+    fn rule(rule: &'a crate::config::Rule, limit: Limit) -> Applying<'a> {
+        Applying {
+            limit,
+            name: rule.name.as_deref(),
+            shadow: rule.shadow_mode,
+            quota: rule.quota_mode,
+            count_denied: rule.count_denied_hits,
+            metadata: rule.metadata.clone(),
+            shared: Vec::new(),
+            metric_key: rule.metric_key.clone(),
+            metric_values: false,
+            tiered: false,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -184,6 +221,7 @@ enum Slot {
         check: usize,
         applied: AppliedLimit,
         shadow: bool,
+        quota: bool,
     },
 }
 
@@ -194,6 +232,10 @@ pub struct PlanOptions {
     pub key_prefix: String,
     /// Global shadow mode: count everything, deny nothing.
     pub global_shadow: bool,
+    /// Global quota mode (the reference's QUOTA_MODE): every descriptor is a quota.
+    pub global_quota: bool,
+    /// Hits of denied requests are counted on every descriptor (the reference's way).
+    pub count_denied_hits: bool,
 }
 
 /// The rule each descriptor of `query` matches in `domain` (overrides skip matching).
@@ -276,6 +318,7 @@ pub fn plan(
             gate: None,
             denial: None,
             global_shadow,
+            global_quota: options.global_quota,
         };
     };
     // A matched rule's `replaces` removes the named limits from this request.
@@ -300,6 +343,9 @@ pub fn plan(
                 limit,
                 name: None,
                 shadow: false,
+                quota: false,
+                count_denied: false,
+                metadata: None,
                 shared: Vec::new(),
                 metric_key: key_path(descriptor, false),
                 metric_values: false,
@@ -322,13 +368,10 @@ pub fn plan(
                 // Counted per user: every key of a user shares this counter.
                 user_value = format!("user:{}", identity.user_id);
                 Applying {
-                    limit: tier.limit(context.health),
                     name: Some(tier.name.as_str()),
-                    shadow: m.rule.shadow_mode,
                     shared: vec![(descriptor.entries.len() - 1, user_value.as_str())],
-                    metric_key: m.rule.metric_key.clone(),
-                    metric_values: false,
                     tiered: true,
+                    ..Applying::rule(m.rule, tier.limit(context.health))
                 }
             }
             (None, Some(m), _) if is_replaced(m.rule.name.as_deref()) => {
@@ -342,9 +385,6 @@ pub fn plan(
                 };
                 let metric_values = m.rule.detailed_metric || m.rule.value_to_metric;
                 Applying {
-                    limit,
-                    name: m.rule.name.as_deref(),
-                    shadow: m.rule.shadow_mode,
                     shared: m.shared_values.clone(),
                     metric_key: if metric_values {
                         key_path(descriptor, true)
@@ -352,7 +392,7 @@ pub fn plan(
                         m.rule.metric_key.clone()
                     },
                     metric_values,
-                    tiered: false,
+                    ..Applying::rule(m.rule, limit)
                 }
             }
         };
@@ -360,11 +400,15 @@ pub fn plan(
             limit,
             name,
             shadow,
+            quota,
+            count_denied,
+            metadata,
             shared,
             metric_key,
             metric_values,
             tiered,
         } = applied;
+        let quota = quota || options.global_quota;
         let window_secs = limit.window_secs();
         slots.push(Slot::Checked {
             check: checks.len(),
@@ -374,8 +418,10 @@ pub fn plan(
                 metric_values,
                 metric_key,
                 tiered,
+                metadata,
             },
             shadow,
+            quota,
         });
         checks.push(Check {
             key: counter_key(
@@ -392,10 +438,18 @@ pub fn plan(
             hits: if denial.is_some() { 0 } else { descriptor.hits },
             shadow: shadow || global_shadow,
             gate: false,
-            quota: false,
-            count_denied: false,
+            quota,
+            count_denied: count_denied || options.count_denied_hits,
             algorithm: limit.algorithm,
         });
+    }
+    // In the global quota mode a descriptor without a limit is a quota that never runs out
+    // (the reference counts it as passed), so the request's quotas can never all be over:
+    // none of their checks may deny.
+    if options.global_quota && slots.iter().any(|s| matches!(s, Slot::NoLimit)) {
+        for check in checks.iter_mut().filter(|c| c.quota) {
+            check.shadow = true;
+        }
     }
     // In domains with API keys, an address blocked for invalid keys is denied outright.
     let gate = match remote_address(query) {
@@ -415,62 +469,40 @@ pub fn plan(
         gate,
         denial,
         global_shadow,
+        global_quota: options.global_quota,
     }
 }
 
 /// Reads the store's answer for `plan` into a decision; `applied` holds one counter per check
 /// of the plan (the caller checks the store kept to that).
+///
+/// The request is OVER_LIMIT, as in the reference, when a descriptor that is not a quota is
+/// over its limit, or when it has quotas and every one of them is over; global shadow mode
+/// turns that into OK, a [`Denial`] into OVER_LIMIT whatever the counters say.
 pub fn decide(plan: Plan, applied: &Applied) -> Decision {
-    let mut overall = Code::Ok;
-    let mut retry_after_ms: u64 = 0;
-    let statuses = plan
+    let statuses: Vec<DescriptorStatus> = plan
         .slots
         .into_iter()
         .map(|slot| match slot {
             Slot::NoLimit => DescriptorStatus {
-                code: Code::Ok,
-                limit: None,
-                remaining: 0,
-                reset_ms: None,
-                hits: 0,
-                shadow: false,
-                over: false,
+                quota: plan.global_quota,
+                ..DescriptorStatus::unlimited(Code::Ok, 0)
             },
-            Slot::Unlimited => DescriptorStatus {
-                code: Code::Ok,
-                limit: None,
-                remaining: u32::MAX,
-                reset_ms: None,
-                hits: 0,
-                shadow: false,
-                over: false,
-            },
-            Slot::InvalidKey => DescriptorStatus {
-                code: Code::OverLimit,
-                limit: None,
-                remaining: 0,
-                reset_ms: None,
-                hits: 0,
-                shadow: false,
-                over: false,
-            },
+            Slot::Unlimited => DescriptorStatus::unlimited(Code::Ok, u32::MAX),
+            Slot::InvalidKey => DescriptorStatus::unlimited(Code::OverLimit, 0),
             Slot::Checked {
                 check,
                 applied: applied_limit,
                 shadow,
+                quota,
             } => {
                 let counter = applied.counters[check];
-                let code = if counter.over && !shadow {
-                    Code::OverLimit
-                } else {
-                    Code::Ok
-                };
-                if code == Code::OverLimit && !plan.global_shadow {
-                    overall = Code::OverLimit;
-                    retry_after_ms = retry_after_ms.max(counter.reset_ms);
-                }
                 DescriptorStatus {
-                    code,
+                    code: if counter.over && !shadow {
+                        Code::OverLimit
+                    } else {
+                        Code::Ok
+                    },
                     limit: Some(applied_limit),
                     remaining: if counter.over {
                         0
@@ -480,11 +512,32 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
                     reset_ms: Some(counter.reset_ms),
                     hits: plan.checks[check].hits,
                     shadow,
+                    quota,
                     over: counter.over,
                 }
             }
         })
         .collect();
+    let (mut quotas, mut quotas_over, mut denied) = (0, 0, false);
+    let mut retry_after_ms: u64 = 0;
+    for status in &statuses {
+        let over = status.code == Code::OverLimit;
+        if status.quota {
+            quotas += 1;
+            quotas_over += usize::from(over);
+        } else {
+            denied |= over;
+        }
+        if over {
+            retry_after_ms = retry_after_ms.max(status.reset_ms.unwrap_or(0));
+        }
+    }
+    denied |= quotas > 0 && quotas_over == quotas;
+    let mut overall = if denied && !plan.global_shadow {
+        Code::OverLimit
+    } else {
+        Code::Ok
+    };
     let mut denial = plan.denial;
     if let Some(gate) = plan.gate
         && applied.counters[gate].over

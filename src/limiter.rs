@@ -231,9 +231,47 @@ impl<S: Store> Limiter<S> {
                 counters: crate::store::Counters::new(),
             });
         }
-        if let Some(denied) = self.known_over_limit(checks, now) {
-            return Ok(denied);
+        let Some(full) = self.known_full(checks, now) else {
+            return self.store_apply(checks, now).await;
+        };
+        // Some counter is known full, so the request is denied and consumes nothing; the
+        // store is still asked how the other counters stand (and counts the hits that count
+        // even when denied), so that every status is what a store call would have said.
+        metrics::counter!(telemetry::LOCAL_CACHE_HITS).increment(1);
+        let mut counters: crate::store::Counters = full
+            .iter()
+            .map(|until| crate::store::Counter {
+                over: until.is_some(),
+                remaining: 0,
+                reset_ms: until.map_or(0, |until| until - now),
+            })
+            .collect();
+        let unknown: Vec<usize> = (0..checks.len()).filter(|&i| full[i].is_none()).collect();
+        if !unknown.is_empty() {
+            let looks: Vec<Check> = unknown
+                .iter()
+                .map(|&i| Check {
+                    hits: if checks[i].count_denied {
+                        checks[i].hits
+                    } else {
+                        0
+                    },
+                    ..checks[i].clone()
+                })
+                .collect();
+            let answered = self.store_apply(&looks, now).await?;
+            for (&i, counter) in unknown.iter().zip(answered.counters) {
+                counters[i] = counter;
+            }
         }
+        Ok(Applied {
+            admitted: false,
+            counters,
+        })
+    }
+
+    /// One store call for `checks`, behind the breaker, remembering what it finds full.
+    async fn store_apply(&self, checks: &[Check], now: u64) -> Result<Applied, StoreError> {
         let started = std::time::Instant::now();
         let applied = self.guarded(self.store.apply(checks), now).await;
         self.store_latency.record(started.elapsed());
@@ -249,19 +287,26 @@ impl<S: Store> Limiter<S> {
         Ok(applied)
     }
 
-    /// Whether a check can be answered from the local over-limit cache: it may deny, and a
-    /// full counter of its algorithm stays full until its reset (a sliding window drains
-    /// continuously, so it is never cached).
+    /// Whether a check can be answered from the local over-limit cache: it may deny by itself,
+    /// and a full counter of its algorithm stays full until its reset whatever is not counted
+    /// meanwhile. So not a shadow check, a gate or a quota (whose denial depends on the other
+    /// quotas); not a sliding window (it drains continuously); not a token bucket counting
+    /// denied hits (each one owes more).
     fn cacheable(check: &Check) -> bool {
+        use crate::algorithm::Algorithm;
         !check.shadow
             && !check.gate
-            && check.algorithm != crate::algorithm::Algorithm::SlidingWindow
+            && !check.quota
+            && match check.algorithm {
+                Algorithm::FixedWindow => true,
+                Algorithm::SlidingWindow => false,
+                Algorithm::TokenBucket { .. } => !check.count_denied,
+            }
     }
 
-    /// A denial made locally when some counter of the request is known full. The request is
-    /// denied, so nothing would be written anyway; the other counters are not read (their
-    /// `remaining` is reported as 0).
-    fn known_over_limit(&self, checks: &[Check], now: u64) -> Option<Applied> {
+    /// For a request with some counter known full: until when each check's counter is known
+    /// full (`None` for the others); `None` when none is (or the cache is off).
+    fn known_full(&self, checks: &[Check], now: u64) -> Option<Vec<Option<u64>>> {
         let cache = self.over_limit.as_ref()?;
         let full: Vec<Option<u64>> = checks
             .iter()
@@ -273,25 +318,14 @@ impl<S: Store> Limiter<S> {
                     .map(|(_, until)| until)
             })
             .collect();
-        if full.iter().all(Option::is_none) {
-            return None;
-        }
-        metrics::counter!(telemetry::LOCAL_CACHE_HITS).increment(1);
-        Some(Applied {
-            admitted: false,
-            counters: full
-                .into_iter()
-                .map(|until| crate::store::Counter {
-                    over: until.is_some(),
-                    remaining: 0,
-                    reset_ms: until.map_or(0, |until| until - now),
-                })
-                .collect(),
-        })
+        full.iter().any(Option::is_some).then_some(full)
     }
 
     /// Remembers the counters this answer found full, until they reset: those found over, and
-    /// fixed windows left with nothing (the next hit is over until the window ends).
+    /// fixed windows left with nothing (the next hit is over until the window ends). A check
+    /// counting denied hits is remembered only once counted past its limit: at exactly its
+    /// limit, a later report would be denied here without being counted, and the counter would
+    /// never pass its limit.
     fn remember_full(&self, checks: &[Check], applied: &Applied, now: u64) {
         let Some(cache) = &self.over_limit else {
             return;
@@ -299,6 +333,7 @@ impl<S: Store> Limiter<S> {
         for (check, counter) in checks.iter().zip(&applied.counters) {
             let full = counter.over
                 || (applied.admitted
+                    && !check.count_denied
                     && check.algorithm == crate::algorithm::Algorithm::FixedWindow);
             if full && counter.remaining == 0 && counter.reset_ms > 0 && Self::cacheable(check) {
                 cache.insert(check.key.clone(), check.limit, now, now + counter.reset_ms);
@@ -530,6 +565,7 @@ descriptors:
         let options = PlanOptions {
             key_prefix: "t:".into(),
             global_shadow,
+            ..Default::default()
         };
         Limiter::new(
             Config::from_yaml(CONFIG).unwrap(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use clap::Parser;
-use floodgate::config::Config;
+use floodgate::config::{Config, LoadOptions};
 use floodgate::settings::{Cli, Command, LogFormat};
 
 /// The allocator: mimalloc. With glibc's malloc a Redis-store decision cost about a fifth more
@@ -19,7 +19,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { path } => match Config::load(&path) {
+        Command::CheckConfig {
+            path,
+            merge_domain_config,
+        } => match Config::load_with(
+            &path,
+            &LoadOptions {
+                merge_domains: merge_domain_config,
+            },
+        ) {
             Ok(config) => {
                 println!(
                     "{}: OK ({} domains: {})",

@@ -21,7 +21,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, AdminState};
 use crate::clock::SystemClock;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LoadOptions};
 use crate::decision::PlanOptions;
 use crate::http::{self, HttpState};
 use crate::limiter::{Limiter, LimiterOptions};
@@ -86,6 +86,8 @@ pub struct ConfigSource {
     pub poll_interval: Duration,
     /// Notified to reload now (SIGHUP).
     pub reload: Arc<Notify>,
+    /// How its files become a config.
+    pub load: LoadOptions,
 }
 
 /// How the gRPC server protects itself.
@@ -347,13 +349,17 @@ async fn watch_config<S: Store>(
             continue;
         }
         seen = now;
-        reload(&limiter, &source.path).await;
+        reload(&limiter, &source.path, &source.load).await;
     }
 }
 
 /// Loads the config at `path` into `limiter`, or keeps the old one and says why.
-pub async fn reload<S: Store>(limiter: &Limiter<S>, path: &std::path::Path) -> bool {
-    match Config::load(path) {
+pub async fn reload<S: Store>(
+    limiter: &Limiter<S>,
+    path: &std::path::Path,
+    load: &LoadOptions,
+) -> bool {
+    match Config::load_with(path, load) {
         Ok(config) if config.version() == limiter.config().version() => true,
         Ok(config) => {
             tracing::info!(domains = ?config.domain_names(), version = config.version(), "config reloaded");
@@ -402,7 +408,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Arc<Notify>,
 ) -> Result<(), ServerError> {
-    let config = Config::load(&settings.config)?;
+    let config = Config::load_with(&settings.config, &settings.load_options())?;
     tracing::info!(domains = ?config.domain_names(), path = %settings.config.display(), version = config.version(), "config loaded");
     let listeners = Listeners {
         grpc: bind(settings.grpc_addr, "gRPC").await?,
@@ -412,6 +418,8 @@ pub async fn serve(
         plan: PlanOptions {
             key_prefix: settings.key_prefix.clone(),
             global_shadow: settings.shadow_mode,
+            global_quota: settings.quota_mode,
+            count_denied_hits: settings.count_denied_hits,
         },
         cache_ttl: settings.state_cache_ttl,
         failure_mode: settings.failure_mode.into(),
@@ -428,6 +436,7 @@ pub async fn serve(
         input_limits: settings.input_limits(),
         response_options: ResponseOptions {
             limit_headers: settings.response_headers,
+            dynamic_metadata: settings.response_dynamic_metadata,
         },
         admin_key: settings.admin_key.clone().filter(|k| !k.is_empty()),
         protection: settings.protection(),
@@ -436,6 +445,7 @@ pub async fn serve(
             path: settings.config.clone(),
             poll_interval: settings.config_poll_interval,
             reload,
+            load: settings.load_options(),
         }),
         shutdown_grace: settings.shutdown_grace,
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::breaker::BreakerSettings;
+use crate::config::LoadOptions;
 use crate::decision::FailureMode;
 use crate::rls::InputLimits;
 use crate::server::{GrpcTls, Protection};
@@ -31,6 +32,9 @@ pub enum Command {
     CheckConfig {
         /// A domain YAML file, or a directory of them.
         path: PathBuf,
+        /// Let a domain span several files, merging their descriptors.
+        #[arg(long, env = "FLOODGATE_MERGE_DOMAIN_CONFIG")]
+        merge_domain_config: bool,
     },
 }
 
@@ -184,6 +188,22 @@ pub struct ServeSettings {
     /// Add RateLimit-Limit/-Remaining/-Reset headers (the most constrained descriptor's).
     #[arg(long, env = "FLOODGATE_RESPONSE_HEADERS")]
     pub response_headers: bool,
+    /// Every descriptor is a quota: over some of them, a request is denied only when every
+    /// quota it carries is over (the reference's QUOTA_MODE).
+    #[arg(long, env = "FLOODGATE_QUOTA_MODE")]
+    pub quota_mode: bool,
+    /// Count the hits of denied requests on every descriptor, as the reference does (by
+    /// default a denied request consumes nothing).
+    #[arg(long, env = "FLOODGATE_COUNT_DENIED_HITS")]
+    pub count_denied_hits: bool,
+    /// Put the request and the passed descriptors' `metadata` in the response's dynamic
+    /// metadata (the reference's RESPONSE_DYNAMIC_METADATA).
+    #[arg(long, env = "FLOODGATE_RESPONSE_DYNAMIC_METADATA")]
+    pub response_dynamic_metadata: bool,
+    /// Let a domain span several files, merging their descriptors (the reference's
+    /// MERGE_DOMAIN_CONFIG); otherwise a domain defined twice is refused.
+    #[arg(long, env = "FLOODGATE_MERGE_DOMAIN_CONFIG")]
+    pub merge_domain_config: bool,
     /// Most descriptors in one request.
     #[arg(long, env = "FLOODGATE_MAX_DESCRIPTORS", default_value_t = InputLimits::default().max_descriptors)]
     pub max_descriptors: usize,
@@ -257,6 +277,13 @@ pub struct ServeSettings {
 }
 
 impl ServeSettings {
+    /// How the config files are read.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            merge_domains: self.merge_domain_config,
+        }
+    }
+
     /// The Redis settings.
     pub fn redis_options(&self) -> RedisOptions {
         let topology = if !self.redis_cluster_nodes.is_empty() {

@@ -143,6 +143,7 @@ async fn limit_headers_come_from_the_most_constrained_descriptor() {
     let options = ServerOptions {
         response_options: ResponseOptions {
             limit_headers: true,
+            ..ResponseOptions::default()
         },
         ..ServerOptions::default()
     };

@@ -32,6 +32,7 @@ fn options(mode: FailureMode) -> LimiterOptions {
         plan: PlanOptions {
             key_prefix: "chaos:".into(),
             global_shadow: false,
+            ..Default::default()
         },
         failure_mode: mode,
         breaker: BreakerSettings {

@@ -179,6 +179,7 @@ fn limiter_options(over_limit_cache: usize) -> floodgate::limiter::LimiterOption
         plan: floodgate::decision::PlanOptions {
             key_prefix: "fg:".into(),
             global_shadow: false,
+            ..Default::default()
         },
         over_limit_cache,
         ..Default::default()

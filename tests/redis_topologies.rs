@@ -39,6 +39,7 @@ fn limiter_options() -> LimiterOptions {
         plan: PlanOptions {
             key_prefix: "topo:".into(),
             global_shadow: false,
+            ..Default::default()
         },
         breaker: BreakerSettings {
             threshold: 5,

@@ -187,6 +187,128 @@ async fn token_bucket_edges(store: &impl Store, clock: &ManualClock) {
     assert_eq!(admitted(store, &c, 10).await, 5, "refilled");
 }
 
+/// A check whose hits are counted even when the request is denied (a usage report).
+fn metered(c: Check) -> Check {
+    Check {
+        count_denied: true,
+        ..c
+    }
+}
+
+/// For every algorithm: a usage report past the limit is counted, so every later check is
+/// over until the window moves on (the bucket until its debt is paid); a plain check beside
+/// it in the denied request still counts nothing.
+async fn denied_hits_count_where_asked(store: &impl Store, clock: &ManualClock) {
+    clock.set(T0 + 1_000);
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket { burst: 10 },
+    ] {
+        let report = |hits| metered(with(algorithm, check("usage", 10, hits)));
+        let peek = report(0);
+        let beside = with(algorithm, check("beside", 10, 1));
+        assert_eq!(
+            run(store, &[report(9)]).await,
+            (true, vec![1]),
+            "{algorithm:?}"
+        );
+        // 9 + 3 > 10: denied, and counted anyway (remaining 0); the other check is not
+        let applied = store.apply(&[report(3), beside.clone()]).await.unwrap();
+        assert!(!applied.admitted, "{algorithm:?}");
+        assert!(applied.counters[0].over, "{algorithm:?}");
+        assert_eq!(
+            (applied.counters[0].remaining, applied.counters[1].remaining),
+            (0, 10),
+            "{algorithm:?}"
+        );
+        let looked = store.apply(std::slice::from_ref(&peek)).await.unwrap();
+        assert!(
+            !looked.admitted && looked.counters[0].over,
+            "{algorithm:?}: a check after the report is over"
+        );
+        assert_eq!(
+            run(store, &[with(algorithm, check("beside", 10, 0))]).await,
+            (true, vec![10]),
+            "{algorithm:?}: the plain check of the denied request counted nothing"
+        );
+        // A plain check of the same counter is denied and counts nothing more.
+        let plain = with(algorithm, check("usage", 10, 1));
+        assert!(!store.apply(&[plain]).await.unwrap().admitted);
+    }
+    // Two windows later every counter has room again.
+    clock.advance(2 * MINUTE);
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket { burst: 10 },
+    ] {
+        let peek = metered(with(algorithm, check("usage", 10, 0)));
+        assert_eq!(run(store, &[peek]).await, (true, vec![10]), "{algorithm:?}");
+    }
+}
+
+/// A bucket counted far past its limit owes one window, not its whole report.
+async fn bucket_debt_is_bounded(store: &impl Store, clock: &ManualClock) {
+    clock.set(T0 + 500);
+    let bucket = |hits| {
+        metered(with(
+            Algorithm::TokenBucket { burst: 10 },
+            check("debt", 10, hits),
+        ))
+    };
+    let applied = store.apply(&[bucket(1_000)]).await.unwrap();
+    assert!(!applied.admitted && applied.counters[0].over);
+    // 10 tokens owed and one more needed: a window and one token's time (6 s)
+    let applied = store.apply(&[bucket(1)]).await.unwrap();
+    assert_eq!(applied.counters[0].reset_ms, MINUTE + 6_000);
+    clock.advance(MINUTE + 6_000);
+    assert!(store.apply(&[bucket(1)]).await.unwrap().admitted);
+}
+
+/// Quotas deny only together; an admitted request counts every check, the quota over its
+/// limit included; a plain check over its limit denies whatever the quotas say.
+async fn quotas_deny_only_together(store: &impl Store, _: &ManualClock) {
+    let quota = |key: &str, limit, hits| Check {
+        quota: true,
+        ..check(key, limit, hits)
+    };
+    let applied = store
+        .apply(&[quota("q-full", 0, 1), quota("q-room", 5, 1)])
+        .await
+        .unwrap();
+    assert!(applied.admitted, "one quota has room");
+    assert!(applied.counters[0].over);
+    assert_eq!(applied.counters[1].remaining, 4);
+    let applied = store
+        .apply(&[quota("q-full", 0, 1), quota("q-empty", 0, 1)])
+        .await
+        .unwrap();
+    assert!(!applied.admitted, "every quota over");
+    let applied = store
+        .apply(&[check("plain", 0, 1), quota("q-room", 5, 1)])
+        .await
+        .unwrap();
+    assert!(!applied.admitted, "a plain limit over");
+    assert_eq!(
+        run(store, &[quota("q-room", 5, 0)]).await,
+        (true, vec![4]),
+        "denied requests counted nothing"
+    );
+    let shadow_quota = Check {
+        shadow: true,
+        ..quota("q-shadow", 0, 1)
+    };
+    assert!(
+        store
+            .apply(&[quota("q-full", 0, 1), shadow_quota])
+            .await
+            .unwrap()
+            .admitted,
+        "a shadow quota never counts as over"
+    );
+}
+
 macro_rules! behaviour_tests {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -225,4 +347,7 @@ behaviour_tests!(
     fixed_window_edges,
     sliding_window_edges,
     token_bucket_edges,
+    denied_hits_count_where_asked,
+    bucket_debt_is_bounded,
+    quotas_deny_only_together,
 );

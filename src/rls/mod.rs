@@ -85,9 +85,14 @@ impl<S: Store> RlsService<S> {
     }
 
     async fn decide(&self, request: RateLimitRequest) -> Result<RateLimitResponse, ServiceError> {
+        // The dynamic metadata repeats the request, which the query consumes.
+        let echo = self
+            .response_options
+            .dynamic_metadata
+            .then(|| response::request_metadata(&request));
         let query = request::to_query(request, &self.input_limits)?;
         let decision = self.limiter.decide(&query).await?;
-        Ok(response::build(decision, &self.response_options))
+        Ok(response::build(decision, &self.response_options, echo))
     }
 }
 

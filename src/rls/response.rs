@@ -1,9 +1,14 @@
 //! The one place that turns a [`Decision`] into the wire response.
 
-use crate::config::Unit;
-use crate::decision::{Code, Decision, Denial, DescriptorStatus};
+use std::collections::HashMap;
+
+use pbjson_types::value::Kind;
+use pbjson_types::{ListValue, Struct, Value};
+
+use crate::config::{Metadata, Unit};
+use crate::decision::{AppliedLimit, Code, Decision, Denial, DescriptorStatus};
 use crate::pb::rate_limit_response::{self, DescriptorStatus as PbStatus, rate_limit};
-use crate::pb::{HeaderValue, RateLimitResponse};
+use crate::pb::{HeaderValue, RateLimitRequest, RateLimitResponse};
 
 /// Optional response decorations.
 #[derive(Debug, Clone, Default)]
@@ -11,6 +16,9 @@ pub struct ResponseOptions {
     /// Add RateLimit-Limit / -Remaining / -Reset headers from the most constrained descriptor,
     /// as the reference's LIMIT_RESPONSE_HEADERS_ENABLED does.
     pub limit_headers: bool,
+    /// Fill the response's `dynamic_metadata` with the request and the passed descriptors'
+    /// `metadata`, as the reference's RESPONSE_DYNAMIC_METADATA does.
+    pub dynamic_metadata: bool,
 }
 
 /// Header names of the limit headers.
@@ -26,8 +34,13 @@ pub const REASON_HEADER: &str = "x-floodgate-reason";
 /// On answers the failure mode gave because the store could not answer.
 pub const DEGRADED_HEADER: &str = "x-floodgate-degraded";
 
-/// Builds the response for `decision`.
-pub fn build(decision: Decision, options: &ResponseOptions) -> RateLimitResponse {
+/// Builds the response for `decision`; `echo` is the request as the dynamic metadata repeats
+/// it ([`request_metadata`]), when that is on.
+pub fn build(
+    decision: Decision,
+    options: &ResponseOptions,
+    echo: Option<Struct>,
+) -> RateLimitResponse {
     let mut headers = if options.limit_headers {
         limit_headers(&decision.statuses)
     } else {
@@ -53,9 +66,17 @@ pub fn build(decision: Decision, options: &ResponseOptions) -> RateLimitResponse
             body.as_bytes().to_vec()
         }
     };
+    let dynamic_metadata = echo.map(|mut echo| {
+        let passed = passed_metadata(&decision.statuses);
+        if !passed.fields.is_empty() {
+            echo.fields.insert("metadata".into(), struct_value(passed));
+        }
+        echo
+    });
     RateLimitResponse {
         overall_code: code(decision.overall) as i32,
         statuses: decision.statuses.into_iter().map(status).collect(),
+        dynamic_metadata,
         response_headers_to_add: headers,
         raw_body,
         ..Default::default()
@@ -98,21 +119,33 @@ fn status(status: DescriptorStatus) -> PbStatus {
             unit: unit(applied.limit.unit) as i32,
         }),
         limit_remaining: status.remaining,
+        // Whole seconds, rounded up as the reference's (unit - now % unit) is: never 0 while
+        // the window is open. Envoy truncates fractions, so these read the same in its headers.
         duration_until_reset: status.reset_ms.map(|ms| pbjson_types::Duration {
-            seconds: (ms / 1000) as i64,
-            nanos: ((ms % 1000) * 1_000_000) as i32,
+            seconds: ms.div_ceil(1000) as i64,
+            nanos: 0,
         }),
         quota: None,
     }
 }
 
-/// Limit headers from the limited descriptor with the fewest requests left.
+/// Limit headers from the descriptor the reference picks: the limited one with the fewest
+/// requests left (the first of equals), unless one that is not a quota is over its limit (then
+/// the last such one).
 fn limit_headers(statuses: &[DescriptorStatus]) -> Vec<HeaderValue> {
-    let Some((applied, status)) = statuses
-        .iter()
-        .filter_map(|s| s.limit.as_ref().map(|l| (l, s)))
-        .min_by_key(|(_, s)| s.remaining)
-    else {
+    let mut chosen: Option<(&AppliedLimit, &DescriptorStatus)> = None;
+    let mut fewest = u32::MAX;
+    for status in statuses {
+        let Some(applied) = &status.limit else {
+            continue;
+        };
+        if status.code == Code::OverLimit && !status.quota {
+            (chosen, fewest) = (Some((applied, status)), 0);
+        } else if status.remaining < fewest {
+            (chosen, fewest) = (Some((applied, status)), status.remaining);
+        }
+    }
+    let Some((applied, status)) = chosen else {
         return Vec::new();
     };
     vec![
@@ -123,4 +156,121 @@ fn limit_headers(statuses: &[DescriptorStatus]) -> Vec<HeaderValue> {
             &status.reset_ms.unwrap_or(0).div_ceil(1000).to_string(),
         ),
     ]
+}
+
+/// The request as the reference's dynamic metadata repeats it: `domain`, `descriptors` (each
+/// with its `entries` as "key=value", its `limit` and `hitsAddend` when sent) and the request's
+/// `hitsAddend` when not 0. Made before the request is consumed, only when asked for.
+pub fn request_metadata(request: &RateLimitRequest) -> Struct {
+    let descriptors = request
+        .descriptors
+        .iter()
+        .map(|descriptor| {
+            let mut fields = HashMap::new();
+            let entries = descriptor
+                .entries
+                .iter()
+                .map(|e| string_value(format!("{}={}", e.key, e.value)))
+                .collect();
+            fields.insert("entries".to_owned(), list_value(entries));
+            if let Some(limit) = &descriptor.limit {
+                let unit = crate::pb::RateLimitUnit::try_from(limit.unit)
+                    .map_or("UNKNOWN", |u| u.as_str_name());
+                fields.insert(
+                    "limit".to_owned(),
+                    string_value(format!(
+                        "requests_per_unit:{} unit:{unit}",
+                        limit.requests_per_unit
+                    )),
+                );
+            }
+            if let Some(hits) = &descriptor.hits_addend {
+                fields.insert("hitsAddend".to_owned(), number_value(hits.value as f64));
+            }
+            struct_value(Struct { fields })
+        })
+        .collect();
+    let mut fields = HashMap::new();
+    fields.insert("domain".to_owned(), string_value(request.domain.clone()));
+    fields.insert("descriptors".to_owned(), list_value(descriptors));
+    if request.hits_addend != 0 {
+        fields.insert(
+            "hitsAddend".to_owned(),
+            number_value(f64::from(request.hits_addend)),
+        );
+    }
+    Struct { fields }
+}
+
+/// The `metadata` of the descriptors that passed (not over their limit; shadow rules pass),
+/// merged in request order: the first value of a key wins, maps are merged.
+fn passed_metadata(statuses: &[DescriptorStatus]) -> Struct {
+    let mut merged = Struct::default();
+    for status in statuses.iter().filter(|s| s.code == Code::Ok) {
+        if let Some(metadata) = status.limit.as_ref().and_then(|l| l.metadata.as_deref()) {
+            merge(&mut merged, metadata);
+        }
+    }
+    merged
+}
+
+fn merge(into: &mut Struct, from: &Metadata) {
+    for (key, value) in from {
+        match into.fields.get_mut(key).and_then(|v| v.kind.as_mut()) {
+            Some(Kind::StructValue(inner)) => {
+                if let serde_json::Value::Object(from) = value {
+                    merge(inner, from);
+                }
+            }
+            Some(_) => {}
+            None => {
+                into.fields.insert(key.clone(), json_value(value));
+            }
+        }
+    }
+}
+
+fn json_value(value: &serde_json::Value) -> Value {
+    use serde_json::Value as J;
+    match value {
+        J::Null => Value {
+            kind: Some(Kind::NullValue(0)),
+        },
+        J::Bool(b) => Value {
+            kind: Some(Kind::BoolValue(*b)),
+        },
+        J::Number(n) => number_value(n.as_f64().unwrap_or_default()),
+        J::String(s) => string_value(s.clone()),
+        J::Array(items) => list_value(items.iter().map(json_value).collect()),
+        J::Object(map) => struct_value(Struct {
+            fields: map
+                .iter()
+                .map(|(k, v)| (k.clone(), json_value(v)))
+                .collect(),
+        }),
+    }
+}
+
+fn string_value(s: String) -> Value {
+    Value {
+        kind: Some(Kind::StringValue(s)),
+    }
+}
+
+fn number_value(n: f64) -> Value {
+    Value {
+        kind: Some(Kind::NumberValue(n)),
+    }
+}
+
+fn list_value(values: Vec<Value>) -> Value {
+    Value {
+        kind: Some(Kind::ListValue(ListValue { values })),
+    }
+}
+
+fn struct_value(s: Struct) -> Value {
+    Value {
+        kind: Some(Kind::StructValue(s)),
+    }
 }

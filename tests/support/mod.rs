@@ -68,6 +68,7 @@ impl TestServer {
         let plan = PlanOptions {
             key_prefix: prefix.to_owned(),
             global_shadow: false,
+            ..Default::default()
         };
         TestServer::start(config, store, plan, options).await
     }

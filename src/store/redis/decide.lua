@@ -12,23 +12,27 @@
 --             algorithm   "f" fixed window, "s" sliding window, "t" token bucket (GCRA),
 --                         "g" gate: over until the time KEYS[i] holds (a flag written by
 --                         flag.lua, e.g. a blocked address); in capitals ("F", "S", "T",
---                         "G") for a shadow check, which may not deny the request
+--                         "G") for a shadow check, which may not deny the request; then,
+--                         optionally, "q" for a quota (quotas deny only when every quota
+--                         check of the request is over) and "c" for a check whose hits are
+--                         counted even when the request is denied (e.g. "fc", "Tq")
 --             limit       requests per window
 --             window      window length in milliseconds
 --             hits        hits to add (0 only looks)
 --             burst       bucket size (token bucket only)
 -- Returns   per request: admitted (1|0), then over_i (1|0), remaining_i, reset_ms_i per check,
 --           all in one flat list. remaining_i counts the request's hits if they were recorded
---           (admitted, not a dry run), and not otherwise.
+--           (admitted or a "c" check, not a dry run), and not otherwise.
 --
 -- The rules are those of src/algorithm.rs, line by line:
 --   f  a hash: field "start:" → count  the window's start (ms) and its count
 --   s  state "start:count:previous"     window start, count, and the count of the window before
 --   t  state "tat"                      theoretical arrival time (µs)
--- A request is admitted unless a non-shadow check would go over its limit, and only an
--- admitted request's hits stay counted (a denied request consumes nothing: sliding windows and
--- buckets are written only once the request is admitted, fixed windows count as they go and
--- are taken back). Keys expire when their state no longer matters (relative to `now`, so that
+-- A request is admitted unless a non-shadow check would go over its limit (quotas: unless
+-- every one would), and only an admitted request's hits stay counted, but for "c" checks (a
+-- denied request consumes nothing else: sliding windows and buckets are written only once the
+-- request is decided, fixed windows count as they go and are taken back). A bucket recorded
+-- past its limit owes at most one window. Keys expire when their state no longer matters (relative to `now`, so that
 -- injected time and the server's clock agree); a write within the window the key already holds
 -- keeps its expiry (KEEPTTL, half the cost of PX). Lua numbers are doubles: exact up to 2^53,
 -- far above any count or µs time here.
@@ -61,21 +65,25 @@ local prefix_window, prefix = nil, nil
 -- reply[r+1] = admitted of the request whose answers start at r; reply[r+3i-1 .. r+3i+1] =
 -- over, remaining, reset of its check i. remaining starts as the count left without the
 -- request's hits and becomes the count left with them once the request is admitted.
--- writes[4i-3 .. 4i] = remaining with the hits, next state (nil: nothing to write; also what a
+-- writes[5i-4 .. 5i] = remaining with the hits, next state (nil: nothing to write; also what a
 -- later check of the request on the same key starts from), expiry (true: the key's expiry
 -- stays as it is; false: a fixed window's hits, counted already in the field that next state
--- names, to take back if the request is denied), hits; reused by every request. Both start
--- sized for one check (they grow as needed).
-local reply, writes = { 1, 0, 0, 0 }, { 0, false, 0, 0 }
+-- names, to take back if the request is denied), hits, and whether they count even then;
+-- reused by every request. Both start sized for one check (they grow as needed).
+local reply, writes = { 1, 0, 0, 0 }, { 0, false, 0, 0, false }
 local r, a, k, nargs = 0, 3, 0, #ARGV
 while a <= nargs do
   if ARGV[a] ~= n_s then n_s, n = ARGV[a], tonumber(ARGV[a]) end
   reply[r + 1] = 1
-  local b = a + 1
+  local b, quotas, quotas_over = a + 1, 0, 0
   for i = 1, n do
-    local alg, shadow = ARGV[b], false
+    local alg, shadow, quota, counted = ARGV[b], false, false, false
     if alg ~= 'f' and alg ~= 's' and alg ~= 't' and alg ~= 'g' then
-      alg, shadow = string.lower(alg), true
+      local flags = alg
+      alg = string.lower(sub(flags, 1, 1))
+      shadow = alg ~= sub(flags, 1, 1)
+      quota = find(flags, 'q', 2, true) ~= nil
+      counted = find(flags, 'c', 2, true) ~= nil
     end
     local x = ARGV[b + 1]
     if x ~= limit_s then limit_s, limit = x, tonumber(x) end
@@ -99,8 +107,8 @@ while a <= nargs do
       local state, stored = nil, true
       if alg ~= 'f' or dry then
         for j = i - 1, 1, -1 do
-          if KEYS[k + j] == key and writes[4 * j - 2] then
-            state, stored = writes[4 * j - 2], false
+          if KEYS[k + j] == key and writes[5 * j - 3] then
+            state, stored = writes[5 * j - 3], false
             break
           end
         end
@@ -131,6 +139,8 @@ while a <= nargs do
             after = floor(left / interval)
             reset = math.ceil((new_tat - now_us) / 1000)
           end
+          local owed = now_us + tolerance + window * 1000
+          if new_tat > owed then new_tat = owed end
           nxt, expires = format('%d', new_tat), math.ceil(new_tat / 1000)
         end
       else
@@ -188,36 +198,39 @@ while a <= nargs do
       end
     end
     if alg == 't' then b = b + 5 else b = b + 4 end
-    if over and not shadow then reply[r + 1] = 0 end
+    if over and not shadow then
+      if quota then quotas_over = quotas_over + 1 else reply[r + 1] = 0 end
+    end
+    if quota then quotas = quotas + 1 end
     local o = r + 3 * i
     if over then reply[o - 1] = 1 else reply[o - 1] = 0 end
     reply[o], reply[o + 1] = before, reset
-    local w = 4 * i
-    writes[w - 3], writes[w - 2], writes[w - 1], writes[w] = after, nxt, expires, hits
+    local w = 5 * i
+    writes[w - 4], writes[w - 3], writes[w - 2], writes[w - 1], writes[w] =
+      after, nxt, expires, hits, counted
   end
+  if quotas > 0 and quotas_over == quotas then reply[r + 1] = 0 end
 
-  if reply[r + 1] == 1 and not dry then
+  if not dry then
+    local admitted = reply[r + 1] == 1
     for i = 1, n do
-      local w = 4 * i
-      reply[r + 3 * i] = writes[w - 3]
-      local nxt, expires = writes[w - 2], writes[w - 1]
-      -- the last check on a key carries its final state; writing each in turn ends there
-      if expires ~= false and nxt and writes[w] > 0 then
-        if expires == true then
-          redis.call('SET', KEYS[k + i], nxt, 'KEEPTTL')
-        elseif expires > now then
-          redis.call('SET', KEYS[k + i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
+      local w = 5 * i
+      local nxt, expires, hits = writes[w - 3], writes[w - 2], writes[w - 1]
+      if admitted or writes[w] then
+        reply[r + 3 * i] = writes[w - 4]
+        -- the last check on a key carries its final state; writing each in turn ends there
+        if expires ~= false and nxt and hits > 0 then
+          if expires == true then
+            redis.call('SET', KEYS[k + i], nxt, 'KEEPTTL')
+          elseif expires > now then
+            redis.call('SET', KEYS[k + i], nxt, 'PX', expires - now + EXPIRY_SLACK_MS)
+          end
         end
-      end
-    end
-  elseif not dry then
-    -- denied: take back the fixed windows' counts (a field back at zero goes, and with the
-    -- last field the key, so a denied request leaves nothing behind)
-    for i = 1, n do
-      local w = 4 * i
-      if writes[w - 1] == false then
-        local key, field = KEYS[k + i], writes[w - 2]
-        if redis.call('HINCRBY', key, field, -writes[w]) == 0 then
+      elseif expires == false then
+        -- denied: take back the fixed window's count (a field back at zero goes, and with the
+        -- last field the key, so a denied request leaves nothing behind)
+        local key, field = KEYS[k + i], nxt
+        if redis.call('HINCRBY', key, field, -hits) == 0 then
           redis.call('HDEL', key, field)
         end
       end

