@@ -338,3 +338,109 @@ fn keys_per_node(cluster: &ClusterTopology) -> Vec<u64> {
         .map(|port| cluster.dbsize(port))
         .collect()
 }
+
+/// A plain daily check of `key`.
+fn daily(key: &str, limit: u64, hits: u64) -> floodgate::store::Check {
+    floodgate::store::Check::fixed_window(key, limit, 86_400, hits)
+}
+
+/// Usage reports and quotas on `store`, with `keys` (six, in different cluster slots when the
+/// store is a cluster): a denied request counts its usage-metered check and nothing else, and
+/// quotas deny only together.
+async fn reports_and_quotas_hold(store: &RedisStore, keys: [&str; 6]) {
+    let metered = |key: &str, limit, hits| floodgate::store::Check {
+        count_denied: true,
+        ..daily(key, limit, hits)
+    };
+    let quota = |key: &str, limit, hits| floodgate::store::Check {
+        quota: true,
+        ..daily(key, limit, hits)
+    };
+    let remaining = |applied: &floodgate::store::Applied| -> Vec<u64> {
+        applied.counters.iter().map(|c| c.remaining).collect()
+    };
+    let denied = [
+        daily(keys[0], 0, 1),
+        metered(keys[1], 5, 2),
+        daily(keys[2], 5, 1),
+    ];
+    let applied = store.apply(&denied).await.unwrap();
+    assert!(!applied.admitted);
+    assert_eq!(remaining(&applied), [0, 3, 5], "only the report counted");
+    let looked = store
+        .apply(&[metered(keys[1], 5, 0), daily(keys[2], 5, 0)])
+        .await
+        .unwrap();
+    assert_eq!(remaining(&looked), [3, 5]);
+    // A report past the limit is counted: every later check is over.
+    let applied = store.apply(&[metered(keys[1], 5, 4)]).await.unwrap();
+    assert!(!applied.admitted && applied.counters[0].over);
+    let looked = store.apply(&[metered(keys[1], 5, 0)]).await.unwrap();
+    assert!(looked.counters[0].over, "counted past its limit");
+    // Quotas: one with room admits (and both count); all over denies.
+    let applied = store
+        .apply(&[quota(keys[3], 0, 1), quota(keys[4], 5, 1)])
+        .await
+        .unwrap();
+    assert!(applied.admitted);
+    assert_eq!(remaining(&applied)[1], 4);
+    let applied = store
+        .apply(&[
+            quota(keys[3], 0, 1),
+            quota(keys[5], 0, 1),
+            quota(keys[4], 5, 0),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        applied.admitted,
+        "a look at a quota with room still has room"
+    );
+    let applied = store
+        .apply(&[quota(keys[3], 0, 1), quota(keys[5], 0, 1)])
+        .await
+        .unwrap();
+    assert!(!applied.admitted, "every quota over");
+    let looked = store.apply(&[quota(keys[4], 5, 0)]).await.unwrap();
+    assert_eq!(
+        remaining(&looked),
+        [4],
+        "the denied requests counted nothing"
+    );
+}
+
+#[tokio::test]
+async fn cluster_counts_reports_and_quotas_across_slots() {
+    let Some(cluster) = ClusterTopology::start() else {
+        return;
+    };
+    let options = RedisOptions {
+        topology: Topology::Cluster {
+            nodes: cluster.node_addrs(),
+        },
+        ..RedisOptions::standalone("redis://127.0.0.1:1/0", "topo:")
+    };
+    let store = RedisStore::new(&options).unwrap();
+    let keys = ["{r0}k", "{r1}k", "{r2}k", "{r3}k", "{r4}k", "{r5}k"];
+    let slots: std::collections::HashSet<u16> = keys.iter().map(|k| slot(k.as_bytes())).collect();
+    assert_eq!(slots.len(), keys.len(), "the test needs six slots");
+    reports_and_quotas_hold(&store, keys).await;
+}
+
+#[tokio::test]
+async fn sentinel_counts_reports_and_quotas() {
+    let Some(set) = SentinelTopology::start(1000) else {
+        return;
+    };
+    let options = RedisOptions {
+        topology: Topology::Sentinel {
+            sentinels: set.sentinel_addrs(),
+            master_name: SENTINEL_MASTER_NAME.into(),
+            sentinel_password: None,
+        },
+        timeout: Duration::from_secs(2),
+        ..RedisOptions::standalone("redis://ignored:6379/0", "topo:")
+    };
+    let store = RedisStore::new(&options).unwrap();
+    reports_and_quotas_hold(&store, ["s0", "s1", "s2", "s3", "s4", "s5"]).await;
+}
