@@ -74,9 +74,9 @@ pub struct DescriptorStatus {
 }
 
 impl DescriptorStatus {
-    /// The status of a descriptor no counter was asked about: no limit applies, or none is
-    /// known.
-    const fn unlimited(code: Code, remaining: u32) -> DescriptorStatus {
+    /// The status of a descriptor no counter was asked about: no limit applies (unmatched,
+    /// replaced, unlimited), or none could be (an invalid key, a store failure).
+    const fn unchecked(code: Code, remaining: u32) -> DescriptorStatus {
         DescriptorStatus {
             code,
             limit: None,
@@ -129,7 +129,7 @@ pub fn fallback(descriptors: usize, mode: FailureMode) -> Option<Decision> {
     Some(Decision {
         overall: code,
         statuses: (0..descriptors)
-            .map(|_| DescriptorStatus::unlimited(code, 0))
+            .map(|_| DescriptorStatus::unchecked(code, 0))
             .collect(),
         denial: None,
         // Denied only while the store is away: worth retrying soon.
@@ -374,7 +374,9 @@ pub fn plan(
                     ..Applying::rule(m.rule, tier.limit(context.health))
                 }
             }
-            (None, Some(m), _) if is_replaced(m.rule.name.as_deref()) => {
+            // An unlimited rule stays unlimited even when named in a `replaces`, as in the
+            // reference.
+            (None, Some(m), _) if m.rule.limit.is_some() && is_replaced(m.rule.name.as_deref()) => {
                 slots.push(Slot::NoLimit);
                 continue;
             }
@@ -439,7 +441,9 @@ pub fn plan(
             shadow: shadow || global_shadow,
             gate: false,
             quota,
-            count_denied: count_denied || options.count_denied_hits,
+            // A quota is debited after the fact (look with 0 hits, then report what was used):
+            // its hits count even when the request is denied, or it would never run out.
+            count_denied: count_denied || quota || options.count_denied_hits,
             algorithm: limit.algorithm,
         });
     }
@@ -486,10 +490,10 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
         .map(|slot| match slot {
             Slot::NoLimit => DescriptorStatus {
                 quota: plan.global_quota,
-                ..DescriptorStatus::unlimited(Code::Ok, 0)
+                ..DescriptorStatus::unchecked(Code::Ok, 0)
             },
-            Slot::Unlimited => DescriptorStatus::unlimited(Code::Ok, u32::MAX),
-            Slot::InvalidKey => DescriptorStatus::unlimited(Code::OverLimit, 0),
+            Slot::Unlimited => DescriptorStatus::unchecked(Code::Ok, u32::MAX),
+            Slot::InvalidKey => DescriptorStatus::unchecked(Code::OverLimit, 0),
             Slot::Checked {
                 check,
                 applied: applied_limit,
@@ -518,26 +522,22 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
             }
         })
         .collect();
-    let (mut quotas, mut quotas_over, mut denied) = (0, 0, false);
-    let mut retry_after_ms: u64 = 0;
-    for status in &statuses {
-        let over = status.code == Code::OverLimit;
-        if status.quota {
-            quotas += 1;
-            quotas_over += usize::from(over);
-        } else {
-            denied |= over;
-        }
-        if over {
-            retry_after_ms = retry_after_ms.max(status.reset_ms.unwrap_or(0));
-        }
-    }
-    denied |= quotas > 0 && quotas_over == quotas;
-    let mut overall = if denied && !plan.global_shadow {
-        Code::OverLimit
-    } else {
+    let passed = crate::store::passes(
+        statuses
+            .iter()
+            .map(|s| (s.quota, s.code == Code::OverLimit)),
+    );
+    let mut overall = if passed || plan.global_shadow {
         Code::Ok
+    } else {
+        Code::OverLimit
     };
+    let mut retry_after_ms = statuses
+        .iter()
+        .filter(|s| s.code == Code::OverLimit)
+        .filter_map(|s| s.reset_ms)
+        .max()
+        .unwrap_or(0);
     let mut denial = plan.denial;
     if let Some(gate) = plan.gate
         && applied.counters[gate].over

@@ -558,6 +558,9 @@ descriptors:
     rate_limit: { unit: minute, requests_per_unit: 1 }
   - key: blocked
     rate_limit: { unit: hour, requests_per_unit: 0 }
+  - key: quota
+    quota_mode: true
+    rate_limit: { unit: minute, requests_per_unit: 1 }
 "#;
 
     fn new_limiter(global_shadow: bool) -> Limiter<MemoryStore<ManualClock>> {
@@ -688,6 +691,26 @@ descriptors:
         );
         // the request passed, so its other descriptor was counted
         assert_eq!(global.decide(&q).await.unwrap().statuses[1].remaining, 0);
+    }
+
+    #[tokio::test]
+    async fn a_quota_debited_past_its_limit_runs_out() {
+        let limiter = new_limiter(false);
+        let with_hits = |hits| {
+            let mut d = descriptor("quota", "q");
+            d.hits = hits;
+            query(vec![d])
+        };
+        // look, debit one (at the limit), look: still OK
+        assert_eq!(codes(&limiter, &with_hits(0)).await.0, Code::Ok);
+        assert_eq!(codes(&limiter, &with_hits(1)).await.0, Code::Ok);
+        assert_eq!(codes(&limiter, &with_hits(0)).await.0, Code::Ok);
+        // the next debit is denied but counted, so the quota has run out
+        assert_eq!(codes(&limiter, &with_hits(1)).await.0, Code::OverLimit);
+        assert_eq!(
+            codes(&limiter, &with_hits(0)).await,
+            (Code::OverLimit, vec![Code::OverLimit])
+        );
     }
 
     #[tokio::test]

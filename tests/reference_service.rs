@@ -273,6 +273,9 @@ enum Rule {
     Over(Unit),
     /// A limit of `per_unit` far from full: OK, its remaining counting the admitted requests.
     Under(u32, Unit),
+    /// A quota of `per_unit` far from full: OK, its remaining counting every request, admitted
+    /// or not (a quota's hits always count, as the reference counts every descriptor's).
+    QuotaUnder(u32, Unit),
     /// No rule matches.
     NoLimit,
     /// An unlimited rule.
@@ -281,11 +284,13 @@ enum Rule {
 
 const OVER: Rule = Rule::Over(Unit::Minute);
 const UNDER: Rule = Rule::Under(1000, Unit::Minute);
+const QUOTA_UNDER: Rule = Rule::QuotaUnder(1000, Unit::Minute);
 
 /// Sends one request of `descriptors` (keys, each with a fresh value) twice, and checks both
 /// answers: `overall`, and each status as its rule says. The second time, on Redis, Floodgate's
 /// local over-limit cache may answer for the over-limit counters; the answer must not change.
-/// An admitted request (overall OK) counts one hit on every counter; a denied one none.
+/// An admitted request (overall OK) counts one hit on every counter; a denied one none but on
+/// its quotas.
 async fn case(
     client: &mut Client,
     ctx: &str,
@@ -310,6 +315,7 @@ async fn case(
             .map(|(_, rule)| match *rule {
                 Rule::Over(unit) => over(0, unit),
                 Rule::Under(per_unit, unit) => ok(per_unit, unit, per_unit - admitted),
+                Rule::QuotaUnder(per_unit, unit) => ok(per_unit, unit, per_unit - round),
                 Rule::NoLimit => Want::NoLimit,
                 Rule::Unlimited => Want::Unlimited,
             })
@@ -430,7 +436,7 @@ async fn quota_mode_per_descriptor() {
 
         // TestServicePerDescriptorQuotaMode: a plain limit over denies, whatever the quota says.
         let name = ctx("regular over, quota under");
-        let descriptors = [("over", OVER), ("quota_under", UNDER)];
+        let descriptors = [("over", OVER), ("quota_under", QUOTA_UNDER)];
         case(c, &name, domain, &descriptors, Code::OverLimit).await;
         // TestServiceMixedPerDescriptorModes: the only quota descriptor is over: denied, the
         // quota descriptor's own status reading OVER_LIMIT.
@@ -439,7 +445,7 @@ async fn quota_mode_per_descriptor() {
         case(c, &name, domain, &descriptors, Code::OverLimit).await;
         // TestServiceMixedPerDescriptorModesUnderLimit.
         let name = ctx("regular under, quota under");
-        let descriptors = [("under", UNDER), ("quota_under", UNDER)];
+        let descriptors = [("under", UNDER), ("quota_under", QUOTA_UNDER)];
         case(c, &name, domain, &descriptors, Code::Ok).await;
         // TestServiceQuotaModeOnlyAllOverTheLimit.
         let name = ctx("both quotas over");
@@ -448,13 +454,13 @@ async fn quota_mode_per_descriptor() {
         // TestServiceQuotaModeOnlySomeOverTheLimit: OK overall, yet the quota descriptor over
         // its limit still reads OVER_LIMIT.
         let name = ctx("one quota over, one under");
-        let descriptors = [("quota_over", OVER), ("quota_under", UNDER)];
+        let descriptors = [("quota_over", OVER), ("quota_under", QUOTA_UNDER)];
         case(c, &name, domain, &descriptors, Code::Ok).await;
         let name = ctx("regular under, one quota over, one under");
         let descriptors = [
             ("under", UNDER),
             ("quota_over", OVER),
-            ("quota_under", UNDER),
+            ("quota_under", QUOTA_UNDER),
         ];
         case(c, &name, domain, &descriptors, Code::Ok).await;
         // A descriptor no rule matches is no quota descriptor: the one quota there is, is over.

@@ -96,7 +96,64 @@ impl Domain {
 
 /// Parses one domain file.
 pub(crate) fn parse_file(text: &str) -> Result<DomainFile, Problem> {
-    serde_yaml::from_str(text).map_err(|e| Problem::Syntax(e.to_string()))
+    match serde_yaml::from_str(text) {
+        Ok(file) => Ok(file),
+        // What the reference's YAML 1.1 parser reads and serde's YAML 1.2 one refuses is read as
+        // the reference reads it; anything else keeps the strict parse's error, which says where.
+        Err(strict) => yaml_1_1(text).ok_or_else(|| Problem::Syntax(strict.to_string())),
+    }
+}
+
+/// Flags, which YAML 1.1 also spells yes/no, on/off, y/n.
+const FLAGS: &[&str] = &[
+    "shadow_mode",
+    "quota_mode",
+    "unlimited",
+    "detailed_metric",
+    "value_to_metric",
+    "share_threshold",
+    "tiered",
+    "count_denied_hits",
+];
+
+/// `text` read as the reference reads it: `<<` merge keys applied, a `~` (null) value taken as
+/// an absent field (an absent list, a false flag), flags spelt yes/no/on/off.
+fn yaml_1_1(text: &str) -> Option<DomainFile> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).ok()?;
+    value.apply_merge().ok()?;
+    absent_nulls_and_yaml_1_1_flags(&mut value);
+    serde_yaml::from_value(value).ok()
+}
+
+fn absent_nulls_and_yaml_1_1_flags(value: &mut serde_yaml::Value) {
+    use serde_yaml::Value as Y;
+    match value {
+        Y::Mapping(map) => {
+            map.retain(|_, v| !v.is_null());
+            for (key, v) in map.iter_mut() {
+                let key = key.as_str().unwrap_or_default();
+                if key == "metadata" {
+                    continue; // free-form: kept as written
+                }
+                if let Y::String(text) = &*v
+                    && FLAGS.contains(&key)
+                {
+                    match text.as_str() {
+                        "y" | "Y" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" => {
+                            *v = Y::Bool(true)
+                        }
+                        "n" | "N" | "no" | "No" | "NO" | "off" | "Off" | "OFF" => {
+                            *v = Y::Bool(false)
+                        }
+                        _ => {}
+                    }
+                }
+                absent_nulls_and_yaml_1_1_flags(v);
+            }
+        }
+        Y::Sequence(items) => items.iter_mut().for_each(absent_nulls_and_yaml_1_1_flags),
+        _ => {}
+    }
 }
 
 impl DomainFile {
@@ -571,8 +628,9 @@ fn json_value(value: &serde_yaml::Value) -> Result<serde_json::Value, String> {
 fn limit(spec: &RateLimitSpec, at: &str) -> Result<Option<Limit>, Problem> {
     let at = at.to_owned();
     if spec.unlimited {
+        // A count beside `unlimited` is ignored, as in the reference (a limit switched off by
+        // adding `unlimited: true`); a unit is refused, as there.
         if spec.unit.is_some()
-            || spec.requests_per_unit.is_some()
             || spec.algorithm.is_some()
             || spec.burst.is_some()
             || spec.unit_multiplier.is_some()

@@ -81,7 +81,7 @@ pub enum Problem {
         at: String,
     },
     /// `unlimited: true` together with a unit or a count.
-    #[error("{at}.rate_limit: 'unlimited: true' cannot also set a unit, count or algorithm")]
+    #[error("{at}.rate_limit: 'unlimited: true' cannot also set a unit or an algorithm")]
     UnlimitedWithLimit {
         /// Location.
         at: String,

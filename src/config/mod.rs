@@ -417,7 +417,7 @@ descriptors:
     shadow_mode: true
     rate_limit: { unit: second, requests_per_unit: 0 }
   - key: client
-    rate_limit: { unlimited: true }
+    rate_limit: { unlimited: true, requests_per_unit: 5 }
   - key: window
     rate_limit: { unit: minute, unit_multiplier: 5, requests_per_unit: 9, algorithm: sliding_window }
   - key: bucket
@@ -507,6 +507,38 @@ descriptors:
         );
         let a = top_rule(&config, "d", "a");
         assert!(!a.quota_mode && !a.count_denied_hits && a.metadata.is_none());
+    }
+
+    #[test]
+    fn reads_what_the_reference_s_yaml_1_1_reads() {
+        let yaml = r#"
+domain: d
+descriptors:
+  - key: base
+    rate_limit: &common { unit: minute, requests_per_unit: 3 }
+  - key: flags
+    shadow_mode: yes
+    detailed_metric: off
+    rate_limit:
+      <<: *common
+      replaces: ~
+  - key: nothing
+    value: ~
+    shadow_mode: ~
+    descriptors: ~
+"#;
+        let config = Config::from_yaml(yaml).unwrap();
+        let flags = top_rule(&config, "d", "flags");
+        assert!(flags.shadow_mode && !flags.detailed_metric);
+        assert_eq!(flags.limit, Some(Limit::per(3, Unit::Minute)));
+        let domain = config.domain("d").unwrap();
+        let nothing = domain.node(domain.root().children["nothing"].any.unwrap());
+        assert!(nothing.rule.is_none() && nothing.children.is_empty());
+        // a strict error still says where
+        let err = Config::from_yaml("domain: d\ndescriptors:\n  - key: k\n    shadow_mode: maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("descriptors[0].shadow_mode"), "{err}");
     }
 
     #[test]

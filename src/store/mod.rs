@@ -258,17 +258,27 @@ pub trait Store: Send + Sync + 'static {
 /// over its limit; quota checks deny only together, when the request has some and every one
 /// is over (the reference's quota mode: a shadow quota never counts as over).
 pub fn admits(checks: &[Check], over: impl Fn(usize) -> bool) -> bool {
-    let (mut quotas, mut quotas_over) = (0usize, 0usize);
-    for (i, check) in checks.iter().enumerate() {
-        let denies = !check.shadow && over(i);
-        if check.quota {
+    passes(
+        checks
+            .iter()
+            .enumerate()
+            .map(|(i, check)| (check.quota, !check.shadow && over(i))),
+    )
+}
+
+/// The rule behind [`admits`], over (is a quota, denies) pairs: no denying non-quota, and not
+/// every quota denying. The decision applies it to descriptor statuses too.
+pub fn passes(items: impl IntoIterator<Item = (bool, bool)>) -> bool {
+    let (mut quotas, mut quotas_denying) = (0usize, 0usize);
+    for (quota, denies) in items {
+        if quota {
             quotas += 1;
-            quotas_over += usize::from(denies);
+            quotas_denying += usize::from(denies);
         } else if denies {
             return false;
         }
     }
-    quotas == 0 || quotas_over < quotas
+    quotas == 0 || quotas_denying < quotas
 }
 
 #[cfg(test)]

@@ -66,6 +66,17 @@ pub async fn http_full(
     (status, headers, body)
 }
 
+/// The status of a GET of `path`, or `None` when the connection fails or the answer is no HTTP.
+pub async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
 /// The payload of a chunked body.
 fn dechunk(mut rest: &str) -> String {
     let mut body = String::new();
