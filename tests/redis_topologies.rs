@@ -49,6 +49,31 @@ fn limiter_options() -> LimiterOptions {
     }
 }
 
+/// A store on `cluster`, prefix `topo:`.
+fn cluster_store(cluster: &ClusterTopology) -> RedisStore {
+    RedisStore::new(&RedisOptions {
+        topology: Topology::Cluster {
+            nodes: cluster.node_addrs(),
+        },
+        ..RedisOptions::standalone("redis://127.0.0.1:1/0", "topo:")
+    })
+    .unwrap()
+}
+
+/// A store on the master of `set`, found through its Sentinels, with a deadline of `timeout`.
+fn sentinel_store(set: &SentinelTopology, timeout: Duration) -> RedisStore {
+    RedisStore::new(&RedisOptions {
+        topology: Topology::Sentinel {
+            sentinels: set.sentinel_addrs(),
+            master_name: SENTINEL_MASTER_NAME.into(),
+            sentinel_password: None,
+        },
+        timeout,
+        ..RedisOptions::standalone("redis://ignored:6379/0", "topo:")
+    })
+    .unwrap()
+}
+
 async fn admitted(
     client: &mut floodgate::pb::rate_limit_service_client::RateLimitServiceClient<
         tonic::transport::Channel,
@@ -79,16 +104,7 @@ async fn sentinel_failover_under_load() {
     let Some(mut set) = SentinelTopology::start(DOWN_AFTER_MS) else {
         return;
     };
-    let options = RedisOptions {
-        topology: Topology::Sentinel {
-            sentinels: set.sentinel_addrs(),
-            master_name: SENTINEL_MASTER_NAME.into(),
-            sentinel_password: None,
-        },
-        timeout: Duration::from_millis(300),
-        ..RedisOptions::standalone("redis://ignored:6379/0", "topo:")
-    };
-    let store = RedisStore::new(&options).unwrap();
+    let store = sentinel_store(&set, Duration::from_millis(300));
     let (server, _) =
         TestServer::with_limiter(CONFIG, store, limiter_options(), ServerOptions::default()).await;
     let mut client = server.client().await;
@@ -163,13 +179,7 @@ async fn cluster_decides_across_slots() {
     let Some(cluster) = ClusterTopology::start() else {
         return;
     };
-    let options = RedisOptions {
-        topology: Topology::Cluster {
-            nodes: cluster.node_addrs(),
-        },
-        ..RedisOptions::standalone("redis://127.0.0.1:1/0", "topo:")
-    };
-    let store = RedisStore::new(&options).unwrap();
+    let store = cluster_store(&cluster);
     let (server, limiter) =
         TestServer::with_limiter(CONFIG, store, limiter_options(), ServerOptions::default()).await;
     let mut client = server.client().await;
@@ -414,13 +424,7 @@ async fn cluster_counts_reports_and_quotas_across_slots() {
     let Some(cluster) = ClusterTopology::start() else {
         return;
     };
-    let options = RedisOptions {
-        topology: Topology::Cluster {
-            nodes: cluster.node_addrs(),
-        },
-        ..RedisOptions::standalone("redis://127.0.0.1:1/0", "topo:")
-    };
-    let store = RedisStore::new(&options).unwrap();
+    let store = cluster_store(&cluster);
     let keys = ["{r0}k", "{r1}k", "{r2}k", "{r3}k", "{r4}k", "{r5}k"];
     let slots: std::collections::HashSet<u16> = keys.iter().map(|k| slot(k.as_bytes())).collect();
     assert_eq!(slots.len(), keys.len(), "the test needs six slots");
@@ -432,15 +436,6 @@ async fn sentinel_counts_reports_and_quotas() {
     let Some(set) = SentinelTopology::start(1000) else {
         return;
     };
-    let options = RedisOptions {
-        topology: Topology::Sentinel {
-            sentinels: set.sentinel_addrs(),
-            master_name: SENTINEL_MASTER_NAME.into(),
-            sentinel_password: None,
-        },
-        timeout: Duration::from_secs(2),
-        ..RedisOptions::standalone("redis://ignored:6379/0", "topo:")
-    };
-    let store = RedisStore::new(&options).unwrap();
+    let store = sentinel_store(&set, Duration::from_secs(2));
     reports_and_quotas_hold(&store, ["s0", "s1", "s2", "s3", "s4", "s5"]).await;
 }
