@@ -534,26 +534,30 @@ impl Builder {
             self.names.insert(name.clone());
         }
         // The reference's place for `replaces` is inside `rate_limit`; beside it is an alias.
-        let entries = match (rate_limit.replaces.is_empty(), spec.replaces.is_empty()) {
-            (false, false) => return Err(Problem::ReplacesTwice { at: at.to_owned() }),
-            (false, true) => &rate_limit.replaces,
-            (true, _) => &spec.replaces,
-        };
+        // (the entries, and where they are written)
+        let (entries, replaces_at) =
+            match (rate_limit.replaces.is_empty(), spec.replaces.is_empty()) {
+                (false, false) => return Err(Problem::ReplacesTwice { at: at.to_owned() }),
+                (false, true) => (&rate_limit.replaces, format!("{at}.rate_limit")),
+                (true, _) => (&spec.replaces, at.to_owned()),
+            };
         let mut replaces = Vec::with_capacity(entries.len());
         for entry in entries {
             let replaced = entry
                 .name
                 .clone()
                 .filter(|n| !n.is_empty())
-                .ok_or_else(|| Problem::EmptyReplacesName { at: at.to_owned() })?;
+                .ok_or_else(|| Problem::EmptyReplacesName {
+                    at: replaces_at.clone(),
+                })?;
             if name.as_ref() == Some(&replaced) {
                 return Err(Problem::ReplacesSelf {
-                    at: at.to_owned(),
+                    at: replaces_at,
                     name: replaced,
                 });
             }
             self.replaces
-                .push((self.file, at.to_owned(), replaced.clone()));
+                .push((self.file, replaces_at.clone(), replaced.clone()));
             replaces.push(replaced);
         }
         Ok(Some(Rule {

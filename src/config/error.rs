@@ -118,7 +118,7 @@ pub enum Problem {
         at: String,
     },
     /// A limit that names itself in its `replaces`.
-    #[error("{at}.rate_limit.replaces: the limit '{name}' cannot replace itself")]
+    #[error("{at}.replaces: the limit '{name}' cannot replace itself")]
     ReplacesSelf {
         /// Location.
         at: String,

@@ -249,7 +249,7 @@ mod tests {
             ),
             (
                 "domain: d\ndescriptors:\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, replaces: [{ name: }] }",
-                "descriptors[0].replaces: every entry needs a non-empty 'name'",
+                "descriptors[0].rate_limit.replaces: every entry needs a non-empty 'name'",
             ),
             (
                 "domain: d\ndescriptors:\n  - key: a\n    rate_limit: { unit: second, requests_per_unit: 1, name: n }\n  - key: k\n    rate_limit: { unit: second, requests_per_unit: 1, replaces: [{ name: n }] }\n    replaces: [{ name: n }]",
@@ -573,7 +573,7 @@ descriptors:
         .unwrap_err()
         .to_string();
         assert!(
-            err.starts_with("s.yaml: descriptors[0].replaces: no limit named 'nope'"),
+            err.starts_with("s.yaml: descriptors[0].rate_limit.replaces: no limit named 'nope'"),
             "{err}"
         );
         // plans belong to the first file only
