@@ -34,6 +34,8 @@ use crate::telemetry;
 
 /// The gRPC service name health checks ask about.
 pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
+/// The name envoyproxy/ratelimit reports its health under, which probes written for it ask.
+pub const REFERENCE_HEALTH_NAME: &str = "ratelimit";
 
 /// Why the server stopped or could not start.
 #[derive(Debug, Error)]
@@ -262,6 +264,9 @@ fn no_delay(
 async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter.set_service_status("", status).await;
     reporter.set_service_status(RLS_SERVICE_NAME, status).await;
+    reporter
+        .set_service_status(REFERENCE_HEALTH_NAME, status)
+        .await;
 }
 
 fn grpc_tls_config(tls: &GrpcTls) -> Result<ServerTlsConfig, ServerError> {

@@ -127,17 +127,23 @@ async fn grpc_health_follows_the_store() {
     };
     let serving = || async { status("").await.ok() == Some(ServingStatus::Serving) };
     wait_for("SERVING", PATIENCE, serving).await;
-    assert_eq!(
-        status("envoy.service.ratelimit.v3.RateLimitService")
-            .await
-            .unwrap(),
-        ServingStatus::Serving
-    );
+    for name in ["envoy.service.ratelimit.v3.RateLimitService", "ratelimit"] {
+        assert_eq!(
+            status(name).await.unwrap(),
+            ServingStatus::Serving,
+            "{name}"
+        );
+    }
     redis.kill();
     wait_for("NOT_SERVING while Redis is down", PATIENCE, || async {
         status("").await.ok() == Some(ServingStatus::NotServing)
     })
     .await;
+    assert_eq!(
+        status("ratelimit").await.unwrap(),
+        ServingStatus::NotServing,
+        "the reference's name follows too"
+    );
     assert_eq!(http(server.http_addr, "GET", "/readyz", "").await.0, 500);
     assert_eq!(
         http(server.http_addr, "GET", "/livez", "").await.0,
