@@ -27,6 +27,7 @@ use crate::http::{self, HttpState};
 use crate::limiter::{Limiter, LimiterOptions};
 use crate::overload::InFlightLimitLayer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
+use crate::rls::response::LimitHeaderNames;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
 use crate::settings::{ServeSettings, StoreKind};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
@@ -441,6 +442,11 @@ pub async fn serve(
         input_limits: settings.input_limits(),
         response_options: ResponseOptions {
             limit_headers: settings.response_headers,
+            header_names: LimitHeaderNames {
+                limit: settings.limit_header.clone(),
+                remaining: settings.remaining_header.clone(),
+                reset: settings.reset_header.clone(),
+            },
             dynamic_metadata: settings.response_dynamic_metadata,
         },
         admin_key: settings.admin_key.clone().filter(|k| !k.is_empty()),

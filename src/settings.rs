@@ -188,6 +188,15 @@ pub struct ServeSettings {
     /// Add RateLimit-Limit/-Remaining/-Reset headers (the most constrained descriptor's).
     #[arg(long, env = "FLOODGATE_RESPONSE_HEADERS")]
     pub response_headers: bool,
+    /// Name of the limit header (`--response-headers`).
+    #[arg(long, env = "FLOODGATE_LIMIT_HEADER", default_value = crate::rls::response::LIMIT_HEADER)]
+    pub limit_header: String,
+    /// Name of the remaining-requests header (`--response-headers`).
+    #[arg(long, env = "FLOODGATE_REMAINING_HEADER", default_value = crate::rls::response::REMAINING_HEADER)]
+    pub remaining_header: String,
+    /// Name of the seconds-until-reset header (`--response-headers`).
+    #[arg(long, env = "FLOODGATE_RESET_HEADER", default_value = crate::rls::response::RESET_HEADER)]
+    pub reset_header: String,
     /// Every descriptor is a quota: over some of them, a request is denied only when every
     /// quota it carries is over (the reference's QUOTA_MODE).
     #[arg(long, env = "FLOODGATE_QUOTA_MODE")]

@@ -167,6 +167,32 @@ async fn limit_headers_come_from_the_most_constrained_descriptor() {
 }
 
 #[tokio::test]
+async fn limit_header_names_can_be_chosen() {
+    let options = ServerOptions {
+        response_options: ResponseOptions {
+            limit_headers: true,
+            header_names: floodgate::rls::response::LimitHeaderNames {
+                limit: "X-Limit".into(),
+                remaining: "X-Left".into(),
+                reset: "X-Reset".into(),
+            },
+            ..ResponseOptions::default()
+        },
+        ..ServerOptions::default()
+    };
+    let server = TestServer::memory(CONFIG, options).await;
+    let mut client = server.client().await;
+    let req = request("edge", &[&[("path", "/login")]]);
+    let response = client.should_rate_limit(req).await.unwrap().into_inner();
+    let names: Vec<&str> = response
+        .response_headers_to_add
+        .iter()
+        .map(|h| h.key.as_str())
+        .collect();
+    assert_eq!(names, ["X-Limit", "X-Left", "X-Reset"]);
+}
+
+#[tokio::test]
 async fn json_endpoint_and_healthcheck() {
     let server = TestServer::memory(CONFIG, ServerOptions::default()).await;
     let body = r#"{"domain":"edge","descriptors":[{"entries":[{"key":"path","value":"/login"}]}]}"#;

@@ -16,12 +16,36 @@ pub struct ResponseOptions {
     /// Add RateLimit-Limit / -Remaining / -Reset headers from the most constrained descriptor,
     /// as the reference's LIMIT_RESPONSE_HEADERS_ENABLED does.
     pub limit_headers: bool,
+    /// Their names (the reference's LIMIT_LIMIT_HEADER, LIMIT_REMAINING_HEADER,
+    /// LIMIT_RESET_HEADER).
+    pub header_names: LimitHeaderNames,
     /// Fill the response's `dynamic_metadata` with the request and the passed descriptors'
     /// `metadata`, as the reference's RESPONSE_DYNAMIC_METADATA does.
     pub dynamic_metadata: bool,
 }
 
-/// Header names of the limit headers.
+/// The names of the limit headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitHeaderNames {
+    /// The limit's requests per unit.
+    pub limit: String,
+    /// Requests left.
+    pub remaining: String,
+    /// Seconds until the window resets.
+    pub reset: String,
+}
+
+impl Default for LimitHeaderNames {
+    fn default() -> LimitHeaderNames {
+        LimitHeaderNames {
+            limit: LIMIT_HEADER.to_owned(),
+            remaining: REMAINING_HEADER.to_owned(),
+            reset: RESET_HEADER.to_owned(),
+        }
+    }
+}
+
+/// Default name of the limit header.
 pub const LIMIT_HEADER: &str = "RateLimit-Limit";
 /// Remaining-requests header.
 pub const REMAINING_HEADER: &str = "RateLimit-Remaining";
@@ -42,7 +66,7 @@ pub fn build(
     echo: Option<Struct>,
 ) -> RateLimitResponse {
     let mut headers = if options.limit_headers {
-        limit_headers(&decision.statuses)
+        limit_headers(&decision.statuses, &options.header_names)
     } else {
         Vec::new()
     };
@@ -132,7 +156,7 @@ fn status(status: DescriptorStatus) -> PbStatus {
 /// Limit headers from the descriptor the reference picks: the limited one with the fewest
 /// requests left (the first of equals), unless one that is not a quota is over its limit (then
 /// the last such one).
-fn limit_headers(statuses: &[DescriptorStatus]) -> Vec<HeaderValue> {
+fn limit_headers(statuses: &[DescriptorStatus], names: &LimitHeaderNames) -> Vec<HeaderValue> {
     let mut chosen: Option<(&AppliedLimit, &DescriptorStatus)> = None;
     let mut fewest = u32::MAX;
     for status in statuses {
@@ -149,10 +173,10 @@ fn limit_headers(statuses: &[DescriptorStatus]) -> Vec<HeaderValue> {
         return Vec::new();
     };
     vec![
-        header(LIMIT_HEADER, &applied.limit.requests_per_unit.to_string()),
-        header(REMAINING_HEADER, &status.remaining.to_string()),
+        header(&names.limit, &applied.limit.requests_per_unit.to_string()),
+        header(&names.remaining, &status.remaining.to_string()),
         header(
-            RESET_HEADER,
+            &names.reset,
             &status.reset_ms.unwrap_or(0).div_ceil(1000).to_string(),
         ),
     ]
