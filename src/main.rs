@@ -7,6 +7,7 @@ use tokio::sync::Notify;
 
 use clap::Parser;
 use floodgate::config::{Config, LoadOptions};
+use floodgate::settings::reference::{self, Translation};
 use floodgate::settings::{Cli, Command, LogFormat};
 
 /// The allocator: mimalloc. With glibc's malloc a Redis-store decision cost about a fifth more
@@ -17,7 +18,10 @@ use floodgate::settings::{Cli, Command, LogFormat};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<ExitCode> {
-    let cli = Cli::parse();
+    let (cli, reference) = match reference_command_line()? {
+        Some((cli, translation)) => (cli, Some(translation)),
+        None => (Cli::parse(), None),
+    };
     match cli.command {
         Command::CheckConfig {
             path,
@@ -26,6 +30,7 @@ fn main() -> anyhow::Result<ExitCode> {
             &path,
             &LoadOptions {
                 merge_domains: merge_domain_config,
+                ..LoadOptions::default()
             },
         ) {
             Ok(config) => {
@@ -47,8 +52,21 @@ fn main() -> anyhow::Result<ExitCode> {
             // The span exporter starts its connection on the runtime.
             let telemetry = {
                 let _runtime = runtime.enter();
-                init_logging(settings.log_format, settings.otlp_endpoint.as_deref())?
+                let default_filter = reference.as_ref().map_or("info", |t| t.log_filter.as_str());
+                init_logging(
+                    settings.log_format,
+                    settings.otlp_endpoint.as_deref(),
+                    default_filter,
+                )?
             };
+            if let Some(translation) = &reference {
+                tracing::warn!(
+                    "started as envoyproxy/ratelimit: settings read from its environment"
+                );
+                for notice in &translation.notices {
+                    tracing::warn!("{notice}");
+                }
+            }
             runtime.block_on(async {
                 let reload = Arc::new(Notify::new());
                 tokio::spawn(reload_on_sighup(reload.clone()));
@@ -60,14 +78,44 @@ fn main() -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Sets up logging (and, with the `otel` feature, span export); the returned guard flushes
-/// exported spans when dropped.
-fn init_logging(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
+/// The command line of Floodgate started as envoyproxy/ratelimit: as `/bin/ratelimit` with no
+/// arguments, or as `floodgate serve` with neither `--config` nor FLOODGATE_CONFIG but the
+/// reference's RUNTIME_ROOT; made from the reference's environment. `None` otherwise.
+fn reference_command_line() -> anyhow::Result<Option<(Cli, Translation)>> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let program = args
+        .first()
+        .and_then(|a| std::path::Path::new(a).file_name())
+        .and_then(|n| n.to_str());
+    let as_ratelimit = program == Some("ratelimit") && args.len() == 1;
+    let bare_serve = args.len() == 2
+        && args[1] == "serve"
+        && std::env::var_os("FLOODGATE_CONFIG").is_none()
+        && std::env::var_os("RUNTIME_ROOT").is_some();
+    if !(as_ratelimit || bare_serve) {
+        return Ok(None);
+    }
+    let translation = reference::translate(|name| std::env::var(name).ok())?;
+    let command_line = ["floodgate", "serve"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(translation.args.iter().cloned());
+    let cli = Cli::try_parse_from(command_line)?;
+    Ok(Some((cli, translation)))
+}
+
+/// Sets up logging (and, with the `otel` feature, span export); the level comes from RUST_LOG,
+/// else `default_filter`. The returned guard flushes exported spans when dropped.
+fn init_logging(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+    default_filter: &str,
+) -> anyhow::Result<TelemetryGuard> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
 
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let (otel, guard) = otel_layer(otlp_endpoint)?;
     let registry = tracing_subscriber::registry().with(filter).with(otel);
     match format {

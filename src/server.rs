@@ -337,7 +337,7 @@ async fn watch_config<S: Store>(
     source: ConfigSource,
     stop: CancellationToken,
 ) {
-    let mut seen = fingerprint(&source.path);
+    let mut seen = fingerprint(&source.path, &source.load);
     loop {
         let poll = async {
             if source.poll_interval.is_zero() {
@@ -350,7 +350,7 @@ async fn watch_config<S: Store>(
             () = source.reload.notified() => true,
             () = poll => false,
         };
-        let now = fingerprint(&source.path);
+        let now = fingerprint(&source.path, &source.load);
         if !asked && now == seen {
             continue;
         }
@@ -384,25 +384,15 @@ pub async fn reload<S: Store>(
     }
 }
 
-/// A cheap summary of the config files' contents: changes when any file changes.
-fn fingerprint(path: &std::path::Path) -> u64 {
+/// A cheap summary of the config files' contents: changes when any file changes (or one is
+/// added or removed).
+fn fingerprint(path: &std::path::Path, load: &LoadOptions) -> u64 {
     let mut bytes = Vec::new();
-    let mut add = |file: &std::path::Path| {
+    for file in crate::config::source_files(path, load).unwrap_or_default() {
         bytes.extend_from_slice(file.as_os_str().as_encoded_bytes());
-        if let Ok(content) = std::fs::read(file) {
+        if let Ok(content) = std::fs::read(&file) {
             bytes.extend_from_slice(&content);
         }
-    };
-    match std::fs::read_dir(path) {
-        Ok(entries) => {
-            let mut files: Vec<PathBuf> =
-                entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-            files.sort();
-            for file in files {
-                add(&file);
-            }
-        }
-        Err(_) => add(path),
     }
     crate::store::key::fnv1a(&bytes)
 }

@@ -22,6 +22,22 @@ pub enum ConfigError {
         /// The directory.
         path: PathBuf,
     },
+    /// A config directory nested deeper than the bound.
+    #[error("{path}: config directories nested more than {max} deep", path = path.display())]
+    TooDeep {
+        /// The directory past the bound.
+        path: PathBuf,
+        /// The bound.
+        max: usize,
+    },
+    /// A config directory with more files than the bound.
+    #[error("{path}: more than {max} config files", path = path.display())]
+    TooManyFiles {
+        /// The directory.
+        path: PathBuf,
+        /// The bound.
+        max: usize,
+    },
     /// A file is not a valid domain.
     #[error("{path}: {problem}", path = path.display())]
     Invalid {

@@ -41,7 +41,7 @@ impl Config {
 
     /// Like [`Config::load`], with `options`.
     pub fn load_with(path: &Path, options: &LoadOptions) -> Result<Config, ConfigError> {
-        let sources = read_sources(path)?;
+        let sources = read_sources(path, options)?;
         Config::from_sources_with(
             sources.iter().map(|(p, t)| (p.as_path(), t.as_str())),
             options,
@@ -132,25 +132,24 @@ pub struct LoadOptions {
     /// A domain may span several files, whose descriptors are merged (the reference's
     /// MERGE_DOMAIN_CONFIG); otherwise a domain defined twice is refused.
     pub merge_domains: bool,
+    /// A directory stands for every regular file in it and its subdirectories, whatever its
+    /// name (the reference's runtime directory); otherwise for its top-level `*.yaml` and
+    /// `*.yml` files.
+    pub all_files: bool,
+    /// Hidden entries (names starting with '.') are read too, as the reference does unless
+    /// RUNTIME_IGNOREDOTFILES; otherwise they are skipped (a ConfigMap's `..data` twins).
+    pub hidden_files: bool,
 }
 
-/// The (path, text) of the file at `path`, or of each domain file of the directory `path`.
-fn read_sources(path: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
-    let meta = fs::metadata(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let files = if meta.is_dir() {
-        let files = domain_files(path)?;
-        if files.is_empty() {
-            return Err(ConfigError::NoFiles {
-                path: path.to_owned(),
-            });
-        }
-        files
-    } else {
-        vec![path.to_owned()]
-    };
+/// Bounds on a config directory, so that a symlink loop or a wrong mount cannot make a load
+/// endless: far beyond any real layout.
+const MAX_DEPTH: usize = 16;
+/// See [`MAX_DEPTH`].
+const MAX_FILES: usize = 10_000;
+
+/// The (path, text) of every file `path` stands for.
+fn read_sources(path: &Path, options: &LoadOptions) -> Result<Vec<(PathBuf, String)>, ConfigError> {
+    let files = source_files(path, options)?;
     let mut sources = Vec::with_capacity(files.len());
     for file in files {
         let text = fs::read_to_string(&file).map_err(|source| ConfigError::Read {
@@ -162,26 +161,69 @@ fn read_sources(path: &Path) -> Result<Vec<(PathBuf, String)>, ConfigError> {
     Ok(sources)
 }
 
-/// The domain files of a directory, sorted by name so that errors are reproducible.
-fn domain_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+/// The files a config at `path` is read from: the file itself, or the domain files of the
+/// directory as `options` picks them, sorted by path so that errors are reproducible.
+pub fn source_files(path: &Path, options: &LoadOptions) -> Result<Vec<PathBuf>, ConfigError> {
+    let meta = fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files = Vec::new();
+    collect_files(path, options, 0, &mut files)?;
+    if files.is_empty() {
+        return Err(ConfigError::NoFiles {
+            path: path.to_owned(),
+        });
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn collect_files(
+    dir: &Path,
+    options: &LoadOptions,
+    depth: usize,
+    files: &mut Vec<PathBuf>,
+) -> Result<(), ConfigError> {
     let read_err = |source| ConfigError::Read {
         path: dir.to_owned(),
         source,
     };
-    let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_err)? {
         let path = entry.map_err(read_err)?.path();
         let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
+        if name.starts_with('.') && !options.hidden_files {
+            continue;
+        }
+        // fs::metadata follows symlinks, as ConfigMap mounts need; a dangling one is skipped.
+        let Ok(meta) = fs::metadata(&path) else {
+            continue;
+        };
         let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        // fs::metadata follows symlinks, as ConfigMap mounts need.
-        if !name.starts_with('.') && is_yaml && fs::metadata(&path).is_ok_and(|m| m.is_file()) {
+        if meta.is_dir() && options.all_files {
+            if depth + 1 >= MAX_DEPTH {
+                return Err(ConfigError::TooDeep {
+                    path,
+                    max: MAX_DEPTH,
+                });
+            }
+            collect_files(&path, options, depth + 1, files)?;
+        } else if meta.is_file() && (is_yaml || options.all_files) {
+            if files.len() == MAX_FILES {
+                return Err(ConfigError::TooManyFiles {
+                    path: dir.to_owned(),
+                    max: MAX_FILES,
+                });
+            }
             files.push(path);
         }
     }
-    files.sort();
-    Ok(files)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -547,6 +589,7 @@ descriptors:
         let second = "domain: d\ndescriptors:\n  - key: k2\n    value: v2\n    rate_limit: { unit: minute, requests_per_unit: 20, replaces: [{ name: one }] }";
         let merge = LoadOptions {
             merge_domains: true,
+            ..LoadOptions::default()
         };
         let sources = [(Path::new("a.yaml"), first), (Path::new("b.yaml"), second)];
         let config = Config::from_sources_with(sources, &merge).unwrap();
@@ -628,6 +671,40 @@ descriptors:
             Config::load(&dir.join("missing")),
             Err(ConfigError::Read { .. })
         ));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_the_reference_runtime_directory() {
+        // A ConfigMap as Kubernetes mounts it: the files in a hidden timestamped directory,
+        // `..data` a symlink to it, and a symlink per file beside them; plus a subdirectory and
+        // a file with another extension, which the reference reads too.
+        let dir = std::env::temp_dir().join(format!("floodgate-runtime-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("..2026_12_04").join("team")).unwrap();
+        fs::write(dir.join("..2026_12_04/limits.conf"), "domain: a").unwrap();
+        std::os::unix::fs::symlink("..2026_12_04", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/limits.conf", dir.join("limits.conf")).unwrap();
+        fs::create_dir_all(dir.join("team")).unwrap();
+        fs::write(dir.join("team/b"), "domain: b").unwrap();
+        let reference = LoadOptions {
+            all_files: true,
+            ..LoadOptions::default()
+        };
+        let config = Config::load_with(&dir, &reference).unwrap();
+        assert_eq!(config.domain_names(), vec!["a", "b"]);
+        // Floodgate's own layout reads neither.
+        assert!(matches!(
+            Config::load(&dir),
+            Err(ConfigError::NoFiles { .. })
+        ));
+        // With hidden entries, the ConfigMap's twins define the domain again.
+        let hidden = LoadOptions {
+            hidden_files: true,
+            ..reference
+        };
+        let err = Config::load_with(&dir, &hidden).unwrap_err().to_string();
+        assert!(err.contains("duplicate domain 'a'"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

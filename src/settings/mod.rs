@@ -1,4 +1,7 @@
-//! Command line and environment: every flag also reads `FLOODGATE_<FLAG>`.
+//! Command line and environment: every flag also reads `FLOODGATE_<FLAG>`; [`reference`] reads
+//! envoyproxy/ratelimit's environment into the same flags.
+
+pub mod reference;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -213,6 +216,14 @@ pub struct ServeSettings {
     /// MERGE_DOMAIN_CONFIG); otherwise a domain defined twice is refused.
     #[arg(long, env = "FLOODGATE_MERGE_DOMAIN_CONFIG")]
     pub merge_domain_config: bool,
+    /// Read every file of the config directory and its subdirectories, whatever its name (the
+    /// reference's runtime directory), not only its top-level *.yaml and *.yml files.
+    #[arg(long, env = "FLOODGATE_CONFIG_ALL_FILES")]
+    pub config_all_files: bool,
+    /// Read hidden entries of the config directory too (skipped by default: a ConfigMap's
+    /// `..data` twins).
+    #[arg(long, env = "FLOODGATE_CONFIG_HIDDEN_FILES")]
+    pub config_hidden_files: bool,
     /// Most descriptors in one request.
     #[arg(long, env = "FLOODGATE_MAX_DESCRIPTORS", default_value_t = InputLimits::default().max_descriptors)]
     pub max_descriptors: usize,
@@ -290,6 +301,8 @@ impl ServeSettings {
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {
             merge_domains: self.merge_domain_config,
+            all_files: self.config_all_files,
+            hidden_files: self.config_hidden_files,
         }
     }
 

@@ -1,0 +1,858 @@
+//! envoyproxy/ratelimit's environment (its `src/settings/settings.go`), for Floodgate started as
+//! `/bin/ratelimit` by deployments written for the reference (Istio's sample, Envoy Gateway).
+//!
+//! Every variable of the reference is in [`VARIABLES`]: either honoured with the reference's
+//! meaning, by turning it into the Floodgate flag that means the same, or accepted and, when
+//! set, reported once at start-up as not applicable. None makes start-up fail, except values
+//! that cannot be read and settings whose absence would change what is enforced (another
+//! backend, an xDS config source): those are refused with the reason. Pure: the environment is
+//! read through a lookup function.
+
+use thiserror::Error;
+
+/// What Floodgate does with one of the reference's variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Treatment {
+    /// Honoured with the reference's meaning, through these Floodgate flags.
+    Honoured(&'static str),
+    /// Accepted; when set, reported at start-up with this reason.
+    NotApplicable(&'static str),
+}
+
+/// One variable of the reference's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variable {
+    /// Its name.
+    pub name: &'static str,
+    /// The reference's default ("" for none).
+    pub default: &'static str,
+    /// What Floodgate does with it.
+    pub treatment: Treatment,
+}
+
+const fn honoured(name: &'static str, default: &'static str, flags: &'static str) -> Variable {
+    Variable {
+        name,
+        default,
+        treatment: Treatment::Honoured(flags),
+    }
+}
+
+const fn not_applicable(name: &'static str, default: &'static str, why: &'static str) -> Variable {
+    Variable {
+        name,
+        default,
+        treatment: Treatment::NotApplicable(why),
+    }
+}
+
+const NO_XDS: &str = "config comes from files; an xDS config source is not supported yet";
+const NO_STATSD: &str =
+    "metrics are served for Prometheus at /metrics on the HTTP port, not sent to statsd";
+const NO_MEMCACHE: &str =
+    "the memcache backend is not supported (BACKEND_TYPE=memcache is refused)";
+const NO_PER_SECOND: &str = "per-second limits are kept in the same Redis as the others";
+const BATCHED: &str =
+    "Floodgate batches Redis calls by itself (one script call per request at most)";
+
+/// Every variable of the reference's settings, in its order.
+pub const VARIABLES: &[Variable] = &[
+    honoured("HOST", "0.0.0.0", "--http-addr"),
+    honoured("PORT", "8080", "--http-addr"),
+    not_applicable(
+        "DEBUG_HOST",
+        "0.0.0.0",
+        "no debug listener (pprof, /rlconfig) yet",
+    ),
+    not_applicable(
+        "DEBUG_PORT",
+        "6070",
+        "no debug listener (pprof, /rlconfig) yet",
+    ),
+    not_applicable(
+        "GRPC_UDS",
+        "",
+        "gRPC is served on TCP only (GRPC_HOST, GRPC_PORT)",
+    ),
+    honoured("GRPC_HOST", "0.0.0.0", "--grpc-addr"),
+    honoured("GRPC_PORT", "8081", "--grpc-addr"),
+    honoured("GRPC_MAX_CONNECTION_AGE", "24h", "--max-connection-age"),
+    not_applicable(
+        "GRPC_MAX_CONNECTION_AGE_GRACE",
+        "1h",
+        "connections past their age close once their calls finish (within --request-timeout)",
+    ),
+    honoured(
+        "GRPC_SERVER_USE_TLS",
+        "false",
+        "--grpc-tls-cert, --grpc-tls-key",
+    ),
+    honoured("GRPC_SERVER_TLS_CERT", "", "--grpc-tls-cert"),
+    honoured("GRPC_SERVER_TLS_KEY", "", "--grpc-tls-key"),
+    honoured("GRPC_CLIENT_TLS_CACERT", "", "--grpc-tls-client-ca"),
+    not_applicable(
+        "GRPC_CLIENT_TLS_SAN",
+        "",
+        "client certificates are checked against GRPC_CLIENT_TLS_CACERT only, not for a SAN",
+    ),
+    honoured("LOG_LEVEL", "WARN", "RUST_LOG"),
+    honoured("LOG_FORMAT", "text", "--log-format"),
+    honoured(
+        "CONFIG_TYPE",
+        "FILE",
+        "--config (FILE; GRPC_XDS_SOTW is refused)",
+    ),
+    not_applicable(
+        "FORCE_START_WITHOUT_INITIAL_CONFIG",
+        "false",
+        "Floodgate starts only with a valid config",
+    ),
+    not_applicable("CONFIG_GRPC_XDS_NODE_ID", "default", NO_XDS),
+    not_applicable("CONFIG_GRPC_XDS_NODE_METADATA", "", NO_XDS),
+    not_applicable("CONFIG_GRPC_XDS_SERVER_URL", "localhost:18000", NO_XDS),
+    not_applicable(
+        "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL",
+        "3s",
+        NO_XDS,
+    ),
+    not_applicable("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS", "", NO_XDS),
+    not_applicable("CONFIG_GRPC_XDS_SERVER_USE_TLS", "false", NO_XDS),
+    not_applicable("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "", NO_XDS),
+    not_applicable("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "", NO_XDS),
+    not_applicable("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "", NO_XDS),
+    not_applicable("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "", NO_XDS),
+    not_applicable("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "10s", NO_XDS),
+    not_applicable("XDS_CLIENT_BACKOFF_MAX_INTERVAL", "60s", NO_XDS),
+    not_applicable("XDS_CLIENT_BACKOFF_RANDOM_FACTOR", "0.5", NO_XDS),
+    not_applicable("XDS_CLIENT_BACKOFF_JITTER", "true", NO_XDS),
+    not_applicable("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", "", NO_XDS),
+    not_applicable("USE_DOG_STATSD", "false", NO_STATSD),
+    not_applicable("USE_DOG_STATSD_MOGRIFIERS", "", NO_STATSD),
+    not_applicable("USE_STATSD", "true", NO_STATSD),
+    not_applicable("STATSD_HOST", "localhost", NO_STATSD),
+    not_applicable("STATSD_PORT", "8125", NO_STATSD),
+    not_applicable("EXTRA_TAGS", "", NO_STATSD),
+    not_applicable(
+        "STATS_FLUSH_INTERVAL",
+        "10s",
+        "Prometheus pulls: there is nothing to flush",
+    ),
+    not_applicable("DISABLE_STATS", "false", "/metrics is always served"),
+    not_applicable(
+        "USE_PROMETHEUS",
+        "false",
+        "/metrics on the HTTP port is always served, with Floodgate's metric names (docs/metrics.md)",
+    ),
+    not_applicable(
+        "PROMETHEUS_ADDR",
+        ":9090",
+        "/metrics is served on the HTTP port (PORT)",
+    ),
+    not_applicable("PROMETHEUS_PATH", "/metrics", "the path is /metrics"),
+    not_applicable(
+        "PROMETHEUS_MAPPER_YAML",
+        "",
+        "metric names are Floodgate's own (docs/metrics.md)",
+    ),
+    not_applicable(
+        "PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS",
+        "false",
+        "latencies are histograms in seconds",
+    ),
+    honoured("RUNTIME_ROOT", "/srv/runtime_data/current", "--config"),
+    honoured("RUNTIME_SUBDIRECTORY", "", "--config"),
+    honoured("RUNTIME_APPDIRECTORY", "config", "--config"),
+    honoured("RUNTIME_IGNOREDOTFILES", "false", "--config-hidden-files"),
+    honoured(
+        "RUNTIME_WATCH_ROOT",
+        "true",
+        "--config-poll-interval (files are polled: symlink swaps and edits are both seen)",
+    ),
+    not_applicable(
+        "EXPIRATION_JITTER_MAX_SECONDS",
+        "300",
+        "counters expire when their window ends; one key per descriptor, not per window",
+    ),
+    honoured(
+        "LOCAL_CACHE_SIZE_IN_BYTES",
+        "0",
+        "--local-cache-size (entries: bytes / 100)",
+    ),
+    honoured("NEAR_LIMIT_RATIO", "0.8", "--near-limit-ratio"),
+    honoured("CACHE_KEY_PREFIX", "", "--key-prefix"),
+    honoured(
+        "BACKEND_TYPE",
+        "redis",
+        "--store (redis; memcache is refused)",
+    ),
+    honoured(
+        "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT",
+        "false",
+        "--count-denied-hits unless true",
+    ),
+    honoured(
+        "LIMIT_RESPONSE_HEADERS_ENABLED",
+        "false",
+        "--response-headers",
+    ),
+    honoured("LIMIT_LIMIT_HEADER", "RateLimit-Limit", "--limit-header"),
+    honoured(
+        "LIMIT_REMAINING_HEADER",
+        "RateLimit-Remaining",
+        "--remaining-header",
+    ),
+    honoured("LIMIT_RESET_HEADER", "RateLimit-Reset", "--reset-header"),
+    not_applicable(
+        "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
+        "false",
+        "Floodgate serves only once a valid config is loaded",
+    ),
+    honoured("REDIS_SOCKET_TYPE", "unix", "--redis-url"),
+    honoured(
+        "REDIS_TYPE",
+        "SINGLE",
+        "--redis-sentinels, --redis-cluster-nodes",
+    ),
+    honoured(
+        "REDIS_URL",
+        "/var/run/nutcracker/ratelimit.sock",
+        "--redis-url, --redis-sentinels, --redis-master-name, --redis-cluster-nodes",
+    ),
+    honoured("REDIS_POOL_SIZE", "10", "--redis-pool-size (when set)"),
+    honoured("REDIS_AUTH", "", "--redis-username, --redis-password"),
+    honoured("REDIS_TLS", "false", "--redis-url (rediss://)"),
+    honoured("REDIS_TLS_CLIENT_CERT", "", "--redis-tls-cert"),
+    honoured("REDIS_TLS_CLIENT_KEY", "", "--redis-tls-key"),
+    honoured("REDIS_TLS_CACERT", "", "--redis-tls-ca"),
+    not_applicable(
+        "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION",
+        "false",
+        "Redis' certificate is always verified, its host name included",
+    ),
+    not_applicable("REDIS_PIPELINE_WINDOW", "0", BATCHED),
+    not_applicable("REDIS_PIPELINE_LIMIT", "0", BATCHED),
+    not_applicable("REDIS_CLUSTER_PIPELINE_PARALLELISM", "1", BATCHED),
+    not_applicable("REDIS_PERSECOND", "false", NO_PER_SECOND),
+    not_applicable("REDIS_PERSECOND_SOCKET_TYPE", "unix", NO_PER_SECOND),
+    not_applicable("REDIS_PERSECOND_TYPE", "SINGLE", NO_PER_SECOND),
+    not_applicable(
+        "REDIS_PERSECOND_URL",
+        "/var/run/nutcracker/ratelimitpersecond.sock",
+        NO_PER_SECOND,
+    ),
+    not_applicable("REDIS_PERSECOND_POOL_SIZE", "10", NO_PER_SECOND),
+    not_applicable("REDIS_PERSECOND_AUTH", "", NO_PER_SECOND),
+    not_applicable("REDIS_PERSECOND_TLS", "false", NO_PER_SECOND),
+    honoured("REDIS_SENTINEL_AUTH", "", "--redis-sentinel-password"),
+    not_applicable("REDIS_PERSECOND_SENTINEL_AUTH", "", NO_PER_SECOND),
+    not_applicable("REDIS_PERSECOND_PIPELINE_WINDOW", "0", NO_PER_SECOND),
+    not_applicable("REDIS_PERSECOND_PIPELINE_LIMIT", "0", NO_PER_SECOND),
+    not_applicable(
+        "REDIS_PERSECOND_CLUSTER_PIPELINE_PARALLELISM",
+        "1",
+        NO_PER_SECOND,
+    ),
+    not_applicable(
+        "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
+        "false",
+        "health always follows the store (/healthcheck pings it)",
+    ),
+    not_applicable(
+        "REDIS_TIMEOUT",
+        "10s",
+        "connections are made in the background; each decision has --redis-timeout (50ms)",
+    ),
+    not_applicable("REDIS_PERSECOND_TIMEOUT", "10s", NO_PER_SECOND),
+    not_applicable(
+        "REDIS_POOL_ON_EMPTY_BEHAVIOR",
+        "WAIT",
+        "connections are multiplexed: a request never waits for a free one",
+    ),
+    not_applicable(
+        "REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR",
+        "WAIT",
+        NO_PER_SECOND,
+    ),
+    not_applicable(
+        "REDIS_STARTUP_INITIAL_INTERVAL",
+        "1s",
+        "Floodgate starts while Redis is down and connects when it appears",
+    ),
+    not_applicable(
+        "REDIS_STARTUP_MAX_INTERVAL",
+        "30s",
+        "Floodgate starts while Redis is down and connects when it appears",
+    ),
+    not_applicable(
+        "REDIS_STARTUP_MAX_ELAPSED_TIME",
+        "0",
+        "Floodgate starts while Redis is down and connects when it appears",
+    ),
+    not_applicable("MEMCACHE_HOST_PORT", "", NO_MEMCACHE),
+    not_applicable("MEMCACHE_MAX_IDLE_CONNS", "2", NO_MEMCACHE),
+    not_applicable("MEMCACHE_SRV", "", NO_MEMCACHE),
+    not_applicable("MEMCACHE_SRV_REFRESH", "0", NO_MEMCACHE),
+    not_applicable("MEMCACHE_TLS", "false", NO_MEMCACHE),
+    not_applicable("MEMCACHE_TLS_CLIENT_CERT", "", NO_MEMCACHE),
+    not_applicable("MEMCACHE_TLS_CLIENT_KEY", "", NO_MEMCACHE),
+    not_applicable("MEMCACHE_TLS_CACERT", "", NO_MEMCACHE),
+    not_applicable(
+        "MEMCACHE_TLS_SKIP_HOSTNAME_VERIFICATION",
+        "false",
+        NO_MEMCACHE,
+    ),
+    honoured("SHADOW_MODE", "false", "--shadow-mode"),
+    honoured("QUOTA_MODE", "false", "--quota-mode"),
+    honoured(
+        "RESPONSE_DYNAMIC_METADATA",
+        "false",
+        "--response-dynamic-metadata",
+    ),
+    honoured("MERGE_DOMAIN_CONFIG", "false", "--merge-domain-config"),
+    honoured(
+        "TRACING_ENABLED",
+        "false",
+        "--otlp-endpoint (from OTEL_EXPORTER_OTLP_ENDPOINT; a build with --features otel)",
+    ),
+    not_applicable(
+        "TRACING_SERVICE_NAME",
+        "RateLimit",
+        "spans name the service floodgate",
+    ),
+    not_applicable(
+        "TRACING_SERVICE_NAMESPACE",
+        "",
+        "spans carry no service namespace",
+    ),
+    not_applicable(
+        "TRACING_SERVICE_INSTANCE_ID",
+        "",
+        "spans carry no instance id",
+    ),
+    not_applicable(
+        "TRACING_EXPORTER_PROTOCOL",
+        "http",
+        "spans are exported over OTLP/gRPC",
+    ),
+    not_applicable(
+        "TRACING_SAMPLING_RATE",
+        "1",
+        "every span at the enabled level is exported",
+    ),
+];
+
+/// Floodgate's command line for the reference's environment, and what to report about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Translation {
+    /// The arguments of `floodgate serve`.
+    pub args: Vec<String>,
+    /// The log filter (RUST_LOG syntax), from LOG_LEVEL.
+    pub log_filter: String,
+    /// One line per variable that is set but not applicable, to log once at start-up.
+    pub notices: Vec<String>,
+}
+
+/// An environment that cannot be served as the reference would.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+pub enum TranslationError {
+    /// A value that cannot be read.
+    #[error("{name}={value}: {reason}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// What was expected.
+        reason: String,
+    },
+    /// A setting Floodgate cannot honour, where ignoring it would change what is enforced.
+    #[error("{name}={value} is not supported: {reason}")]
+    Unsupported {
+        /// The variable.
+        name: &'static str,
+        /// Its value.
+        value: String,
+        /// Why, and what to do instead.
+        reason: &'static str,
+    },
+}
+
+/// Reads the reference's environment through `get` into Floodgate's command line.
+pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translation, TranslationError> {
+    let env = Env { get: &get };
+    let mut out = Translation::default();
+    config(&env, &mut out)?;
+    listeners(&env, &mut out)?;
+    redis(&env, &mut out)?;
+    behaviour(&env, &mut out)?;
+    telemetry(&env, &mut out)?;
+    for variable in VARIABLES {
+        if let (Treatment::NotApplicable(why), Some(value)) =
+            (variable.treatment, env.raw(variable.name))
+        {
+            // USE_STATSD defaults to true: an unset one is reported below.
+            out.notices
+                .push(format!("{}={value}: not applicable: {why}", variable.name));
+        }
+    }
+    if env.raw("USE_STATSD").is_none() {
+        out.notices.push(format!(
+            "USE_STATSD (default true): not applicable: {NO_STATSD}"
+        ));
+    }
+    Ok(out)
+}
+
+/// The environment, with the reference's defaults and Go's parsing rules.
+struct Env<'a> {
+    get: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Env<'_> {
+    /// The value as set (an empty value counts as unset, as envconfig reads it).
+    fn raw(&self, name: &str) -> Option<String> {
+        (self.get)(name).filter(|v| !v.is_empty())
+    }
+
+    /// The value, or the reference's default.
+    fn value(&self, name: &'static str) -> String {
+        self.raw(name)
+            .unwrap_or_else(|| default_of(name).to_owned())
+    }
+
+    /// A boolean as Go's strconv.ParseBool reads it.
+    fn flag(&self, name: &'static str) -> Result<bool, TranslationError> {
+        let value = self.value(name);
+        match value.as_str() {
+            "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+            "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+            _ => Err(invalid(name, value, "expected true or false")),
+        }
+    }
+
+    /// A number.
+    fn number<T: std::str::FromStr>(&self, name: &'static str) -> Result<T, TranslationError> {
+        let value = self.value(name);
+        value
+            .trim()
+            .parse()
+            .map_err(|_| invalid(name, value, "expected a number"))
+    }
+
+    /// A duration in Go's syntax (`24h`, `1h30m`, `500ms`), as humantime text.
+    fn duration(&self, name: &'static str) -> Result<String, TranslationError> {
+        let value = self.value(name);
+        humantime::parse_duration(&value)
+            .map(|d| humantime::format_duration(d).to_string().replace(' ', ""))
+            .map_err(|_| invalid(name, value, "expected a duration such as 30s, 24h or 1h30m"))
+    }
+}
+
+fn default_of(name: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .find(|v| v.name == name)
+        .map_or("", |v| v.default)
+}
+
+fn invalid(name: &'static str, value: String, reason: &str) -> TranslationError {
+    TranslationError::Invalid {
+        name,
+        value,
+        reason: reason.to_owned(),
+    }
+}
+
+fn push(out: &mut Translation, flag: &str, value: impl Into<String>) {
+    out.args.push(flag.to_owned());
+    out.args.push(value.into());
+}
+
+/// The config directory: every file under RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY.
+fn config(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    let kind = env.value("CONFIG_TYPE");
+    if !kind.eq_ignore_ascii_case("FILE") {
+        return Err(TranslationError::Unsupported {
+            name: "CONFIG_TYPE",
+            value: kind,
+            reason: "config comes from files (CONFIG_TYPE=FILE); an xDS source is not supported yet",
+        });
+    }
+    let mut dir = std::path::PathBuf::from(env.value("RUNTIME_ROOT"));
+    if let Some(sub) = env.raw("RUNTIME_SUBDIRECTORY") {
+        dir.push(sub);
+    }
+    dir.push(env.value("RUNTIME_APPDIRECTORY"));
+    push(out, "--config", dir.to_string_lossy());
+    // The reference reads every file of the directory tree, whatever its name.
+    out.args.push("--config-all-files".to_owned());
+    if !env.flag("RUNTIME_IGNOREDOTFILES")? {
+        out.args.push("--config-hidden-files".to_owned());
+    }
+    env.flag("RUNTIME_WATCH_ROOT")?;
+    if env.flag("MERGE_DOMAIN_CONFIG")? {
+        out.args.push("--merge-domain-config".to_owned());
+    }
+    Ok(())
+}
+
+/// HOST:PORT and GRPC_HOST:GRPC_PORT, with the reference's gRPC options.
+fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    let address = |host: &'static str, port: &'static str| -> Result<String, TranslationError> {
+        let port: u16 = env.number(port)?;
+        let host = env.value(host);
+        Ok(if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        })
+    };
+    push(out, "--http-addr", address("HOST", "PORT")?);
+    push(out, "--grpc-addr", address("GRPC_HOST", "GRPC_PORT")?);
+    push(
+        out,
+        "--max-connection-age",
+        env.duration("GRPC_MAX_CONNECTION_AGE")?,
+    );
+    if env.flag("GRPC_SERVER_USE_TLS")? {
+        push(out, "--grpc-tls-cert", env.value("GRPC_SERVER_TLS_CERT"));
+        push(out, "--grpc-tls-key", env.value("GRPC_SERVER_TLS_KEY"));
+        if let Some(ca) = env.raw("GRPC_CLIENT_TLS_CACERT") {
+            push(out, "--grpc-tls-client-ca", ca);
+        }
+    }
+    Ok(())
+}
+
+/// BACKEND_TYPE and the REDIS_* connection in the reference's syntax.
+fn redis(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    let backend = env.value("BACKEND_TYPE");
+    if !backend.eq_ignore_ascii_case("redis") {
+        return Err(TranslationError::Unsupported {
+            name: "BACKEND_TYPE",
+            value: backend,
+            reason: "Floodgate's stores are Redis (BACKEND_TYPE=redis) and its own memory store",
+        });
+    }
+    push(out, "--store", "redis");
+    let tls = env.flag("REDIS_TLS")?;
+    let scheme = if tls { "rediss" } else { "redis" };
+    let socket = env.value("REDIS_SOCKET_TYPE");
+    let url = env.value("REDIS_URL");
+    let kind = env.value("REDIS_TYPE").to_ascii_lowercase();
+    match kind.as_str() {
+        "single" if socket.eq_ignore_ascii_case("unix") => {
+            push(out, "--redis-url", format!("unix://{url}"));
+        }
+        "single" if socket.eq_ignore_ascii_case("tcp") => {
+            push(out, "--redis-url", format!("{scheme}://{url}"));
+        }
+        "single" => {
+            return Err(invalid("REDIS_SOCKET_TYPE", socket, "expected tcp or unix"));
+        }
+        "sentinel" => {
+            // "master name,sentinel,sentinel,..."
+            let mut parts = url.split(',').map(str::trim);
+            let master = parts.next().unwrap_or_default().to_owned();
+            let sentinels: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
+            if master.is_empty() || sentinels.is_empty() {
+                return Err(invalid(
+                    "REDIS_URL",
+                    url,
+                    "a sentinel URL is the master's name, then host:port of each sentinel",
+                ));
+            }
+            push(out, "--redis-master-name", master);
+            push(out, "--redis-sentinels", sentinels.join(","));
+            push(out, "--redis-url", format!("{scheme}://sentinel-master"));
+        }
+        "cluster" => {
+            push(out, "--redis-cluster-nodes", url.replace(' ', ""));
+            push(out, "--redis-url", format!("{scheme}://cluster"));
+        }
+        _ => {
+            return Err(invalid(
+                "REDIS_TYPE",
+                env.value("REDIS_TYPE"),
+                "expected single, sentinel or cluster",
+            ));
+        }
+    }
+    // "password" or "user:password"
+    if let Some(auth) = env.raw("REDIS_AUTH") {
+        match auth.split_once(':') {
+            Some((user, password)) => {
+                push(out, "--redis-username", user);
+                push(out, "--redis-password", password);
+            }
+            None => push(out, "--redis-password", auth),
+        }
+    }
+    if let Some(auth) = env.raw("REDIS_SENTINEL_AUTH") {
+        let password = auth.split_once(':').map_or(auth.as_str(), |(_, p)| p);
+        push(out, "--redis-sentinel-password", password);
+    }
+    for (name, flag) in [
+        ("REDIS_TLS_CACERT", "--redis-tls-ca"),
+        ("REDIS_TLS_CLIENT_CERT", "--redis-tls-cert"),
+        ("REDIS_TLS_CLIENT_KEY", "--redis-tls-key"),
+    ] {
+        if let Some(path) = env.raw(name) {
+            push(out, flag, path);
+        }
+    }
+    if env.raw("REDIS_POOL_SIZE").is_some() {
+        let size: u32 = env.number("REDIS_POOL_SIZE")?;
+        push(out, "--redis-pool-size", size.max(1).to_string());
+    }
+    if let Some(prefix) = env.raw("CACHE_KEY_PREFIX") {
+        push(out, "--key-prefix", prefix);
+    }
+    // The reference's cache is sized in bytes; Floodgate's in entries of about 100 bytes.
+    let bytes: u64 = env.number("LOCAL_CACHE_SIZE_IN_BYTES")?;
+    push(out, "--local-cache-size", (bytes / 100).to_string());
+    Ok(())
+}
+
+/// What is enforced and answered.
+fn behaviour(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    for (name, flag) in [
+        ("SHADOW_MODE", "--shadow-mode"),
+        ("QUOTA_MODE", "--quota-mode"),
+        ("RESPONSE_DYNAMIC_METADATA", "--response-dynamic-metadata"),
+        ("LIMIT_RESPONSE_HEADERS_ENABLED", "--response-headers"),
+    ] {
+        if env.flag(name)? {
+            out.args.push(flag.to_owned());
+        }
+    }
+    // The reference counts a denied request's hits unless told to stop.
+    if !env.flag("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT")? {
+        out.args.push("--count-denied-hits".to_owned());
+    }
+    push(out, "--limit-header", env.value("LIMIT_LIMIT_HEADER"));
+    push(
+        out,
+        "--remaining-header",
+        env.value("LIMIT_REMAINING_HEADER"),
+    );
+    push(out, "--reset-header", env.value("LIMIT_RESET_HEADER"));
+    let ratio: f64 = env.number("NEAR_LIMIT_RATIO")?;
+    push(out, "--near-limit-ratio", ratio.to_string());
+    Ok(())
+}
+
+/// Logs and traces.
+fn telemetry(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    let level = env.value("LOG_LEVEL");
+    out.log_filter = match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" | "fatal" | "panic" => "error",
+        _ => {
+            return Err(invalid(
+                "LOG_LEVEL",
+                level,
+                "expected debug, info, warn or error",
+            ));
+        }
+    }
+    .to_owned();
+    let format = env.value("LOG_FORMAT");
+    match format.to_ascii_lowercase().as_str() {
+        "json" => push(out, "--log-format", "json"),
+        "text" => push(out, "--log-format", "human"),
+        _ => return Err(invalid("LOG_FORMAT", format, "expected text or json")),
+    }
+    if env.flag("TRACING_ENABLED")? {
+        match env.raw("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            Some(endpoint) if cfg!(feature = "otel") => push(out, "--otlp-endpoint", endpoint),
+            Some(_) => out.notices.push(
+                "TRACING_ENABLED=true: not applicable: this build exports no traces (build with --features otel)"
+                    .to_owned(),
+            ),
+            None => out.notices.push(
+                "TRACING_ENABLED=true: not applicable without OTEL_EXPORTER_OTLP_ENDPOINT (Floodgate exports over OTLP/gRPC)"
+                    .to_owned(),
+            ),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn translate_with(vars: &[(&str, &str)]) -> Result<Translation, TranslationError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        translate(|name| vars.get(name).cloned())
+    }
+
+    /// The value following `flag` in `args`.
+    fn arg<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .map(String::as_str)
+    }
+
+    #[test]
+    fn every_variable_is_listed_once() {
+        let mut names: Vec<&str> = VARIABLES.iter().map(|v| v.name).collect();
+        let count = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), count, "a variable is listed twice");
+        assert_eq!(count, 114, "settings.go at f2fb157 has 114 variables");
+    }
+
+    #[test]
+    fn defaults_are_the_reference_s() {
+        let t = translate_with(&[]).unwrap();
+        let a = &t.args;
+        assert_eq!(arg(a, "--config"), Some("/srv/runtime_data/current/config"));
+        assert_eq!(arg(a, "--http-addr"), Some("0.0.0.0:8080"));
+        assert_eq!(arg(a, "--grpc-addr"), Some("0.0.0.0:8081"));
+        assert_eq!(arg(a, "--max-connection-age"), Some("1day"));
+        assert_eq!(arg(a, "--store"), Some("redis"));
+        assert_eq!(
+            arg(a, "--redis-url"),
+            Some("unix:///var/run/nutcracker/ratelimit.sock")
+        );
+        assert_eq!(arg(a, "--local-cache-size"), Some("0"));
+        assert_eq!(arg(a, "--limit-header"), Some("RateLimit-Limit"));
+        assert!(a.contains(&"--count-denied-hits".to_owned()));
+        assert!(a.contains(&"--config-hidden-files".to_owned()));
+        assert!(!a.contains(&"--shadow-mode".to_owned()));
+        assert_eq!(t.log_filter, "warn");
+        assert_eq!(
+            t.notices,
+            vec![format!(
+                "USE_STATSD (default true): not applicable: {NO_STATSD}"
+            )]
+        );
+    }
+
+    #[test]
+    fn istio_and_envoy_gateway_environments() {
+        // Istio's sample: Redis by host:port, the ConfigMap in /data/ratelimit/config.
+        let t = translate_with(&[
+            ("LOG_LEVEL", "debug"),
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "redis:6379"),
+            ("USE_STATSD", "false"),
+            ("RUNTIME_ROOT", "/data"),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("RUNTIME_WATCH_ROOT", "false"),
+            ("RUNTIME_IGNOREDOTFILES", "true"),
+        ])
+        .unwrap();
+        assert_eq!(arg(&t.args, "--config"), Some("/data/ratelimit/config"));
+        assert_eq!(arg(&t.args, "--redis-url"), Some("redis://redis:6379"));
+        assert!(!t.args.contains(&"--config-hidden-files".to_owned()));
+        assert_eq!(t.log_filter, "debug");
+        assert_eq!(
+            t.notices,
+            vec![format!("USE_STATSD=false: not applicable: {NO_STATSD}")]
+        );
+        // TLS towards Envoy, a sentinel-backed Redis with a user, quota and shadow modes.
+        let t = translate_with(&[
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+            ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+            ("GRPC_CLIENT_TLS_CACERT", "/certs/ca.crt"),
+            ("REDIS_TYPE", "sentinel"),
+            ("REDIS_URL", "mymaster, s1:26379, s2:26379"),
+            ("REDIS_AUTH", "app:s3cret"),
+            ("REDIS_TLS", "true"),
+            ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true"),
+            ("SHADOW_MODE", "1"),
+            ("QUOTA_MODE", "true"),
+            ("GRPC_HOST", "::"),
+            ("LOG_FORMAT", "json"),
+            ("LOCAL_CACHE_SIZE_IN_BYTES", "1048576"),
+        ])
+        .unwrap();
+        let a = &t.args;
+        assert_eq!(arg(a, "--grpc-tls-cert"), Some("/certs/tls.crt"));
+        assert_eq!(arg(a, "--grpc-tls-client-ca"), Some("/certs/ca.crt"));
+        assert_eq!(arg(a, "--redis-master-name"), Some("mymaster"));
+        assert_eq!(arg(a, "--redis-sentinels"), Some("s1:26379,s2:26379"));
+        assert_eq!(arg(a, "--redis-url"), Some("rediss://sentinel-master"));
+        assert_eq!(arg(a, "--redis-username"), Some("app"));
+        assert_eq!(arg(a, "--redis-password"), Some("s3cret"));
+        assert_eq!(arg(a, "--grpc-addr"), Some("[::]:8081"));
+        assert_eq!(arg(a, "--log-format"), Some("json"));
+        assert_eq!(arg(a, "--local-cache-size"), Some("10485"));
+        for flag in ["--shadow-mode", "--quota-mode"] {
+            assert!(a.contains(&flag.to_owned()), "{flag}");
+        }
+        assert!(!a.contains(&"--count-denied-hits".to_owned()));
+        // a cluster
+        let t =
+            translate_with(&[("REDIS_TYPE", "CLUSTER"), ("REDIS_URL", "n1:7000,n2:7001")]).unwrap();
+        assert_eq!(
+            arg(&t.args, "--redis-cluster-nodes"),
+            Some("n1:7000,n2:7001")
+        );
+    }
+
+    #[test]
+    fn refuses_what_cannot_be_read_or_honoured() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("PORT", "http")], "PORT=http: expected a number"),
+            (
+                &[("SHADOW_MODE", "yes")],
+                "SHADOW_MODE=yes: expected true or false",
+            ),
+            (
+                &[("GRPC_MAX_CONNECTION_AGE", "soon")],
+                "GRPC_MAX_CONNECTION_AGE=soon",
+            ),
+            (
+                &[("BACKEND_TYPE", "memcache")],
+                "BACKEND_TYPE=memcache is not supported",
+            ),
+            (
+                &[("CONFIG_TYPE", "GRPC_XDS_SOTW")],
+                "CONFIG_TYPE=GRPC_XDS_SOTW is not supported",
+            ),
+            (
+                &[("REDIS_TYPE", "sentinel"), ("REDIS_URL", "mymaster")],
+                "REDIS_URL=mymaster",
+            ),
+            (&[("REDIS_TYPE", "ring")], "REDIS_TYPE=ring"),
+            (&[("LOG_LEVEL", "loud")], "LOG_LEVEL=loud"),
+        ];
+        for (vars, want) in cases {
+            let err = translate_with(vars).unwrap_err().to_string();
+            assert!(err.starts_with(want), "{vars:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn not_applicable_settings_are_reported_and_secrets_are_not() {
+        let t = translate_with(&[
+            ("USE_STATSD", "true"),
+            ("REDIS_PERSECOND", "true"),
+            ("DEBUG_PORT", "6070"),
+            ("REDIS_AUTH", "topsecret"),
+        ])
+        .unwrap();
+        assert_eq!(t.notices.len(), 3, "{:?}", t.notices);
+        assert!(
+            t.notices
+                .iter()
+                .any(|n| n.starts_with("REDIS_PERSECOND=true"))
+        );
+        assert!(t.notices.iter().all(|n| !n.contains("topsecret")));
+    }
+}

@@ -1,0 +1,237 @@
+//! Floodgate started as envoyproxy/ratelimit, `/bin/ratelimit` with no arguments and the
+//! reference's environment, as Istio's sample starts it: the ConfigMap mounted as a directory
+//! with Kubernetes' `..data` symlinks, Redis by `host:port` (and by a Unix socket), a config
+//! change through the symlink swap, health under the reference's service name, and the
+//! reference's counting of a denied request's hits.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use floodgate::pb::RateLimitResponse;
+use floodgate::pb::rate_limit_response::Code;
+use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
+use support::http::status_of;
+use support::topology::TempDir;
+use support::{ChildGuard, PATIENCE, RedisServer, free_port, request, wait_for};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// The domain Istio's docs use, with a limit per path.
+fn limits(per_day: u32) -> String {
+    format!(
+        "domain: ratelimit\ndescriptors:\n  - key: PATH\n    rate_limit: {{ unit: day, requests_per_unit: {per_day} }}\n  - key: PATH\n    value: /blocked\n    rate_limit: {{ unit: day, requests_per_unit: 0 }}\n"
+    )
+}
+
+/// A ConfigMap volume as the kubelet writes it into `dir`: the files in a hidden directory of
+/// their own, `..data` a symlink to it (swapped atomically on an update), and a symlink per file.
+fn write_configmap(dir: &Path, version: u32, files: &[(&str, &str)]) {
+    let data = format!("..2026_12_04_{version}");
+    std::fs::create_dir_all(dir.join(&data)).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(&data).join(name), text).unwrap();
+        let link = dir.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
+        }
+    }
+    let next = dir.join("..data_tmp");
+    let _ = std::fs::remove_file(&next);
+    std::os::unix::fs::symlink(&data, &next).unwrap();
+    std::fs::rename(&next, dir.join("..data")).unwrap();
+}
+
+/// Floodgate as `/bin/ratelimit`: a symlink of that name to the binary, started with nothing
+/// but `env` in its environment.
+struct Ratelimit {
+    grpc: u16,
+    http: u16,
+    _child: ChildGuard,
+}
+
+impl Ratelimit {
+    async fn start(dir: &Path, env: &[(&str, String)]) -> Ratelimit {
+        let program = dir.join("bin").join("ratelimit");
+        if !program.exists() {
+            std::fs::create_dir_all(program.parent().unwrap()).unwrap();
+            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_floodgate"), &program).unwrap();
+        }
+        // Ports found free may be taken before the child binds them: start again if it exits.
+        for _ in 0..3 {
+            let (grpc, http) = (free_port(), free_port());
+            let mut child = Command::new(&program)
+                .env_clear()
+                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                .env("HOST", "127.0.0.1")
+                .env("PORT", http.to_string())
+                .env("GRPC_HOST", "127.0.0.1")
+                .env("GRPC_PORT", grpc.to_string())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .expect("spawn ratelimit");
+            let healthy = wait_healthy(&mut child, http).await;
+            let guard = ChildGuard(Some(child));
+            if healthy {
+                return Ratelimit {
+                    grpc,
+                    http,
+                    _child: guard,
+                };
+            }
+        }
+        panic!("ratelimit exited while starting, three times");
+    }
+
+    async fn client(&self) -> RateLimitServiceClient<tonic::transport::Channel> {
+        RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc))
+            .await
+            .unwrap()
+    }
+
+    async fn ask(&self, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
+        let mut client = self.client().await;
+        client
+            .should_rate_limit(request("ratelimit", descriptors))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+}
+
+/// Polls /healthcheck until 200 (true) or the process exits (false).
+async fn wait_healthy(child: &mut Child, http: u16) -> bool {
+    let addr = format!("127.0.0.1:{http}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if status_of(addr, "/healthcheck").await == Some(200) {
+            return true;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ratelimit did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Istio's sample environment for a ConfigMap under `root`/ratelimit/config and Redis at
+/// `redis_url` (the reference's syntax), plus a variable Kubernetes injects for a Service named
+/// redis, which must not be read.
+fn istio_env(root: &Path, socket: &str, redis_url: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("LOG_LEVEL", "warn".into()),
+        ("REDIS_SOCKET_TYPE", socket.into()),
+        ("REDIS_URL", redis_url.into()),
+        ("USE_STATSD", "false".into()),
+        ("RUNTIME_ROOT", root.to_string_lossy().into_owned()),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit".into()),
+        ("RUNTIME_WATCH_ROOT", "false".into()),
+        ("RUNTIME_IGNOREDOTFILES", "true".into()),
+        ("REDIS_PORT", "tcp://10.96.0.12:6379".into()),
+    ]
+}
+
+fn configmap_dir(root: &Path) -> PathBuf {
+    let dir = root.join("ratelimit").join("config");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn istio_sample_environment_with_a_configmap_swap() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("reference-env");
+    let config = configmap_dir(&root.path);
+    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+
+    // Health under the reference's gRPC service name.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", ratelimit.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: "ratelimit".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status();
+    assert_eq!(status, ServingStatus::Serving);
+
+    // The reference counts a denied request's hits (STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT is
+    // unset): /a takes the hit although /blocked denies the request.
+    let denied = ratelimit
+        .ask(&[&[("PATH", "/a")], &[("PATH", "/blocked")]])
+        .await;
+    assert_eq!(denied.overall_code(), Code::OverLimit);
+    assert_eq!(denied.statuses[0].limit_remaining, 1);
+    let alone = ratelimit.ask(&[&[("PATH", "/a")]]).await;
+    assert_eq!(alone.overall_code(), Code::Ok);
+    assert_eq!(alone.statuses[0].limit_remaining, 0, "both hits counted");
+    assert_eq!(
+        ratelimit.ask(&[&[("PATH", "/a")]]).await.overall_code(),
+        Code::OverLimit
+    );
+
+    // A ConfigMap update: the kubelet swaps `..data`; the new limit takes effect.
+    write_configmap(&config, 2, &[("config.yaml", &limits(10))]);
+    wait_for("the swapped config", PATIENCE, || async {
+        let r = ratelimit.ask(&[&[("PATH", "/fresh")]]).await;
+        r.statuses[0]
+            .current_limit
+            .as_ref()
+            .is_some_and(|l| l.requests_per_unit == 10)
+    })
+    .await;
+    let addr = format!("127.0.0.1:{}", ratelimit.http).parse().unwrap();
+    assert_eq!(status_of(addr, "/healthcheck").await, Some(200));
+}
+
+#[tokio::test]
+async fn redis_by_a_unix_socket() {
+    if RedisServer::start().is_none() {
+        return;
+    }
+    let root = TempDir::new("reference-env-unix");
+    let socket = root.path.join("redis.sock");
+    let redis = Command::new("redis-server")
+        .args(["--port", "0", "--save", "", "--appendonly", "no"])
+        .arg("--unixsocket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    let _redis = ChildGuard(Some(redis));
+    wait_for("the Redis socket", PATIENCE, || async { socket.exists() }).await;
+    let config = configmap_dir(&root.path);
+    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    let env = istio_env(&root.path, "unix", &socket.to_string_lossy());
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let first = ratelimit.ask(&[&[("PATH", "/u")]]).await;
+    assert_eq!(
+        (first.overall_code(), first.statuses[0].limit_remaining),
+        (Code::Ok, 1)
+    );
+    // The counter is in that Redis.
+    let mut conn = redis::Client::open(format!("unix://{}", socket.display()))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+}
