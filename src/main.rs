@@ -26,11 +26,14 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::CheckConfig {
             path,
             merge_domain_config,
+            config_all_files,
+            config_hidden_files,
         } => match Config::load_with(
             &path,
             &LoadOptions {
                 merge_domains: merge_domain_config,
-                ..LoadOptions::default()
+                all_files: config_all_files,
+                hidden_files: config_hidden_files,
             },
         ) {
             Ok(config) => {

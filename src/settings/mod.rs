@@ -38,6 +38,12 @@ pub enum Command {
         /// Let a domain span several files, merging their descriptors.
         #[arg(long, env = "FLOODGATE_MERGE_DOMAIN_CONFIG")]
         merge_domain_config: bool,
+        /// Read every file of the directory and its subdirectories (as `serve` does).
+        #[arg(long, env = "FLOODGATE_CONFIG_ALL_FILES")]
+        config_all_files: bool,
+        /// Read hidden entries too (as `serve` does).
+        #[arg(long, env = "FLOODGATE_CONFIG_HIDDEN_FILES")]
+        config_hidden_files: bool,
     },
 }
 

@@ -163,15 +163,15 @@ pub const VARIABLES: &[Variable] = &[
     honoured("RUNTIME_SUBDIRECTORY", "", "--config"),
     honoured("RUNTIME_APPDIRECTORY", "config", "--config"),
     honoured("RUNTIME_IGNOREDOTFILES", "false", "--config-hidden-files"),
-    honoured(
+    not_applicable(
         "RUNTIME_WATCH_ROOT",
         "true",
-        "--config-poll-interval (files are polled: symlink swaps and edits are both seen)",
+        "the config files are polled (--config-poll-interval): symlink swaps and edits are both seen",
     ),
     not_applicable(
         "EXPIRATION_JITTER_MAX_SECONDS",
         "300",
-        "counters expire when their window ends; one key per descriptor, not per window",
+        "counter keys expire when their window ends, without jitter",
     ),
     honoured(
         "LOCAL_CACHE_SIZE_IN_BYTES",
@@ -188,7 +188,7 @@ pub const VARIABLES: &[Variable] = &[
     honoured(
         "STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT",
         "false",
-        "--count-denied-hits unless true",
+        "--count-denied-hits unless true; true gives Floodgate's rule (a denied request counts nothing)",
     ),
     honoured(
         "LIMIT_RESPONSE_HEADERS_ENABLED",
@@ -390,17 +390,27 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translation, Tr
         if let (Treatment::NotApplicable(why), Some(value)) =
             (variable.treatment, env.raw(variable.name))
         {
-            // USE_STATSD defaults to true: an unset one is reported below.
+            let shown = if is_secret(variable.name) {
+                "(set)"
+            } else {
+                value.as_str()
+            };
             out.notices
-                .push(format!("{}={value}: not applicable: {why}", variable.name));
+                .push(format!("{}={shown}: not applicable: {why}", variable.name));
         }
     }
+    // USE_STATSD defaults to true: the reference would send statsd unless told not to.
     if env.raw("USE_STATSD").is_none() {
         out.notices.push(format!(
             "USE_STATSD (default true): not applicable: {NO_STATSD}"
         ));
     }
     Ok(out)
+}
+
+/// Whether the value of `name` may be a secret, never to be logged (passwords, extra headers).
+fn is_secret(name: &str) -> bool {
+    name.contains("AUTH") || name.contains("HEADERS")
 }
 
 /// The environment, with the reference's defaults and Go's parsing rules.
@@ -489,7 +499,6 @@ fn config(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> 
     if !env.flag("RUNTIME_IGNOREDOTFILES")? {
         out.args.push("--config-hidden-files".to_owned());
     }
-    env.flag("RUNTIME_WATCH_ROOT")?;
     if env.flag("MERGE_DOMAIN_CONFIG")? {
         out.args.push("--merge-domain-config".to_owned());
     }
@@ -515,6 +524,15 @@ fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
         env.duration("GRPC_MAX_CONNECTION_AGE")?,
     );
     if env.flag("GRPC_SERVER_USE_TLS")? {
+        for name in ["GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY"] {
+            if env.raw(name).is_none() {
+                return Err(invalid(
+                    name,
+                    String::new(),
+                    "GRPC_SERVER_USE_TLS=true needs a certificate and its key",
+                ));
+            }
+        }
         push(out, "--grpc-tls-cert", env.value("GRPC_SERVER_TLS_CERT"));
         push(out, "--grpc-tls-key", env.value("GRPC_SERVER_TLS_KEY"));
         if let Some(ca) = env.raw("GRPC_CLIENT_TLS_CACERT") {
@@ -759,10 +777,12 @@ mod tests {
         assert_eq!(arg(&t.args, "--redis-url"), Some("redis://redis:6379"));
         assert!(!t.args.contains(&"--config-hidden-files".to_owned()));
         assert_eq!(t.log_filter, "debug");
+        assert_eq!(t.notices.len(), 2, "{:?}", t.notices);
         assert_eq!(
-            t.notices,
-            vec![format!("USE_STATSD=false: not applicable: {NO_STATSD}")]
+            t.notices[0],
+            format!("USE_STATSD=false: not applicable: {NO_STATSD}")
         );
+        assert!(t.notices[1].starts_with("RUNTIME_WATCH_ROOT=false: not applicable"));
         // TLS towards Envoy, a sentinel-backed Redis with a user, quota and shadow modes.
         let t = translate_with(&[
             ("GRPC_SERVER_USE_TLS", "true"),
@@ -831,6 +851,10 @@ mod tests {
             ),
             (&[("REDIS_TYPE", "ring")], "REDIS_TYPE=ring"),
             (&[("LOG_LEVEL", "loud")], "LOG_LEVEL=loud"),
+            (
+                &[("GRPC_SERVER_USE_TLS", "true")],
+                "GRPC_SERVER_TLS_CERT=: GRPC_SERVER_USE_TLS",
+            ),
         ];
         for (vars, want) in cases {
             let err = translate_with(vars).unwrap_err().to_string();
@@ -845,14 +869,24 @@ mod tests {
             ("REDIS_PERSECOND", "true"),
             ("DEBUG_PORT", "6070"),
             ("REDIS_AUTH", "topsecret"),
+            ("REDIS_PERSECOND_AUTH", "alsosecret"),
         ])
         .unwrap();
-        assert_eq!(t.notices.len(), 3, "{:?}", t.notices);
+        assert_eq!(t.notices.len(), 4, "{:?}", t.notices);
         assert!(
             t.notices
                 .iter()
                 .any(|n| n.starts_with("REDIS_PERSECOND=true"))
         );
-        assert!(t.notices.iter().all(|n| !n.contains("topsecret")));
+        assert!(
+            t.notices.iter().all(|n| !n.contains("secret")),
+            "{:?}",
+            t.notices
+        );
+        assert!(
+            t.notices
+                .iter()
+                .any(|n| n.starts_with("REDIS_PERSECOND_AUTH=(set)"))
+        );
     }
 }

@@ -258,7 +258,7 @@ domain: image
 descriptors:
   - key: client
     rate_limit:
-      unit: minute
+      unit: day   # a window that does not end between the three requests
       requests_per_unit: 2
       name: per_client
 EOF
