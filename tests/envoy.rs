@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::envoy::envoy_binary;
 use support::http::http_full;
 use support::process::Floodgate;
-use support::{ChildGuard, envoy_binary, free_port};
+use support::{ChildGuard, free_port};
 
 const ENVOY_CONFIG: &str = include_str!("../examples/envoy/envoy.yaml");
 const LIMITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy/ratelimit");

@@ -11,21 +11,15 @@
 
 mod support;
 
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http, http_full};
 use support::process::Floodgate;
 use support::topology::TempDir;
-use support::{ChildGuard, PATIENCE, RedisServer, envoy_binary, free_port};
+use support::{PATIENCE, RedisServer};
 
 const ENVOY_CONFIG: &str = include_str!("fixtures/envoy_usage/envoy.yaml");
 
@@ -108,7 +102,14 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
     let floodgate = Floodgate::start(limits_path.to_str().unwrap(), &args).await;
 
     let upstream = Upstream::start().await;
-    let envoy = Envoy::start(&envoy_bin, &dir, upstream.addr, floodgate.grpc_addr).await;
+    let envoy = Envoy::start(
+        &envoy_bin,
+        ENVOY_CONFIG,
+        &dir,
+        upstream.addr,
+        floodgate.grpc_addr,
+    )
+    .await;
 
     // Nothing spent yet, and looking spends nothing.
     let fresh = peek(&floodgate).await;
@@ -119,7 +120,7 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
     );
 
     // 1. Cost 900: the check passes, the report adds 900 once the stream is done.
-    let (status, headers, body) = envoy.call(USER, 900).await;
+    let (status, headers, body) = call(&envoy, USER, 900).await;
     assert_eq!(status, 200, "first request: {headers:?} {body}");
     assert_eq!(header(&headers, "x-cost"), Some("900"), "{headers:?}");
     assert_eq!(body, "cost 900\n");
@@ -140,7 +141,7 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
 
     // 2. Cost 300: the check still sees 900 of 1000 and passes; the report takes the counter to
     // 1200, over the limit. It is denied, but it must count all the same.
-    let (status, headers, body) = envoy.call(USER, 300).await;
+    let (status, headers, body) = call(&envoy, USER, 300).await;
     assert_eq!(
         status, 200,
         "second request (checked at 900): {headers:?} {body}"
@@ -158,7 +159,7 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
     );
 
     // 3. The budget is spent: the next request is refused at the check, upstream not called.
-    let (status, headers, body) = envoy.call(USER, 1).await;
+    let (status, headers, body) = call(&envoy, USER, 1).await;
     assert_eq!(
         status, 429,
         "third request (checked at 1200): {headers:?} {body}"
@@ -245,168 +246,15 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The upstream: answers every request `200` with `x-cost: <the request's x-test-cost>`, the way
-/// a model server reports the tokens a call used. Keeps connections alive, as Envoy expects.
-struct Upstream {
-    addr: SocketAddr,
-    served: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Upstream {
-    async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let served = Arc::new(AtomicUsize::new(0));
-        let counter = served.clone();
-        let task = tokio::spawn(async move {
-            // Dropping the set (when this task is aborted) ends every connection too.
-            let mut connections = JoinSet::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                while connections.try_join_next().is_some() {}
-                connections.spawn(serve_connection(stream, counter.clone()));
-            }
-        });
-        Upstream { addr, served, task }
-    }
-
-    /// How many requests reached the upstream.
-    fn served(&self) -> usize {
-        self.served.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Serves the requests of one connection until the peer closes it.
-async fn serve_connection(mut stream: TcpStream, served: Arc<AtomicUsize>) {
-    const MAX_HEAD: usize = 64 * 1024;
-    let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let head_len = loop {
-            if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            if pending.len() > MAX_HEAD {
-                return;
-            }
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => pending.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&pending[..head_len]).into_owned();
-        let field = |name: &str| {
-            head.lines()
-                .skip(1)
-                .filter_map(|line| line.split_once(':'))
-                .find(|(k, _)| k.trim().eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim().to_owned())
-        };
-        let body_len: usize = field("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        if body_len > MAX_HEAD {
-            return;
-        }
-        while pending.len() < head_len + body_len {
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => pending.extend_from_slice(&chunk[..n]),
-            }
-        }
-        pending.drain(..head_len + body_len);
-        let cost: u64 = field("x-test-cost")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        served.fetch_add(1, Ordering::SeqCst);
-        let body = format!("cost {cost}\n");
-        let response = format!(
-            "HTTP/1.1 200 OK\r\nx-cost: {cost}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        if stream.write_all(response.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// A running Envoy with the fixture's configuration; killed on drop.
-struct Envoy {
-    ingress: SocketAddr,
-    _child: ChildGuard,
-}
-
-impl Envoy {
-    /// Starts `binary` in front of `upstream`, asking Floodgate at `floodgate_grpc`, and waits
-    /// until its admin says LIVE. `FLOODGATE_TEST_ENVOY_LOG=debug` (any Envoy log level) shows
-    /// Envoy's log on stderr, e.g. to see the descriptors it sends.
-    async fn start(
-        binary: &str,
-        dir: &TempDir,
-        upstream: SocketAddr,
-        floodgate_grpc: SocketAddr,
-    ) -> Envoy {
-        let (ingress, admin) = (free_port(), free_port());
-        let config = ENVOY_CONFIG
-            .replace("INGRESS_PORT", &ingress.to_string())
-            .replace("ADMIN_PORT", &admin.to_string())
-            .replace("UPSTREAM_PORT", &upstream.port().to_string())
-            .replace("FLOODGATE_GRPC_PORT", &floodgate_grpc.port().to_string());
-        let path = dir.path.join("envoy.yaml");
-        std::fs::write(&path, config).unwrap();
-        let log_level = std::env::var("FLOODGATE_TEST_ENVOY_LOG").ok();
-        let stderr = if log_level.is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        };
-        let child = Command::new(binary)
-            .args(["-c", path.to_str().unwrap()])
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--log-level", log_level.as_deref().unwrap_or("warn")])
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn envoy");
-        let mut child = ChildGuard(Some(child));
-        let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(process) = &mut child.0
-                && let Ok(Some(status)) = process.try_wait()
-            {
-                panic!("envoy exited early: {status}");
-            }
-            if TcpStream::connect(admin).await.is_ok()
-                && http_full(admin, "GET", "/ready", &[], "").await.2.trim() == "LIVE"
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "envoy did not become ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Envoy {
-            ingress: format!("127.0.0.1:{ingress}").parse().unwrap(),
-            _child: child,
-        }
-    }
-
-    /// One request as `user` whose real cost, as the upstream will report it, is `cost`.
-    async fn call(&self, user: &str, cost: u64) -> (u16, Vec<(String, String)>, String) {
-        let cost = cost.to_string();
-        http_full(
-            self.ingress,
-            "GET",
-            "/v1/generate",
-            &[("x-user", user), ("x-test-cost", &cost)],
-            "",
-        )
-        .await
-    }
+/// One request as `user` whose real cost, as the upstream will report it, is `cost`.
+async fn call(envoy: &Envoy, user: &str, cost: u64) -> (u16, Vec<(String, String)>, String) {
+    let cost = cost.to_string();
+    http_full(
+        envoy.ingress,
+        "GET",
+        "/v1/generate",
+        &[("x-user", user), ("x-test-cost", &cost)],
+        "",
+    )
+    .await
 }

@@ -1,8 +1,8 @@
 //! Floodgate started as envoyproxy/ratelimit, `/bin/ratelimit` with no arguments and the
 //! reference's environment, as Istio's sample starts it: the ConfigMap mounted as a directory
 //! with Kubernetes' `..data` symlinks, Redis by `host:port` (and by a Unix socket), a config
-//! change through the symlink swap, health under the reference's service name, and the
-//! reference's counting of a denied request's hits.
+//! change through the symlink swap, health under the reference's service name, the reference's
+//! counting of a denied request's hits, and a real Envoy in front, wired as Istio wires it.
 
 mod support;
 
@@ -13,7 +13,8 @@ use std::time::Duration;
 use floodgate::pb::RateLimitResponse;
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
-use support::http::status_of;
+use support::envoy::{Envoy, Upstream, envoy_binary};
+use support::http::{http_full, status_of};
 use support::topology::TempDir;
 use support::{ChildGuard, PATIENCE, RedisServer, free_port, request, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -234,4 +235,53 @@ async fn redis_by_a_unix_socket() {
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
+}
+
+/// Istio's wiring: Envoy's ratelimit filter, domain "ratelimit", a ("PATH", :path) descriptor.
+const ISTIO_ENVOY: &str = include_str!("fixtures/istio_sample/envoy.yaml");
+
+#[tokio::test]
+async fn envoy_in_front_as_istio_wires_it() {
+    let Some(envoy_bin) = envoy_binary() else {
+        return;
+    };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("reference-env-envoy");
+    let config = configmap_dir(&root.path);
+    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let upstream = Upstream::start().await;
+    let grpc = format!("127.0.0.1:{}", ratelimit.grpc).parse().unwrap();
+    let envoy = Envoy::start(&envoy_bin, ISTIO_ENVOY, &root, upstream.addr, grpc).await;
+    let get = |path: &'static str| http_full(envoy.ingress, "GET", path, &[], "");
+    assert_eq!(get("/productpage").await.0, 200);
+    assert_eq!(get("/productpage").await.0, 200);
+    assert_eq!(
+        get("/productpage").await.0,
+        429,
+        "the third request of the day"
+    );
+    assert_eq!(get("/blocked").await.0, 429);
+    assert_eq!(
+        upstream.served(),
+        2,
+        "denied requests never reach the upstream"
+    );
+    // The ConfigMap raises the limit: a path's third request passes (each try a fresh path,
+    // since the reference's counting keeps every denied try).
+    write_configmap(&config, 2, &[("config.yaml", &limits(10))]);
+    let tries = std::sync::atomic::AtomicUsize::new(0);
+    wait_for("the raised limit through Envoy", PATIENCE, || async {
+        let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = format!("/ratings/{n}");
+        let mut last = 0;
+        for _ in 0..3 {
+            last = http_full(envoy.ingress, "GET", &path, &[], "").await.0;
+        }
+        last == 200
+    })
+    .await;
 }

