@@ -101,6 +101,23 @@ async fn json<S: Store>(State(state): State<Arc<HttpState<S>>>, body: Bytes) -> 
     }
 }
 
+/// The debug endpoints (`--debug-addr`, the reference's DEBUG_PORT): `/rlconfig`, the loaded
+/// limits as text, and `/` listing it.
+pub fn debug_router<S: Store>(limiter: Arc<Limiter<S>>) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { "/rlconfig: the loaded rate limit configuration\n" }),
+        )
+        .route(
+            "/rlconfig",
+            get(move || {
+                let limiter = limiter.clone();
+                async move { limiter.config().dump() }
+            }),
+        )
+}
+
 fn error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({ "error": message }).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()

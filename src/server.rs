@@ -67,6 +67,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// For /healthcheck, /json, /metrics and /admin.
     pub http: TcpListener,
+    /// For the debug endpoints (`/rlconfig`), when asked for.
+    pub debug: Option<TcpListener>,
 }
 
 /// TLS for the gRPC server.
@@ -198,6 +200,18 @@ pub async fn run<S: Store>(
         .config_source
         .clone()
         .map(|source| tokio::spawn(watch_config(limiter.clone(), source, stop.clone())));
+    let debug = listeners.debug.map(|listener| {
+        let app = http::debug_router(limiter.clone());
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::warn!(error = %e, "the debug listener stopped");
+            }
+        })
+    });
     let state = Arc::new(HttpState {
         rls,
         limiter,
@@ -242,8 +256,8 @@ pub async fn run<S: Store>(
     };
     trigger.abort();
     background.abort();
-    if let Some(watcher) = watcher {
-        watcher.abort();
+    for task in [watcher, debug].into_iter().flatten() {
+        task.abort();
     }
     grpc?;
     http
@@ -409,6 +423,10 @@ pub async fn serve(
     let listeners = Listeners {
         grpc: bind(settings.grpc_addr, "gRPC").await?,
         http: bind(settings.http_addr, "HTTP").await?,
+        debug: match settings.debug_addr {
+            Some(addr) => Some(bind(addr, "debug").await?),
+            None => None,
+        },
     };
     let limiter_options = LimiterOptions {
         plan: PlanOptions {

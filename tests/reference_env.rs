@@ -50,6 +50,7 @@ fn write_configmap(dir: &Path, version: u32, files: &[(&str, &str)]) {
 struct Ratelimit {
     grpc: u16,
     http: u16,
+    debug: u16,
     _child: ChildGuard,
 }
 
@@ -62,7 +63,7 @@ impl Ratelimit {
         }
         // Ports found free may be taken before the child binds them: start again if it exits.
         for _ in 0..3 {
-            let (grpc, http) = (free_port(), free_port());
+            let (grpc, http, debug) = (free_port(), free_port(), free_port());
             let mut child = Command::new(&program)
                 .env_clear()
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -70,6 +71,8 @@ impl Ratelimit {
                 .env("PORT", http.to_string())
                 .env("GRPC_HOST", "127.0.0.1")
                 .env("GRPC_PORT", grpc.to_string())
+                .env("DEBUG_HOST", "127.0.0.1")
+                .env("DEBUG_PORT", debug.to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .spawn()
@@ -80,6 +83,7 @@ impl Ratelimit {
                 return Ratelimit {
                     grpc,
                     http,
+                    debug,
                     _child: guard,
                 };
             }
@@ -200,6 +204,14 @@ async fn istio_sample_environment_with_a_configmap_swap() {
     .await;
     let addr = format!("127.0.0.1:{}", ratelimit.http).parse().unwrap();
     assert_eq!(status_of(addr, "/healthcheck").await, Some(200));
+    // The reference's debug port lists the loaded limits.
+    let debug = format!("127.0.0.1:{}", ratelimit.debug).parse().unwrap();
+    let (status, _, dump) = http_full(debug, "GET", "/rlconfig", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(
+        dump.contains("ratelimit.PATH: unit=DAY requests_per_unit=10, shadow_mode: false"),
+        "{dump}"
+    );
 }
 
 #[tokio::test]

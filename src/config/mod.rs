@@ -118,11 +118,65 @@ impl Config {
         self.domains.get(name)
     }
 
+    /// The loaded limits as text, one line per rule in domain and tree order, as the reference's
+    /// debug endpoint `/rlconfig` lists them: `<domain>.<key path>: unit=MINUTE
+    /// requests_per_unit=20, shadow_mode: false, quota_mode: false`.
+    pub fn dump(&self) -> String {
+        let mut out = String::new();
+        for name in self.domain_names() {
+            if let Some(domain) = self.domain(name) {
+                dump_node(domain, domain.root(), &mut out);
+            }
+        }
+        out
+    }
+
     /// Names of the configured domains, sorted.
     pub fn domain_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.domains.keys().map(String::as_str).collect();
         names.sort_unstable();
         names
+    }
+}
+
+/// Appends the rules under `node` (children in key order: exact values sorted, wildcards in
+/// file order, then the key alone) to `out`.
+fn dump_node(domain: &Domain, node: &Node, out: &mut String) {
+    use std::fmt::Write as _;
+    let mut keys: Vec<&String> = node.children.keys().collect();
+    keys.sort();
+    for key in keys {
+        let branch = &node.children[key];
+        let mut exact: Vec<(&String, &NodeId)> = branch.exact.iter().collect();
+        exact.sort();
+        let ids = exact
+            .into_iter()
+            .map(|(_, id)| *id)
+            .chain(branch.wildcards.iter().map(|(_, id)| *id))
+            .chain(branch.any);
+        for id in ids {
+            let child = domain.node(id);
+            if let Some(rule) = &child.rule {
+                let limit = match rule.limit {
+                    Some(l) => format!(
+                        "unit={} requests_per_unit={}",
+                        l.unit.name().to_ascii_uppercase(),
+                        l.requests_per_unit
+                    ),
+                    None if rule.tiered => "tiered".to_owned(),
+                    None => "unlimited".to_owned(),
+                };
+                let _ = writeln!(
+                    out,
+                    "{}.{}: {limit}, shadow_mode: {}, quota_mode: {}",
+                    domain.name(),
+                    rule.metric_key.label(),
+                    rule.shadow_mode,
+                    rule.quota_mode
+                );
+            }
+            dump_node(domain, child, out);
+        }
     }
 }
 
@@ -672,6 +726,32 @@ descriptors:
             Err(ConfigError::Read { .. })
         ));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dumps_every_rule_as_the_reference_s_rlconfig() {
+        let yaml = r#"
+domain: d
+descriptors:
+  - key: b
+    rate_limit: { unit: minute, requests_per_unit: 20 }
+  - key: a
+    value: v
+    shadow_mode: true
+    descriptors:
+      - key: sub
+        quota_mode: true
+        rate_limit: { unit: second, requests_per_unit: 5 }
+  - key: free
+    rate_limit: { unlimited: true }
+"#;
+        let dump = Config::from_yaml(yaml).unwrap().dump();
+        assert_eq!(
+            dump,
+            "d.a_v.sub: unit=SECOND requests_per_unit=5, shadow_mode: false, quota_mode: true\n\
+             d.b: unit=MINUTE requests_per_unit=20, shadow_mode: false, quota_mode: false\n\
+             d.free: unlimited, shadow_mode: false, quota_mode: false\n"
+        );
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct ServeSettings {
     /// gRPC listen address (ShouldRateLimit).
     #[arg(long, env = "FLOODGATE_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
+    /// Debug listen address (`/rlconfig`: the loaded limits as text); off unless given.
+    #[arg(long, env = "FLOODGATE_DEBUG_ADDR")]
+    pub debug_addr: Option<SocketAddr>,
     /// HTTP listen address (/healthcheck, /json).
     #[arg(long, env = "FLOODGATE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

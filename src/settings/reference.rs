@@ -59,16 +59,12 @@ const BATCHED: &str =
 pub const VARIABLES: &[Variable] = &[
     honoured("HOST", "0.0.0.0", "--http-addr"),
     honoured("PORT", "8080", "--http-addr"),
-    not_applicable(
+    honoured(
         "DEBUG_HOST",
         "0.0.0.0",
-        "no debug listener (pprof, /rlconfig) yet",
+        "--debug-addr (/rlconfig; no pprof)",
     ),
-    not_applicable(
-        "DEBUG_PORT",
-        "6070",
-        "no debug listener (pprof, /rlconfig) yet",
-    ),
+    honoured("DEBUG_PORT", "6070", "--debug-addr (/rlconfig; no pprof)"),
     not_applicable(
         "GRPC_UDS",
         "",
@@ -517,6 +513,7 @@ fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
         })
     };
     push(out, "--http-addr", address("HOST", "PORT")?);
+    push(out, "--debug-addr", address("DEBUG_HOST", "DEBUG_PORT")?);
     push(out, "--grpc-addr", address("GRPC_HOST", "GRPC_PORT")?);
     push(
         out,
@@ -739,6 +736,7 @@ mod tests {
         assert_eq!(arg(a, "--config"), Some("/srv/runtime_data/current/config"));
         assert_eq!(arg(a, "--http-addr"), Some("0.0.0.0:8080"));
         assert_eq!(arg(a, "--grpc-addr"), Some("0.0.0.0:8081"));
+        assert_eq!(arg(a, "--debug-addr"), Some("0.0.0.0:6070"));
         assert_eq!(arg(a, "--max-connection-age"), Some("1day"));
         assert_eq!(arg(a, "--store"), Some("redis"));
         assert_eq!(
@@ -867,7 +865,7 @@ mod tests {
         let t = translate_with(&[
             ("USE_STATSD", "true"),
             ("REDIS_PERSECOND", "true"),
-            ("DEBUG_PORT", "6070"),
+            ("GRPC_UDS", "/run/ratelimit.sock"),
             ("REDIS_AUTH", "topsecret"),
             ("REDIS_PERSECOND_AUTH", "alsosecret"),
         ])

@@ -112,7 +112,12 @@ impl TestServer {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            run(limiter, options, Listeners { grpc, http }, shutdown)
+            let listeners = Listeners {
+                grpc,
+                http,
+                debug: None,
+            };
+            run(limiter, options, listeners, shutdown)
                 .await
                 .expect("server runs");
         });
