@@ -82,8 +82,8 @@ fn main() -> anyhow::Result<ExitCode> {
 }
 
 /// The command line of Floodgate started as envoyproxy/ratelimit: as `/bin/ratelimit` with no
-/// arguments, or as `floodgate serve` with neither `--config` nor FLOODGATE_CONFIG but the
-/// reference's RUNTIME_ROOT; made from the reference's environment. `None` otherwise.
+/// arguments, or as plain `floodgate serve` (no other argument, no FLOODGATE_CONFIG) with the
+/// reference's RUNTIME_ROOT set; made from the reference's environment. `None` otherwise.
 fn reference_command_line() -> anyhow::Result<Option<(Cli, Translation)>> {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let program = args
