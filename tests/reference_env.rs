@@ -7,16 +7,16 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use floodgate::pb::RateLimitResponse;
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http_full, status_of};
+use support::process::start_healthy;
 use support::topology::TempDir;
-use support::{ChildGuard, PATIENCE, RedisServer, free_port, request, wait_for};
+use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -61,34 +61,26 @@ impl Ratelimit {
             std::fs::create_dir_all(program.parent().unwrap()).unwrap();
             std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_floodgate"), &program).unwrap();
         }
-        // Ports found free may be taken before the child binds them: start again if it exits.
-        for _ in 0..3 {
-            let (grpc, http, debug) = (free_port(), free_port(), free_port());
-            let mut child = Command::new(&program)
+        let (child, ports) = start_healthy(|ports| {
+            let mut command = Command::new(&program);
+            command
                 .env_clear()
                 .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
                 .env("HOST", "127.0.0.1")
-                .env("PORT", http.to_string())
+                .env("PORT", ports.http.to_string())
                 .env("GRPC_HOST", "127.0.0.1")
-                .env("GRPC_PORT", grpc.to_string())
+                .env("GRPC_PORT", ports.grpc.to_string())
                 .env("DEBUG_HOST", "127.0.0.1")
-                .env("DEBUG_PORT", debug.to_string())
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn ratelimit");
-            let healthy = wait_healthy(&mut child, http).await;
-            let guard = ChildGuard(Some(child));
-            if healthy {
-                return Ratelimit {
-                    grpc,
-                    http,
-                    debug,
-                    _child: guard,
-                };
-            }
+                .env("DEBUG_PORT", ports.debug.to_string());
+            command
+        })
+        .await;
+        Ratelimit {
+            grpc: ports.grpc,
+            http: ports.http,
+            debug: ports.debug,
+            _child: child,
         }
-        panic!("ratelimit exited while starting, three times");
     }
 
     async fn client(&self) -> RateLimitServiceClient<tonic::transport::Channel> {
@@ -104,25 +96,6 @@ impl Ratelimit {
             .await
             .unwrap()
             .into_inner()
-    }
-}
-
-/// Polls /healthcheck until 200 (true) or the process exits (false).
-async fn wait_healthy(child: &mut Child, http: u16) -> bool {
-    let addr = format!("127.0.0.1:{http}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        if status_of(addr, "/healthcheck").await == Some(200) {
-            return true;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "ratelimit did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

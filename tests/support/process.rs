@@ -17,62 +17,87 @@ pub struct Floodgate {
     pub child: ChildGuard,
 }
 
-impl Floodgate {
-    /// Starts `floodgate serve --config <config> <args...>` and waits until /healthcheck says OK.
-    ///
-    /// Free ports are found by binding and releasing them, so another test's process may take
-    /// one before Floodgate binds it: a Floodgate that exits while starting is started again on
-    /// other ports, a few times.
-    pub async fn start(config: &str, args: &[&str]) -> Floodgate {
-        const ATTEMPTS: usize = 3;
-        for attempt in 1..=ATTEMPTS {
-            let grpc_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let http_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-                .args(["serve", "--config", config])
-                .args(["--grpc-addr", &grpc_addr.to_string()])
-                .args(["--http-addr", &http_addr.to_string()])
-                .args(args)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .spawn()
-                .expect("spawn floodgate");
-            let mut process = Floodgate {
-                grpc_addr,
-                http_addr,
-                child: ChildGuard(Some(child)),
-            };
-            match process.wait_healthy().await {
-                Ok(()) => return process,
-                Err(status) if attempt < ATTEMPTS => {
-                    eprintln!("floodgate exited while starting ({status}); trying other ports");
-                }
-                Err(status) => panic!("floodgate exited early: {status}"),
-            }
-        }
-        unreachable!("the last attempt returns or panics")
-    }
+/// The free loopback ports a child process is started on.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub grpc: u16,
+    pub http: u16,
+    pub debug: u16,
+}
 
-    /// Waits until /healthcheck answers 200, or the process exits (its status).
-    async fn wait_healthy(&mut self) -> Result<(), std::process::ExitStatus> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(child) = &mut self.child.0
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                return Err(status);
+/// Starts the command `command` makes for fresh free ports and waits until its /healthcheck
+/// (on `ports.http`) says OK; returns the child and its ports.
+///
+/// Free ports are found by binding and releasing them, so another test's process may take one
+/// before the child binds it: a child that exits while starting is started again on other
+/// ports, a few times.
+pub async fn start_healthy(mut command: impl FnMut(&Ports) -> Command) -> (ChildGuard, Ports) {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        let ports = Ports {
+            grpc: free_port(),
+            http: free_port(),
+            debug: free_port(),
+        };
+        let child = command(&ports)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the server");
+        let mut child = ChildGuard(Some(child));
+        match wait_healthy(&mut child, ports.http).await {
+            Ok(()) => return (child, ports),
+            Err(status) if attempt < ATTEMPTS => {
+                eprintln!("the server exited while starting ({status}); trying other ports");
             }
-            // Not ready while the port is closed or answers otherwise (it may even be another
-            // process's, until Floodgate fails to bind it and exits).
-            if status_of(self.http_addr, "/healthcheck").await == Some(200) {
-                return Ok(());
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "floodgate did not become healthy"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            Err(status) => panic!("the server exited early: {status}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// Waits until /healthcheck on `http` answers 200, or the process exits (its status).
+async fn wait_healthy(child: &mut ChildGuard, http: u16) -> Result<(), std::process::ExitStatus> {
+    let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(process) = &mut child.0
+            && let Ok(Some(status)) = process.try_wait()
+        {
+            return Err(status);
+        }
+        // Not ready while the port is closed or answers otherwise (it may even be another
+        // process's, until the server fails to bind it and exits).
+        if status_of(addr, "/healthcheck").await == Some(200) {
+            return Ok(());
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not become healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl Floodgate {
+    /// Starts `floodgate serve --config <config> <args...>` and waits until /healthcheck says OK
+    /// (see [`start_healthy`]).
+    pub async fn start(config: &str, args: &[&str]) -> Floodgate {
+        let (child, ports) = start_healthy(|ports| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+            command
+                .args(["serve", "--config", config])
+                .args(["--grpc-addr", &format!("127.0.0.1:{}", ports.grpc)])
+                .args(["--http-addr", &format!("127.0.0.1:{}", ports.http)])
+                .args(args)
+                .env("RUST_LOG", "warn");
+            command
+        })
+        .await;
+        Floodgate {
+            grpc_addr: format!("127.0.0.1:{}", ports.grpc).parse().unwrap(),
+            http_addr: format!("127.0.0.1:{}", ports.http).parse().unwrap(),
+            child,
         }
     }
 
