@@ -63,9 +63,13 @@ async fn livez() -> &'static str {
 
 /// The Prometheus text exposition of every metric.
 async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
+    metrics_text(&state.metrics)
+}
+
+fn metrics_text(handle: &PrometheusHandle) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::telemetry::render(&state.metrics),
+        crate::telemetry::render(handle),
     )
         .into_response()
 }
@@ -99,6 +103,18 @@ async fn json<S: Store>(State(state): State<Arc<HttpState<S>>>, body: Bytes) -> 
         Err(ServiceError::Request(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
         Err(ServiceError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     }
+}
+
+/// The metrics alone at `path` (`--reference-metrics-addr`, the reference's PROMETHEUS_ADDR).
+pub fn metrics_router(handle: PrometheusHandle, path: &str) -> Router {
+    let path = if path.is_empty() { "/metrics" } else { path };
+    Router::new().route(
+        path,
+        get(move || {
+            let handle = handle.clone();
+            async move { metrics_text(&handle) }
+        }),
+    )
 }
 
 /// The debug endpoints (`--debug-addr`, the reference's DEBUG_PORT): `/rlconfig`, the loaded

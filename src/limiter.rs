@@ -119,6 +119,9 @@ impl<S: Store> Limiter<S> {
             }
             Err(e) => {
                 metrics::counter!(telemetry::STORE_ERRORS, "kind" => e.kind()).increment(1);
+                if let Some(reference) = telemetry::reference::installed() {
+                    reference.record_store_error();
+                }
                 tracing::debug!(error = %e, "store failed");
                 decision::fallback(query.descriptors.len(), self.options.failure_mode).ok_or(e)
             }

@@ -69,6 +69,8 @@ pub struct Listeners {
     pub http: TcpListener,
     /// For the debug endpoints (`/rlconfig`), when asked for.
     pub debug: Option<TcpListener>,
+    /// A second metrics listener (the reference's PROMETHEUS_ADDR), when asked for.
+    pub metrics: Option<TcpListener>,
 }
 
 /// TLS for the gRPC server.
@@ -143,6 +145,8 @@ pub struct ServerOptions {
     pub config_source: Option<ConfigSource>,
     /// After shutdown begins, how long in-flight calls may take before the server stops anyway.
     pub shutdown_grace: Duration,
+    /// The path of the metrics on [`Listeners::metrics`] (`/metrics` when empty).
+    pub metrics_path: String,
 }
 
 /// Serves `limiter` on `listeners` until `shutdown` resolves; then reports NOT_SERVING, stops
@@ -212,6 +216,18 @@ pub async fn run<S: Store>(
             }
         })
     });
+    let second_metrics = listeners.metrics.map(|listener| {
+        let app = http::metrics_router(metrics.clone(), &options.metrics_path);
+        let stopped = stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+            {
+                tracing::warn!(error = %e, "the metrics listener stopped");
+            }
+        })
+    });
     let state = Arc::new(HttpState {
         rls,
         limiter,
@@ -256,7 +272,7 @@ pub async fn run<S: Store>(
     };
     trigger.abort();
     background.abort();
-    for task in [watcher, debug].into_iter().flatten() {
+    for task in [watcher, debug, second_metrics].into_iter().flatten() {
         task.abort();
     }
     grpc?;
@@ -385,6 +401,7 @@ pub async fn reload<S: Store>(
             tracing::info!(domains = ?config.domain_names(), version = config.version(), "config reloaded");
             limiter.replace_config(config);
             metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "success").increment(1);
+            record_config_load(true);
             if let Err(e) = limiter.seed_registry().await {
                 tracing::warn!(error = %e, "could not seed the reloaded config's API keys");
             }
@@ -393,8 +410,32 @@ pub async fn reload<S: Store>(
         Err(e) => {
             tracing::error!(error = %e, "config reload refused; still serving the previous config");
             metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "failure").increment(1);
+            record_config_load(false);
             false
         }
+    }
+}
+
+/// Turns on the reference's metric names, mapped by the file at `mapping` or by the built-in
+/// mapping. A mapping file that cannot be used is reported and the built-in one used instead
+/// (the reference would silently map nothing), so a typo costs no metrics.
+fn install_reference_metrics(mapping: Option<&std::path::Path>) {
+    use telemetry::reference::StatMapper;
+    let mapper = match mapping.map(StatMapper::from_file) {
+        None => StatMapper::built_in(),
+        Some(Ok(mapper)) => mapper,
+        Some(Err(e)) => {
+            tracing::error!(error = %e, "the metrics mapping file cannot be used; using the built-in mapping");
+            StatMapper::built_in()
+        }
+    };
+    telemetry::reference::install(mapper);
+}
+
+/// Counts a config load under the reference's names, when those are served.
+fn record_config_load(loaded: bool) {
+    if let Some(reference) = telemetry::reference::installed() {
+        reference.record_config_load(loaded);
     }
 }
 
@@ -427,7 +468,15 @@ pub async fn serve(
             Some(addr) => Some(bind(addr, "debug").await?),
             None => None,
         },
+        metrics: match settings.reference_metrics_addr {
+            Some(addr) => Some(bind(addr, "metrics").await?),
+            None => None,
+        },
     };
+    if settings.reference_metrics || settings.reference_metrics_addr.is_some() {
+        install_reference_metrics(settings.reference_metrics_mapping.as_deref());
+        record_config_load(true);
+    }
     let limiter_options = LimiterOptions {
         plan: PlanOptions {
             key_prefix: settings.key_prefix.clone(),
@@ -467,6 +516,7 @@ pub async fn serve(
             load: settings.load_options(),
         }),
         shutdown_grace: settings.shutdown_grace,
+        metrics_path: settings.reference_metrics_path.clone(),
     };
     tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, tls = options.grpc_tls.is_some(), "serving");
     match settings.store {

@@ -24,6 +24,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use crate::decision::{AppliedLimit, Code, Decision, DescriptorStatus};
 
 mod latency;
+pub mod reference;
 
 pub use self::latency::LatencyHistogram;
 
@@ -140,6 +141,7 @@ impl RequestResult {
 #[derive(Debug, Clone)]
 pub struct RequestMetrics {
     by_result: [Arc<LatencyHistogram>; 4],
+    reference: Option<&'static reference::ReferenceMetrics>,
 }
 
 impl RequestMetrics {
@@ -148,12 +150,16 @@ impl RequestMetrics {
         RequestMetrics {
             by_result: RequestResult::ALL
                 .map(|r| LatencyHistogram::get(REQUEST_DURATION, "result", r.label())),
+            reference: reference::installed(),
         }
     }
 
     /// Counts one call that took `elapsed`.
     pub fn record(&self, result: RequestResult, elapsed: Duration) {
         self.by_result[result as usize].record(elapsed);
+        if let Some(reference) = self.reference {
+            reference.record_call(elapsed, result == RequestResult::InvalidArgument);
+        }
     }
 }
 
@@ -196,32 +202,52 @@ impl PartialEq for MetricKey {
 impl Eq for MetricKey {}
 
 /// The per-descriptor counters of one (domain, key) pair, each registered on first use (so a
-/// series appears once it has something to say, as before the handles were kept).
+/// series appears once it has something to say, as before the handles were kept), in
+/// [`reference::DESCRIPTOR_STATS`] order; with the reference's names installed, the same
+/// statistics under those too.
 #[derive(Debug)]
 struct DescriptorCounters {
     labels: [(&'static str, String); 2],
-    total: OnceLock<Counter>,
-    over: OnceLock<Counter>,
-    near: OnceLock<Counter>,
-    within: OnceLock<Counter>,
-    shadow: OnceLock<Counter>,
+    cells: [OnceLock<Counter>; 5],
+    reference: Option<[reference::LazyCounter; 5]>,
 }
+
+/// One of the per-descriptor statistics (an index into [`DescriptorCounters`]).
+#[derive(Debug, Clone, Copy)]
+enum Stat {
+    Total,
+    Over,
+    Near,
+    Within,
+    Shadow,
+}
+
+/// Floodgate's names of the statistics, in [`Stat`] order.
+const STAT_NAMES: [&str; 5] = [
+    TOTAL_HITS,
+    OVER_LIMIT,
+    NEAR_LIMIT,
+    WITHIN_LIMIT,
+    SHADOW_MODE,
+];
 
 impl DescriptorCounters {
     fn new(domain: &str, key: &str) -> DescriptorCounters {
         DescriptorCounters {
             labels: [("domain", domain.to_owned()), ("key", key.to_owned())],
-            total: OnceLock::new(),
-            over: OnceLock::new(),
-            near: OnceLock::new(),
-            within: OnceLock::new(),
-            shadow: OnceLock::new(),
+            cells: Default::default(),
+            reference: reference::installed().map(|r| r.descriptor_counters(domain, key)),
         }
     }
 
-    fn add(&self, cell: &OnceLock<Counter>, name: &'static str, hits: u64) {
-        cell.get_or_init(|| metrics::counter!(name, &self.labels))
+    fn add(&self, stat: Stat, hits: u64) {
+        let i = stat as usize;
+        self.cells[i]
+            .get_or_init(|| metrics::counter!(STAT_NAMES[i], &self.labels))
             .increment(hits);
+        if let Some(reference) = &self.reference {
+            reference[i].add(hits);
+        }
     }
 }
 
@@ -311,19 +337,19 @@ impl DescriptorStats {
         applied: &AppliedLimit,
     ) {
         let hits = status.hits;
-        counters.add(&counters.total, TOTAL_HITS, hits);
+        counters.add(Stat::Total, hits);
         let limit = u64::from(applied.limit.requests_per_unit);
         if status.over {
-            counters.add(&counters.over, OVER_LIMIT, hits);
+            counters.add(Stat::Over, hits);
             if status.shadow {
-                counters.add(&counters.shadow, SHADOW_MODE, hits);
+                counters.add(Stat::Shadow, hits);
             }
         } else {
             let used = limit.saturating_sub(u64::from(status.remaining));
             if limit > 0 && used as f64 >= self.near_limit_ratio * limit as f64 {
-                counters.add(&counters.near, NEAR_LIMIT, hits);
+                counters.add(Stat::Near, hits);
             }
-            counters.add(&counters.within, WITHIN_LIMIT, hits);
+            counters.add(Stat::Within, hits);
         }
         if applied.tiered {
             let code = if status.code == Code::OverLimit {

@@ -20,6 +20,13 @@ use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
+/// The value of the series `series` (name and labels, as rendered) in a metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// The domain Istio's docs use, with a limit per path.
 fn limits(per_day: u32) -> String {
     format!(
@@ -51,6 +58,7 @@ struct Ratelimit {
     grpc: u16,
     http: u16,
     debug: u16,
+    metrics: u16,
     _child: ChildGuard,
 }
 
@@ -71,7 +79,9 @@ impl Ratelimit {
                 .env("GRPC_HOST", "127.0.0.1")
                 .env("GRPC_PORT", ports.grpc.to_string())
                 .env("DEBUG_HOST", "127.0.0.1")
-                .env("DEBUG_PORT", ports.debug.to_string());
+                .env("DEBUG_PORT", ports.debug.to_string())
+                // Used with USE_PROMETHEUS=true only, as in the reference.
+                .env("PROMETHEUS_ADDR", format!("127.0.0.1:{}", ports.metrics));
             command
         })
         .await;
@@ -79,8 +89,16 @@ impl Ratelimit {
             grpc: ports.grpc,
             http: ports.http,
             debug: ports.debug,
+            metrics: ports.metrics,
             _child: child,
         }
+    }
+
+    /// The metrics text on the reference's PROMETHEUS_ADDR at `path`.
+    async fn metrics(&self, path: &str) -> (u16, String) {
+        let addr = format!("127.0.0.1:{}", self.metrics).parse().unwrap();
+        let (status, _, body) = http_full(addr, "GET", path, &[], "").await;
+        (status, body)
     }
 
     async fn client(&self) -> RateLimitServiceClient<tonic::transport::Channel> {
@@ -90,9 +108,13 @@ impl Ratelimit {
     }
 
     async fn ask(&self, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
+        self.ask_in("ratelimit", descriptors).await
+    }
+
+    async fn ask_in(&self, domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
         let mut client = self.client().await;
         client
-            .should_rate_limit(request("ratelimit", descriptors))
+            .should_rate_limit(request(domain, descriptors))
             .await
             .unwrap()
             .into_inner()
@@ -269,4 +291,136 @@ async fn envoy_in_front_as_istio_wires_it() {
         last == 200
     })
     .await;
+}
+
+/// Limits at one and at two key levels, for the reference's `key1` and `key2` labels.
+const EDGE_LIMITS: &str = "domain: edge
+descriptors:
+  - key: PATH
+    value: /api
+    rate_limit: { unit: minute, requests_per_unit: 2 }
+  - key: remote_address
+    descriptors:
+      - key: user
+        rate_limit: { unit: minute, requests_per_unit: 100 }
+";
+
+#[tokio::test]
+async fn metrics_under_the_reference_s_names_on_prometheus_addr() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("reference-metrics");
+    write_configmap(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
+    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    env.push(("USE_PROMETHEUS", "true".into()));
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+
+    let mut client = ratelimit.client().await;
+    for _ in 0..3 {
+        client
+            .should_rate_limit(request("edge", &[&[("PATH", "/api")]]))
+            .await
+            .unwrap();
+    }
+    client
+        .should_rate_limit(request(
+            "edge",
+            &[&[("remote_address", "10.0.0.1"), ("user", "ann")]],
+        ))
+        .await
+        .unwrap();
+    let refused = client.should_rate_limit(request("", &[])).await;
+    assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+
+    let (status, text) = ratelimit.metrics("/metrics").await;
+    assert_eq!(status, 200);
+    let one = r#"{domain="edge",key1="PATH_/api"}"#;
+    for (stat, want) in [
+        ("total_hits", 3.0),
+        ("within_limit", 2.0),
+        ("near_limit", 1.0),
+        ("over_limit", 1.0),
+    ] {
+        let series = format!("ratelimit_service_rate_limit_{stat}{one}");
+        assert_eq!(sample(&text, &series), Some(want), "{series} in\n{text}");
+    }
+    let two = r#"{domain="edge",key1="remote_address",key2="user"}"#;
+    assert_eq!(
+        sample(
+            &text,
+            &format!("ratelimit_service_rate_limit_total_hits{two}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    let method = r#"{grpc_method="ShouldRateLimit"}"#;
+    assert_eq!(
+        sample(&text, &format!("ratelimit_service_total_requests{method}")),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            &format!("ratelimit_service_response_time_seconds_count{method}")
+        ),
+        Some(5.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"ratelimit_service_should_rate_limit_error{err_type="service_error"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "ratelimit_service_config_load_success"),
+        Some(1.0),
+        "{text}"
+    );
+    // Only the configured path serves them.
+    assert_eq!(ratelimit.metrics("/other").await.0, 404);
+}
+
+#[tokio::test]
+async fn a_mapping_file_names_the_metrics_and_a_missing_one_falls_back() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("reference-mapping");
+    write_configmap(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
+    let mapping = root.path.join("statsd-mapping.yaml");
+    std::fs::write(
+        &mapping,
+        "mappings:\n  - match: \"ratelimit.service.rate_limit.*.*.total_hits\"\n    name: \"edge_hits\"\n    labels:\n      service: \"$1\"\n      rule: \"$2\"\n",
+    )
+    .unwrap();
+    for (file, series) in [
+        (
+            mapping.clone(),
+            r#"edge_hits{rule="PATH_/api",service="edge"}"#,
+        ),
+        // A mapping file that is not there is reported, and the built-in mapping used.
+        (
+            root.path.join("missing.yaml"),
+            r#"ratelimit_service_rate_limit_total_hits{domain="edge",key1="PATH_/api"}"#,
+        ),
+    ] {
+        let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+        env.push(("USE_PROMETHEUS", "true".into()));
+        env.push(("PROMETHEUS_PATH", "/stats".into()));
+        env.push((
+            "PROMETHEUS_MAPPER_YAML",
+            file.to_string_lossy().into_owned(),
+        ));
+        env.push(("CACHE_KEY_PREFIX", format!("{}:", file.display())));
+        let ratelimit = Ratelimit::start(&root.path, &env).await;
+        ratelimit.ask_in("edge", &[&[("PATH", "/api")]]).await;
+        let (status, text) = ratelimit.metrics("/stats").await;
+        assert_eq!(status, 200);
+        assert_eq!(sample(&text, series), Some(1.0), "{series} in\n{text}");
+    }
 }

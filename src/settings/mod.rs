@@ -113,6 +113,15 @@ pub enum LogFormat {
     Json,
 }
 
+/// A URL path for an HTTP route: starts with '/'.
+fn metrics_path(path: &str) -> Result<String, String> {
+    if path.starts_with('/') && !path.contains(['?', '#', ' ']) {
+        Ok(path.to_owned())
+    } else {
+        Err(format!("'{path}' is not a URL path (such as /metrics)"))
+    }
+}
+
 /// Everything `floodgate serve` takes.
 #[derive(Debug, Clone, Parser)]
 pub struct ServeSettings {
@@ -125,6 +134,26 @@ pub struct ServeSettings {
     /// Debug listen address (`/rlconfig`: the loaded limits as text); off unless given.
     #[arg(long, env = "FLOODGATE_DEBUG_ADDR")]
     pub debug_addr: Option<SocketAddr>,
+    /// Also count under envoyproxy/ratelimit's Prometheus metric names
+    /// (`ratelimit_service_rate_limit_total_hits{domain,key1,key2}`, ...), for its dashboards.
+    #[arg(long, env = "FLOODGATE_REFERENCE_METRICS")]
+    pub reference_metrics: bool,
+    /// A second metrics listener, as the reference's PROMETHEUS_ADDR (implies
+    /// --reference-metrics); /metrics on the HTTP address serves the same.
+    #[arg(long, env = "FLOODGATE_REFERENCE_METRICS_ADDR")]
+    pub reference_metrics_addr: Option<SocketAddr>,
+    /// The path of the metrics on --reference-metrics-addr.
+    #[arg(
+        long,
+        env = "FLOODGATE_REFERENCE_METRICS_PATH",
+        default_value = "/metrics",
+        value_parser = metrics_path
+    )]
+    pub reference_metrics_path: String,
+    /// A statsd_exporter mapping file for the reference's names (its PROMETHEUS_MAPPER_YAML);
+    /// without it, the reference's built-in mapping.
+    #[arg(long, env = "FLOODGATE_REFERENCE_METRICS_MAPPING")]
+    pub reference_metrics_mapping: Option<PathBuf>,
     /// HTTP listen address (/healthcheck, /json).
     #[arg(long, env = "FLOODGATE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,

@@ -47,8 +47,8 @@ const fn not_applicable(name: &'static str, default: &'static str, why: &'static
 }
 
 const NO_XDS: &str = "config comes from files; an xDS config source is not supported yet";
-const NO_STATSD: &str =
-    "metrics are served for Prometheus at /metrics on the HTTP port, not sent to statsd";
+const NO_STATSD: &str = "nothing is sent to statsd: metrics are served for Prometheus, at /metrics \
+     on the HTTP port (and under the reference's names with USE_PROMETHEUS=true)";
 const NO_MEMCACHE: &str =
     "the memcache backend is not supported (BACKEND_TYPE=memcache is refused)";
 const NO_PER_SECOND: &str = "per-second limits are kept in the same Redis as the others";
@@ -134,26 +134,18 @@ pub const VARIABLES: &[Variable] = &[
         "Prometheus pulls: there is nothing to flush",
     ),
     not_applicable("DISABLE_STATS", "false", "/metrics is always served"),
-    not_applicable(
+    honoured(
         "USE_PROMETHEUS",
         "false",
-        "/metrics on the HTTP port is always served, with Floodgate's metric names (docs/metrics.md)",
+        "--reference-metrics-addr (the reference's metric names, on PROMETHEUS_ADDR)",
     ),
-    not_applicable(
-        "PROMETHEUS_ADDR",
-        ":9090",
-        "/metrics is served on the HTTP port (PORT)",
-    ),
-    not_applicable("PROMETHEUS_PATH", "/metrics", "the path is /metrics"),
-    not_applicable(
-        "PROMETHEUS_MAPPER_YAML",
-        "",
-        "metric names are Floodgate's own (docs/metrics.md)",
-    ),
+    honoured("PROMETHEUS_ADDR", ":9090", "--reference-metrics-addr"),
+    honoured("PROMETHEUS_PATH", "/metrics", "--reference-metrics-path"),
+    honoured("PROMETHEUS_MAPPER_YAML", "", "--reference-metrics-mapping"),
     not_applicable(
         "PROMETHEUS_RESPONSE_TIME_AS_MILLISECONDS",
         "false",
-        "latencies are histograms in seconds",
+        "ratelimit_service_response_time_seconds is always in seconds",
     ),
     honoured("RUNTIME_ROOT", "/srv/runtime_data/current", "--config"),
     honoured("RUNTIME_SUBDIRECTORY", "", "--config"),
@@ -675,6 +667,30 @@ fn telemetry(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
         }
     }
     .to_owned();
+    if env.flag("USE_PROMETHEUS")? {
+        // Go's ":9090" listens on every address, IPv6 and IPv4.
+        let addr = env.value("PROMETHEUS_ADDR");
+        let addr = match addr.strip_prefix(':') {
+            Some(port) => format!("[::]:{port}"),
+            None => addr,
+        };
+        if addr.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "PROMETHEUS_ADDR",
+                env.value("PROMETHEUS_ADDR"),
+                "expected host:port or :port",
+            ));
+        }
+        push(out, "--reference-metrics-addr", addr);
+        push(
+            out,
+            "--reference-metrics-path",
+            env.value("PROMETHEUS_PATH"),
+        );
+        if let Some(mapping) = env.raw("PROMETHEUS_MAPPER_YAML") {
+            push(out, "--reference-metrics-mapping", mapping);
+        }
+    }
     let format = env.value("LOG_FORMAT");
     match format.to_ascii_lowercase().as_str() {
         "json" => push(out, "--log-format", "json"),
@@ -821,6 +837,41 @@ mod tests {
             arg(&t.args, "--redis-cluster-nodes"),
             Some("n1:7000,n2:7001")
         );
+    }
+
+    #[test]
+    fn prometheus_as_envoy_gateway_sets_it() {
+        let t = translate_with(&[
+            ("USE_PROMETHEUS", "true"),
+            ("PROMETHEUS_ADDR", ":19001"),
+            ("PROMETHEUS_MAPPER_YAML", "/etc/statsd-exporter/conf.yaml"),
+        ])
+        .unwrap();
+        let a = &t.args;
+        assert_eq!(arg(a, "--reference-metrics-addr"), Some("[::]:19001"));
+        assert_eq!(arg(a, "--reference-metrics-path"), Some("/metrics"));
+        assert_eq!(
+            arg(a, "--reference-metrics-mapping"),
+            Some("/etc/statsd-exporter/conf.yaml")
+        );
+        let t = translate_with(&[
+            ("USE_PROMETHEUS", "true"),
+            ("PROMETHEUS_ADDR", "127.0.0.1:9102"),
+            ("PROMETHEUS_PATH", "/stats"),
+        ])
+        .unwrap();
+        assert_eq!(
+            arg(&t.args, "--reference-metrics-addr"),
+            Some("127.0.0.1:9102")
+        );
+        assert_eq!(arg(&t.args, "--reference-metrics-path"), Some("/stats"));
+        // Off unless asked for, as in the reference.
+        let t = translate_with(&[("PROMETHEUS_ADDR", ":19001")]).unwrap();
+        assert_eq!(arg(&t.args, "--reference-metrics-addr"), None);
+        let err = translate_with(&[("USE_PROMETHEUS", "true"), ("PROMETHEUS_ADDR", "metrics")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("PROMETHEUS_ADDR=metrics"), "{err}");
     }
 
     #[test]

@@ -116,6 +116,7 @@ impl TestServer {
                 grpc,
                 http,
                 debug: None,
+                metrics: None,
             };
             run(limiter, options, listeners, shutdown)
                 .await

@@ -23,6 +23,7 @@ pub struct Ports {
     pub grpc: u16,
     pub http: u16,
     pub debug: u16,
+    pub metrics: u16,
 }
 
 /// Starts the command `command` makes for fresh free ports and waits until its /healthcheck
@@ -38,6 +39,7 @@ pub async fn start_healthy(mut command: impl FnMut(&Ports) -> Command) -> (Child
             grpc: free_port(),
             http: free_port(),
             debug: free_port(),
+            metrics: free_port(),
         };
         let child = command(&ports)
             .stdout(Stdio::null())
