@@ -31,6 +31,8 @@ pub struct HttpState<S> {
     pub serving: Arc<AtomicBool>,
     /// Renders /metrics.
     pub metrics: PrometheusHandle,
+    /// Healthy only once a config with a domain is loaded.
+    pub health_needs_config: bool,
 }
 
 /// The HTTP routes.
@@ -45,15 +47,25 @@ pub fn router<S: Store>(state: Arc<HttpState<S>>) -> Router {
         .with_state(state)
 }
 
-/// 200 `OK` while serving and the store answers; 500 otherwise, with the reason.
+/// 200 `OK` while serving and the store answers (and, when asked, a config with a domain is
+/// loaded); 500 otherwise, with the reason.
 async fn healthcheck<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
     if !state.serving.load(Ordering::Acquire) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "shutting down\n").into_response();
+    }
+    if state.health_needs_config && !has_domains(&state.limiter) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "no config loaded\n").into_response();
     }
     match state.limiter.store().ping().await {
         Ok(()) => (StatusCode::OK, "OK\n").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
+}
+
+/// Whether the limiter has a config with at least one domain (the reference's
+/// HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED condition).
+pub fn has_domains<S: Store>(limiter: &Limiter<S>) -> bool {
+    limiter.config_loaded() && !limiter.config().domain_names().is_empty()
 }
 
 /// 200 while the process runs its event loop: restarts help only when this fails.
@@ -101,7 +113,9 @@ async fn json<S: Store>(State(state): State<Arc<HttpState<S>>>, body: Bytes) -> 
             }
         }
         Err(ServiceError::Request(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
-        Err(ServiceError::Store(e)) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e @ (ServiceError::Store(_) | ServiceError::NoConfig)) => {
+            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
     }
 }
 

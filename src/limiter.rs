@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -60,6 +61,8 @@ impl Default for LimiterOptions {
 /// domains, cached look-ups of API key owners).
 pub struct Limiter<S> {
     config: ArcSwap<Config>,
+    /// False from [`Limiter::awaiting_config`] until a config is put in.
+    config_loaded: AtomicBool,
     store: S,
     options: LimiterOptions,
     clock: Arc<dyn Clock>,
@@ -94,6 +97,7 @@ impl<S: Store> Limiter<S> {
     ) -> Limiter<S> {
         Limiter {
             config: ArcSwap::from_pointee(config),
+            config_loaded: AtomicBool::new(true),
             store,
             clock,
             health: ArcSwap::from_pointee(HealthRecord::default()),
@@ -511,9 +515,24 @@ impl<S: Store> Limiter<S> {
         self.identities.clear();
     }
 
+    /// A limiter with no config yet: it decides nothing (see [`Limiter::config_loaded`]) until
+    /// [`Limiter::replace_config`] puts one in. For starting when the first config could not be
+    /// loaded (the reference's FORCE_START_WITHOUT_INITIAL_CONFIG).
+    pub fn awaiting_config(store: S, options: LimiterOptions, clock: Arc<dyn Clock>) -> Limiter<S> {
+        let limiter = Limiter::new(Config::default(), store, options, clock);
+        limiter.config_loaded.store(false, Ordering::Release);
+        limiter
+    }
+
+    /// Whether a config has been loaded (always, unless made by [`Limiter::awaiting_config`]).
+    pub fn config_loaded(&self) -> bool {
+        self.config_loaded.load(Ordering::Acquire)
+    }
+
     /// Replaces the config for every request that starts from now on.
     pub fn replace_config(&self, config: Config) {
         self.config.store(Arc::new(config));
+        self.config_loaded.store(true, Ordering::Release);
     }
 
     /// The config in force.

@@ -147,6 +147,9 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// The path of the metrics on [`Listeners::metrics`] (`/metrics` when empty).
     pub metrics_path: String,
+    /// Report healthy only once a config with at least one domain is loaded (the reference's
+    /// HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED).
+    pub health_needs_config: bool,
 }
 
 /// Serves `limiter` on `listeners` until `shutdown` resolves; then reports NOT_SERVING, stops
@@ -198,6 +201,7 @@ pub async fn run<S: Store>(
         limiter.clone(),
         health_reporter.clone(),
         serving.clone(),
+        options.health_needs_config,
         stop.clone(),
     ));
     let watcher = options
@@ -233,6 +237,7 @@ pub async fn run<S: Store>(
         limiter,
         serving: serving.clone(),
         metrics,
+        health_needs_config: options.health_needs_config,
     });
     let app = http::router(state).merge(admin);
     let http = axum::serve(
@@ -322,6 +327,7 @@ async fn keep_fresh<S: Store>(
     limiter: Arc<Limiter<S>>,
     reporter: HealthReporter,
     serving: Arc<AtomicBool>,
+    health_needs_config: bool,
     stop: CancellationToken,
 ) {
     let period = (limiter.options().cache_ttl / 2).max(Duration::from_millis(50));
@@ -340,7 +346,8 @@ async fn keep_fresh<S: Store>(
                 }
             }
         }
-        let status = if store_ok && serving.load(Ordering::Acquire) {
+        let config_ok = !health_needs_config || http::has_domains(&limiter);
+        let status = if store_ok && config_ok && serving.load(Ordering::Acquire) {
             ServingStatus::Serving
         } else {
             ServingStatus::NotServing
@@ -459,8 +466,17 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Arc<Notify>,
 ) -> Result<(), ServerError> {
-    let config = Config::load_with(&settings.config, &settings.load_options())?;
-    tracing::info!(domains = ?config.domain_names(), path = %settings.config.display(), version = config.version(), "config loaded");
+    let config = match Config::load_with(&settings.config, &settings.load_options()) {
+        Ok(config) => {
+            tracing::info!(domains = ?config.domain_names(), path = %settings.config.display(), version = config.version(), "config loaded");
+            Some(config)
+        }
+        Err(e) if settings.start_without_config => {
+            tracing::error!(error = %e, "no config loaded: starting without one (--start-without-config); ShouldRateLimit answers UNAVAILABLE until a config loads");
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     let listeners = Listeners {
         grpc: bind(settings.grpc_addr, "gRPC").await?,
         http: bind(settings.http_addr, "HTTP").await?,
@@ -475,7 +491,7 @@ pub async fn serve(
     };
     if settings.reference_metrics || settings.reference_metrics_addr.is_some() {
         install_reference_metrics(settings.reference_metrics_mapping.as_deref());
-        record_config_load(true);
+        record_config_load(config.is_some());
     }
     let limiter_options = LimiterOptions {
         plan: PlanOptions {
@@ -517,21 +533,35 @@ pub async fn serve(
         }),
         shutdown_grace: settings.shutdown_grace,
         metrics_path: settings.reference_metrics_path.clone(),
+        health_needs_config: settings.healthy_only_with_config,
     };
     tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, tls = options.grpc_tls.is_some(), "serving");
     match settings.store {
         StoreKind::Memory => {
             let store = MemoryStore::new(clock.clone(), settings.memory_max_keys);
-            let limiter = Arc::new(Limiter::new(config, store, limiter_options, clock));
+            let limiter = Arc::new(limiter(config, store, limiter_options, clock));
             run(limiter, options, listeners, shutdown).await
         }
         StoreKind::Redis => {
             let options_redis = settings.redis_options();
             tracing::info!(topology = options_redis.topology.kind(), "Redis store");
             let store = RedisStore::new(&options_redis)?;
-            let limiter = Arc::new(Limiter::new(config, store, limiter_options, clock));
+            let limiter = Arc::new(limiter(config, store, limiter_options, clock));
             run(limiter, options, listeners, shutdown).await
         }
+    }
+}
+
+/// A limiter with `config`, or awaiting one.
+fn limiter<S: Store>(
+    config: Option<Config>,
+    store: S,
+    options: LimiterOptions,
+    clock: Arc<SystemClock>,
+) -> Limiter<S> {
+    match config {
+        Some(config) => Limiter::new(config, store, options, clock),
+        None => Limiter::awaiting_config(store, options, clock),
     }
 }
 

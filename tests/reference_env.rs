@@ -14,7 +14,7 @@ use floodgate::pb::rate_limit_response::Code;
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http_full, status_of};
-use support::process::start_healthy;
+use support::process::start_answering;
 use support::topology::TempDir;
 use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -64,26 +64,34 @@ struct Ratelimit {
 
 impl Ratelimit {
     async fn start(dir: &Path, env: &[(&str, String)]) -> Ratelimit {
+        Ratelimit::start_answering(dir, env, 200).await
+    }
+
+    /// Started, once its /healthcheck answers `status`.
+    async fn start_answering(dir: &Path, env: &[(&str, String)], status: u16) -> Ratelimit {
         let program = dir.join("bin").join("ratelimit");
         if !program.exists() {
             std::fs::create_dir_all(program.parent().unwrap()).unwrap();
             std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_floodgate"), &program).unwrap();
         }
-        let (child, ports) = start_healthy(|ports| {
-            let mut command = Command::new(&program);
-            command
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .env("HOST", "127.0.0.1")
-                .env("PORT", ports.http.to_string())
-                .env("GRPC_HOST", "127.0.0.1")
-                .env("GRPC_PORT", ports.grpc.to_string())
-                .env("DEBUG_HOST", "127.0.0.1")
-                .env("DEBUG_PORT", ports.debug.to_string())
-                // Used with USE_PROMETHEUS=true only, as in the reference.
-                .env("PROMETHEUS_ADDR", format!("127.0.0.1:{}", ports.metrics));
-            command
-        })
+        let (child, ports) = start_answering(
+            |ports| {
+                let mut command = Command::new(&program);
+                command
+                    .env_clear()
+                    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+                    .env("HOST", "127.0.0.1")
+                    .env("PORT", ports.http.to_string())
+                    .env("GRPC_HOST", "127.0.0.1")
+                    .env("GRPC_PORT", ports.grpc.to_string())
+                    .env("DEBUG_HOST", "127.0.0.1")
+                    .env("DEBUG_PORT", ports.debug.to_string())
+                    // Used with USE_PROMETHEUS=true only, as in the reference.
+                    .env("PROMETHEUS_ADDR", format!("127.0.0.1:{}", ports.metrics));
+                command
+            },
+            status,
+        )
         .await;
         Ratelimit {
             grpc: ports.grpc,
@@ -423,4 +431,97 @@ async fn a_mapping_file_names_the_metrics_and_a_missing_one_falls_back() {
         assert_eq!(status, 200);
         assert_eq!(sample(&text, series), Some(1.0), "{series} in\n{text}");
     }
+}
+
+#[tokio::test]
+async fn starting_without_a_config_as_force_start_allows() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("reference-force-start");
+    let config = configmap_dir(&root.path);
+    write_configmap(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
+    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    env.push(("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()));
+    env.push(("USE_PROMETHEUS", "true".into()));
+    // Healthy at once (the store answers); no decisions until a config loads.
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let mut client = ratelimit.client().await;
+    let refused = client
+        .should_rate_limit(request("ratelimit", &[&[("PATH", "/a")]]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    assert!(
+        refused
+            .message()
+            .contains("no rate limit configuration loaded"),
+        "{refused:?}"
+    );
+    let (_, text) = ratelimit.metrics("/metrics").await;
+    assert_eq!(
+        sample(&text, "ratelimit_service_config_load_error"),
+        Some(1.0),
+        "{text}"
+    );
+    // The ConfigMap is fixed: the config loads and decisions begin.
+    write_configmap(&config, 2, &[("config.yaml", &limits(1))]);
+    wait_for("the first config", PATIENCE, || async {
+        let mut client = ratelimit.client().await;
+        client
+            .should_rate_limit(request("ratelimit", &[&[("PATH", "/a")]]))
+            .await
+            .is_ok_and(|r| r.into_inner().overall_code() == Code::Ok)
+    })
+    .await;
+    assert_eq!(
+        ratelimit.ask(&[&[("PATH", "/a")]]).await.overall_code(),
+        Code::OverLimit
+    );
+}
+
+#[tokio::test]
+async fn unhealthy_until_a_config_loads_when_asked() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("reference-healthy-with-config");
+    let config = configmap_dir(&root.path);
+    write_configmap(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
+    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    env.push(("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()));
+    env.push(("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true".into()));
+    let ratelimit = Ratelimit::start_answering(&root.path, &env, 500).await;
+    let http = format!("127.0.0.1:{}", ratelimit.http).parse().unwrap();
+    let (_, _, body) = http_full(http, "GET", "/healthcheck", &[], "").await;
+    assert_eq!(body, "no config loaded\n");
+    let health = || async {
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://127.0.0.1:{}", ratelimit.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: "ratelimit".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status()
+    };
+    wait_for("gRPC health NOT_SERVING", PATIENCE, || async {
+        health().await == ServingStatus::NotServing
+    })
+    .await;
+    write_configmap(&config, 2, &[("config.yaml", &limits(5))]);
+    wait_for("healthy once the config loads", PATIENCE, || async {
+        status_of(http, "/healthcheck").await == Some(200)
+    })
+    .await;
+    wait_for("gRPC health SERVING", PATIENCE, || async {
+        health().await == ServingStatus::Serving
+    })
+    .await;
 }

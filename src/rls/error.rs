@@ -15,6 +15,10 @@ pub enum ServiceError {
     /// The store could not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No config has been loaded yet (started without one, as the reference's
+    /// FORCE_START_WITHOUT_INITIAL_CONFIG allows).
+    #[error("no rate limit configuration loaded")]
+    NoConfig,
 }
 
 impl From<ServiceError> for Status {
@@ -25,6 +29,8 @@ impl From<ServiceError> for Status {
             // UNAVAILABLE (not INTERNAL) so that Envoy's failure_mode_deny decides whether
             // traffic passes while the store is down, as with the reference.
             ServiceError::Store(e) => Status::unavailable(e.to_string()),
+            // Retrying helps once a config is loaded; until then, Envoy's failure mode decides.
+            ServiceError::NoConfig => Status::unavailable(error.to_string()),
         }
     }
 }

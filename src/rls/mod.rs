@@ -78,7 +78,7 @@ impl<S: Store> RlsService<S> {
             }
             Ok(_) => RequestResult::Ok,
             Err(ServiceError::Request(_)) => RequestResult::InvalidArgument,
-            Err(ServiceError::Store(_)) => RequestResult::Unavailable,
+            Err(ServiceError::Store(_) | ServiceError::NoConfig) => RequestResult::Unavailable,
         };
         self.metrics.record(result, started.elapsed());
         answer
@@ -91,6 +91,9 @@ impl<S: Store> RlsService<S> {
             .dynamic_metadata
             .then(|| response::request_metadata(&request));
         let query = request::to_query(request, &self.input_limits)?;
+        if !self.limiter.config_loaded() {
+            return Err(ServiceError::NoConfig);
+        }
         let decision = self.limiter.decide(&query).await?;
         Ok(response::build(decision, &self.response_options, echo))
     }

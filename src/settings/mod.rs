@@ -134,6 +134,14 @@ pub struct ServeSettings {
     /// Debug listen address (`/rlconfig`: the loaded limits as text); off unless given.
     #[arg(long, env = "FLOODGATE_DEBUG_ADDR")]
     pub debug_addr: Option<SocketAddr>,
+    /// Start even when the config cannot be loaded: ShouldRateLimit answers UNAVAILABLE until
+    /// a config loads (the reference's FORCE_START_WITHOUT_INITIAL_CONFIG).
+    #[arg(long, env = "FLOODGATE_START_WITHOUT_CONFIG")]
+    pub start_without_config: bool,
+    /// Report healthy only once a config with at least one domain is loaded (the reference's
+    /// HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED).
+    #[arg(long, env = "FLOODGATE_HEALTHY_ONLY_WITH_CONFIG")]
+    pub healthy_only_with_config: bool,
     /// Also count under envoyproxy/ratelimit's Prometheus metric names
     /// (`ratelimit_service_rate_limit_total_hits{domain,key1,key2}`, ...), for its dashboards.
     #[arg(long, env = "FLOODGATE_REFERENCE_METRICS")]

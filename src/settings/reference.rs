@@ -98,10 +98,10 @@ pub const VARIABLES: &[Variable] = &[
         "FILE",
         "--config (FILE; GRPC_XDS_SOTW is refused)",
     ),
-    not_applicable(
+    honoured(
         "FORCE_START_WITHOUT_INITIAL_CONFIG",
         "false",
-        "Floodgate starts only with a valid config",
+        "--start-without-config",
     ),
     not_applicable("CONFIG_GRPC_XDS_NODE_ID", "default", NO_XDS),
     not_applicable("CONFIG_GRPC_XDS_NODE_METADATA", "", NO_XDS),
@@ -190,10 +190,10 @@ pub const VARIABLES: &[Variable] = &[
         "--remaining-header",
     ),
     honoured("LIMIT_RESET_HEADER", "RateLimit-Reset", "--reset-header"),
-    not_applicable(
+    honoured(
         "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
         "false",
-        "Floodgate serves only once a valid config is loaded",
+        "--healthy-only-with-config",
     ),
     honoured("REDIS_SOCKET_TYPE", "unix", "--redis-url"),
     honoured(
@@ -487,8 +487,20 @@ fn config(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> 
     if !env.flag("RUNTIME_IGNOREDOTFILES")? {
         out.args.push("--config-hidden-files".to_owned());
     }
-    if env.flag("MERGE_DOMAIN_CONFIG")? {
-        out.args.push("--merge-domain-config".to_owned());
+    for (name, flag) in [
+        ("MERGE_DOMAIN_CONFIG", "--merge-domain-config"),
+        (
+            "FORCE_START_WITHOUT_INITIAL_CONFIG",
+            "--start-without-config",
+        ),
+        (
+            "HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED",
+            "--healthy-only-with-config",
+        ),
+    ] {
+        if env.flag(name)? {
+            out.args.push(flag.to_owned());
+        }
     }
     Ok(())
 }
@@ -763,7 +775,13 @@ mod tests {
         assert_eq!(arg(a, "--limit-header"), Some("RateLimit-Limit"));
         assert!(a.contains(&"--count-denied-hits".to_owned()));
         assert!(a.contains(&"--config-hidden-files".to_owned()));
-        assert!(!a.contains(&"--shadow-mode".to_owned()));
+        for flag in [
+            "--shadow-mode",
+            "--start-without-config",
+            "--healthy-only-with-config",
+        ] {
+            assert!(!a.contains(&flag.to_owned()), "{flag}");
+        }
         assert_eq!(t.log_filter, "warn");
         assert_eq!(
             t.notices,
@@ -813,6 +831,8 @@ mod tests {
             ("GRPC_HOST", "::"),
             ("LOG_FORMAT", "json"),
             ("LOCAL_CACHE_SIZE_IN_BYTES", "1048576"),
+            ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
+            ("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true"),
         ])
         .unwrap();
         let a = &t.args;
@@ -826,7 +846,12 @@ mod tests {
         assert_eq!(arg(a, "--grpc-addr"), Some("[::]:8081"));
         assert_eq!(arg(a, "--log-format"), Some("json"));
         assert_eq!(arg(a, "--local-cache-size"), Some("10485"));
-        for flag in ["--shadow-mode", "--quota-mode"] {
+        for flag in [
+            "--shadow-mode",
+            "--quota-mode",
+            "--start-without-config",
+            "--healthy-only-with-config",
+        ] {
             assert!(a.contains(&flag.to_owned()), "{flag}");
         }
         assert!(!a.contains(&"--count-denied-hits".to_owned()));

@@ -32,7 +32,16 @@ pub struct Ports {
 /// Free ports are found by binding and releasing them, so another test's process may take one
 /// before the child binds it: a child that exits while starting is started again on other
 /// ports, a few times.
-pub async fn start_healthy(mut command: impl FnMut(&Ports) -> Command) -> (ChildGuard, Ports) {
+pub async fn start_healthy(command: impl FnMut(&Ports) -> Command) -> (ChildGuard, Ports) {
+    start_answering(command, 200).await
+}
+
+/// As [`start_healthy`], but waits until /healthcheck answers `status` (500: started, and
+/// reporting itself unhealthy).
+pub async fn start_answering(
+    mut command: impl FnMut(&Ports) -> Command,
+    status: u16,
+) -> (ChildGuard, Ports) {
     const ATTEMPTS: usize = 3;
     for attempt in 1..=ATTEMPTS {
         let ports = Ports {
@@ -47,7 +56,7 @@ pub async fn start_healthy(mut command: impl FnMut(&Ports) -> Command) -> (Child
             .spawn()
             .expect("spawn the server");
         let mut child = ChildGuard(Some(child));
-        match wait_healthy(&mut child, ports.http).await {
+        match wait_answering(&mut child, ports.http, status).await {
             Ok(()) => return (child, ports),
             Err(status) if attempt < ATTEMPTS => {
                 eprintln!("the server exited while starting ({status}); trying other ports");
@@ -58,8 +67,12 @@ pub async fn start_healthy(mut command: impl FnMut(&Ports) -> Command) -> (Child
     unreachable!("the last attempt returns or panics")
 }
 
-/// Waits until /healthcheck on `http` answers 200, or the process exits (its status).
-async fn wait_healthy(child: &mut ChildGuard, http: u16) -> Result<(), std::process::ExitStatus> {
+/// Waits until /healthcheck on `http` answers `want`, or the process exits (its status).
+async fn wait_answering(
+    child: &mut ChildGuard,
+    http: u16,
+    want: u16,
+) -> Result<(), std::process::ExitStatus> {
     let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -70,7 +83,7 @@ async fn wait_healthy(child: &mut ChildGuard, http: u16) -> Result<(), std::proc
         }
         // Not ready while the port is closed or answers otherwise (it may even be another
         // process's, until the server fails to bind it and exits).
-        if status_of(addr, "/healthcheck").await == Some(200) {
+        if status_of(addr, "/healthcheck").await == Some(want) {
             return Ok(());
         }
         assert!(
