@@ -545,7 +545,14 @@ pub async fn serve(
         StoreKind::Redis => {
             let options_redis = settings.redis_options();
             tracing::info!(topology = options_redis.topology.kind(), "Redis store");
-            let store = RedisStore::new(&options_redis)?;
+            let mut store = RedisStore::new(&options_redis)?;
+            if let Some(per_second) = settings.redis_per_second_options() {
+                tracing::info!(
+                    topology = per_second.topology.kind(),
+                    "Redis store for per-second limits"
+                );
+                store = store.with_per_second(RedisStore::new(&per_second)?);
+            }
             let limiter = Arc::new(limiter(config, store, limiter_options, clock));
             run(limiter, options, listeners, shutdown).await
         }

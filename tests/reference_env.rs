@@ -525,3 +525,81 @@ async fn unhealthy_until_a_config_loads_when_asked() {
     })
     .await;
 }
+
+/// Keys in the Redis at `port`.
+fn keys_at(port: u16) -> Vec<String> {
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+    keys.sort();
+    keys
+}
+
+#[tokio::test]
+async fn per_second_limits_in_a_second_redis() {
+    let (Some(main), Some(fast)) = (RedisServer::start(), RedisServer::start()) else {
+        return;
+    };
+    let root = TempDir::new("reference-per-second");
+    let limits = "domain: api
+descriptors:
+  - key: user
+    rate_limit: { unit: second, requests_per_unit: 1 }
+  - key: plan
+    rate_limit: { unit: minute, requests_per_unit: 10 }
+";
+    write_configmap(&configmap_dir(&root.path), 1, &[("api.yaml", limits)]);
+    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", main.port));
+    env.extend([
+        ("REDIS_PERSECOND", "true".into()),
+        ("REDIS_PERSECOND_SOCKET_TYPE", "tcp".into()),
+        ("REDIS_PERSECOND_URL", format!("127.0.0.1:{}", fast.port)),
+        // Floodgate's rule, so that a request denied by one Redis counts nothing in the other.
+        ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true".into()),
+    ]);
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let both: &[&[(&str, &str)]] = &[&[("user", "ann")], &[("plan", "free")]];
+    let first = ratelimit.ask_in("api", both).await;
+    assert_eq!(first.overall_code(), Code::Ok);
+    // Each counter is in its own Redis.
+    let (slow_keys, fast_keys) = (keys_at(main.port), keys_at(fast.port));
+    assert_eq!(slow_keys.len(), 1, "{slow_keys:?}");
+    assert!(slow_keys[0].contains("plan"), "{slow_keys:?}");
+    assert_eq!(fast_keys.len(), 1, "{fast_keys:?}");
+    assert!(fast_keys[0].contains("user"), "{fast_keys:?}");
+    // Denied by the per-second limit (unless the second turned: then the first call of the
+    // new second is admitted and the next is denied): the minute counter takes nothing.
+    let mut admitted = 1;
+    let mut denied = false;
+    for _ in 0..3 {
+        let r = ratelimit.ask_in("api", both).await;
+        if r.overall_code() == Code::OverLimit {
+            assert_eq!(
+                r.statuses[0].code(),
+                Code::OverLimit,
+                "the per-second limit"
+            );
+            denied = true;
+            break;
+        }
+        admitted += 1;
+    }
+    assert!(denied, "the per-second limit denies within two calls");
+    let minute = ratelimit.ask_in("api", &[&[("plan", "free")]]).await;
+    assert_eq!(
+        minute.statuses[0].limit_remaining,
+        10 - admitted - 1,
+        "only admitted requests took from the minute counter"
+    );
+    // Health follows both Redis.
+    let http = format!("127.0.0.1:{}", ratelimit.http).parse().unwrap();
+    drop(fast);
+    wait_for(
+        "unhealthy without the per-second Redis",
+        PATIENCE,
+        || async { status_of(http, "/healthcheck").await == Some(500) },
+    )
+    .await;
+}

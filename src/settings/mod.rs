@@ -56,6 +56,28 @@ pub enum StoreKind {
     Redis,
 }
 
+/// A Redis topology from its settings: a cluster, Sentinels, or one server.
+fn topology(
+    cluster_nodes: &[String],
+    sentinels: &[String],
+    master_name: Option<&str>,
+    sentinel_password: Option<&str>,
+) -> Topology {
+    if !cluster_nodes.is_empty() {
+        Topology::Cluster {
+            nodes: cluster_nodes.to_vec(),
+        }
+    } else if !sentinels.is_empty() {
+        Topology::Sentinel {
+            sentinels: sentinels.to_vec(),
+            master_name: master_name.unwrap_or_default().to_owned(),
+            sentinel_password: sentinel_password.map(str::to_owned),
+        }
+    } else {
+        Topology::Standalone
+    }
+}
+
 /// `url` with the user name and password put in (percent-encoded), when given separately.
 fn with_credentials(url: &str, username: Option<&str>, password: Option<&str>) -> String {
     if username.is_none() && password.is_none() {
@@ -225,6 +247,50 @@ pub struct ServeSettings {
     /// it is replaced), e.g. 50ms or 1s.
     #[arg(long, env = "FLOODGATE_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
+    /// A second Redis for the counters of per-second limits (the reference's REDIS_PERSECOND),
+    /// same URL syntax; TLS files, timeout and key prefix are shared with the first.
+    #[arg(long, env = "FLOODGATE_REDIS_PER_SECOND_URL", hide_env_values = true)]
+    pub redis_per_second_url: Option<String>,
+    /// Find the per-second Redis' master through these Sentinels.
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_PER_SECOND_SENTINELS",
+        value_delimiter = ',',
+        requires_all = ["redis_per_second_master_name", "redis_per_second_url"]
+    )]
+    pub redis_per_second_sentinels: Vec<String>,
+    /// The per-second master's name as its Sentinels know it.
+    #[arg(long, env = "FLOODGATE_REDIS_PER_SECOND_MASTER_NAME")]
+    pub redis_per_second_master_name: Option<String>,
+    /// Password of the per-second Redis' Sentinels.
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_PER_SECOND_SENTINEL_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_per_second_sentinel_password: Option<String>,
+    /// The per-second Redis is a Cluster reached through these nodes.
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_PER_SECOND_CLUSTER_NODES",
+        value_delimiter = ',',
+        conflicts_with = "redis_per_second_sentinels",
+        requires = "redis_per_second_url"
+    )]
+    pub redis_per_second_cluster_nodes: Vec<String>,
+    /// The per-second Redis' password (overrides one in its URL).
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_PER_SECOND_PASSWORD",
+        hide_env_values = true
+    )]
+    pub redis_per_second_password: Option<String>,
+    /// The per-second Redis' ACL user name.
+    #[arg(long, env = "FLOODGATE_REDIS_PER_SECOND_USERNAME")]
+    pub redis_per_second_username: Option<String>,
+    /// Connections to the per-second Redis (default: --redis-pool-size).
+    #[arg(long, env = "FLOODGATE_REDIS_PER_SECOND_POOL_SIZE")]
+    pub redis_per_second_pool_size: Option<u32>,
     /// Prefix of every counter key.
     #[arg(long, env = "FLOODGATE_KEY_PREFIX", default_value = "floodgate:")]
     pub key_prefix: String,
@@ -354,19 +420,12 @@ impl ServeSettings {
 
     /// The Redis settings.
     pub fn redis_options(&self) -> RedisOptions {
-        let topology = if !self.redis_cluster_nodes.is_empty() {
-            Topology::Cluster {
-                nodes: self.redis_cluster_nodes.clone(),
-            }
-        } else if !self.redis_sentinels.is_empty() {
-            Topology::Sentinel {
-                sentinels: self.redis_sentinels.clone(),
-                master_name: self.redis_master_name.clone().unwrap_or_default(),
-                sentinel_password: self.redis_sentinel_password.clone(),
-            }
-        } else {
-            Topology::Standalone
-        };
+        let topology = topology(
+            &self.redis_cluster_nodes,
+            &self.redis_sentinels,
+            self.redis_master_name.as_deref(),
+            self.redis_sentinel_password.as_deref(),
+        );
         RedisOptions {
             url: with_credentials(
                 &self.redis_url,
@@ -384,6 +443,28 @@ impl ServeSettings {
             key_prefix: self.key_prefix.clone(),
             clock: None,
         }
+    }
+
+    /// The per-second Redis, if one is configured: the first's options but for where it is.
+    pub fn redis_per_second_options(&self) -> Option<RedisOptions> {
+        let url = self.redis_per_second_url.as_deref()?;
+        Some(RedisOptions {
+            url: with_credentials(
+                url,
+                self.redis_per_second_username.as_deref(),
+                self.redis_per_second_password.as_deref(),
+            ),
+            topology: topology(
+                &self.redis_per_second_cluster_nodes,
+                &self.redis_per_second_sentinels,
+                self.redis_per_second_master_name.as_deref(),
+                self.redis_per_second_sentinel_password.as_deref(),
+            ),
+            pool_size: self
+                .redis_per_second_pool_size
+                .unwrap_or(self.redis_pool_size),
+            ..self.redis_options()
+        })
     }
 
     /// Overload protection.

@@ -51,7 +51,6 @@ const NO_STATSD: &str = "nothing is sent to statsd: metrics are served for Prome
      on the HTTP port (and under the reference's names with USE_PROMETHEUS=true)";
 const NO_MEMCACHE: &str =
     "the memcache backend is not supported (BACKEND_TYPE=memcache is refused)";
-const NO_PER_SECOND: &str = "per-second limits are kept in the same Redis as the others";
 const BATCHED: &str =
     "Floodgate batches Redis calls by itself (one script call per request at most)";
 
@@ -220,26 +219,50 @@ pub const VARIABLES: &[Variable] = &[
     not_applicable("REDIS_PIPELINE_WINDOW", "0", BATCHED),
     not_applicable("REDIS_PIPELINE_LIMIT", "0", BATCHED),
     not_applicable("REDIS_CLUSTER_PIPELINE_PARALLELISM", "1", BATCHED),
-    not_applicable("REDIS_PERSECOND", "false", NO_PER_SECOND),
-    not_applicable("REDIS_PERSECOND_SOCKET_TYPE", "unix", NO_PER_SECOND),
-    not_applicable("REDIS_PERSECOND_TYPE", "SINGLE", NO_PER_SECOND),
-    not_applicable(
+    honoured(
+        "REDIS_PERSECOND",
+        "false",
+        "--redis-per-second-url (a second Redis for per-second limits)",
+    ),
+    honoured(
+        "REDIS_PERSECOND_SOCKET_TYPE",
+        "unix",
+        "--redis-per-second-url",
+    ),
+    honoured(
+        "REDIS_PERSECOND_TYPE",
+        "SINGLE",
+        "--redis-per-second-sentinels, --redis-per-second-cluster-nodes",
+    ),
+    honoured(
         "REDIS_PERSECOND_URL",
         "/var/run/nutcracker/ratelimitpersecond.sock",
-        NO_PER_SECOND,
+        "--redis-per-second-url, --redis-per-second-sentinels, --redis-per-second-master-name, --redis-per-second-cluster-nodes",
     ),
-    not_applicable("REDIS_PERSECOND_POOL_SIZE", "10", NO_PER_SECOND),
-    not_applicable("REDIS_PERSECOND_AUTH", "", NO_PER_SECOND),
-    not_applicable("REDIS_PERSECOND_TLS", "false", NO_PER_SECOND),
+    honoured(
+        "REDIS_PERSECOND_POOL_SIZE",
+        "10",
+        "--redis-per-second-pool-size (when set)",
+    ),
+    honoured(
+        "REDIS_PERSECOND_AUTH",
+        "",
+        "--redis-per-second-username, --redis-per-second-password",
+    ),
+    honoured(
+        "REDIS_PERSECOND_TLS",
+        "false",
+        "--redis-per-second-url (rediss://)",
+    ),
     honoured("REDIS_SENTINEL_AUTH", "", "--redis-sentinel-password"),
-    not_applicable("REDIS_PERSECOND_SENTINEL_AUTH", "", NO_PER_SECOND),
-    not_applicable("REDIS_PERSECOND_PIPELINE_WINDOW", "0", NO_PER_SECOND),
-    not_applicable("REDIS_PERSECOND_PIPELINE_LIMIT", "0", NO_PER_SECOND),
-    not_applicable(
-        "REDIS_PERSECOND_CLUSTER_PIPELINE_PARALLELISM",
-        "1",
-        NO_PER_SECOND,
+    honoured(
+        "REDIS_PERSECOND_SENTINEL_AUTH",
+        "",
+        "--redis-per-second-sentinel-password",
     ),
+    not_applicable("REDIS_PERSECOND_PIPELINE_WINDOW", "0", BATCHED),
+    not_applicable("REDIS_PERSECOND_PIPELINE_LIMIT", "0", BATCHED),
+    not_applicable("REDIS_PERSECOND_CLUSTER_PIPELINE_PARALLELISM", "1", BATCHED),
     not_applicable(
         "REDIS_HEALTH_CHECK_ACTIVE_CONNECTION",
         "false",
@@ -250,7 +273,11 @@ pub const VARIABLES: &[Variable] = &[
         "10s",
         "connections are made in the background; each decision has --redis-timeout (50ms)",
     ),
-    not_applicable("REDIS_PERSECOND_TIMEOUT", "10s", NO_PER_SECOND),
+    not_applicable(
+        "REDIS_PERSECOND_TIMEOUT",
+        "10s",
+        "each decision has --redis-timeout (50ms), in both Redis",
+    ),
     not_applicable(
         "REDIS_POOL_ON_EMPTY_BEHAVIOR",
         "WAIT",
@@ -259,7 +286,7 @@ pub const VARIABLES: &[Variable] = &[
     not_applicable(
         "REDIS_PERSECOND_POOL_ON_EMPTY_BEHAVIOR",
         "WAIT",
-        NO_PER_SECOND,
+        "connections are multiplexed: a request never waits for a free one",
     ),
     not_applicable(
         "REDIS_STARTUP_INITIAL_INTERVAL",
@@ -543,7 +570,42 @@ fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
     Ok(())
 }
 
-/// BACKEND_TYPE and the REDIS_* connection in the reference's syntax.
+/// The variables of one Redis connection (the main one, or the per-second one), and the prefix
+/// of the Floodgate flags they become.
+struct RedisVariables {
+    kind: &'static str,
+    socket: &'static str,
+    url: &'static str,
+    tls: &'static str,
+    auth: &'static str,
+    sentinel_auth: &'static str,
+    pool_size: &'static str,
+    flags: &'static str,
+}
+
+const MAIN_REDIS: RedisVariables = RedisVariables {
+    kind: "REDIS_TYPE",
+    socket: "REDIS_SOCKET_TYPE",
+    url: "REDIS_URL",
+    tls: "REDIS_TLS",
+    auth: "REDIS_AUTH",
+    sentinel_auth: "REDIS_SENTINEL_AUTH",
+    pool_size: "REDIS_POOL_SIZE",
+    flags: "--redis",
+};
+
+const PER_SECOND_REDIS: RedisVariables = RedisVariables {
+    kind: "REDIS_PERSECOND_TYPE",
+    socket: "REDIS_PERSECOND_SOCKET_TYPE",
+    url: "REDIS_PERSECOND_URL",
+    tls: "REDIS_PERSECOND_TLS",
+    auth: "REDIS_PERSECOND_AUTH",
+    sentinel_auth: "REDIS_PERSECOND_SENTINEL_AUTH",
+    pool_size: "REDIS_PERSECOND_POOL_SIZE",
+    flags: "--redis-per-second",
+};
+
+/// BACKEND_TYPE and the REDIS_* connections in the reference's syntax.
 fn redis(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
     let backend = env.value("BACKEND_TYPE");
     if !backend.eq_ignore_ascii_case("redis") {
@@ -554,63 +616,11 @@ fn redis(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
         });
     }
     push(out, "--store", "redis");
-    let tls = env.flag("REDIS_TLS")?;
-    let scheme = if tls { "rediss" } else { "redis" };
-    let socket = env.value("REDIS_SOCKET_TYPE");
-    let url = env.value("REDIS_URL");
-    let kind = env.value("REDIS_TYPE").to_ascii_lowercase();
-    match kind.as_str() {
-        "single" if socket.eq_ignore_ascii_case("unix") => {
-            push(out, "--redis-url", format!("unix://{url}"));
-        }
-        "single" if socket.eq_ignore_ascii_case("tcp") => {
-            push(out, "--redis-url", format!("{scheme}://{url}"));
-        }
-        "single" => {
-            return Err(invalid("REDIS_SOCKET_TYPE", socket, "expected tcp or unix"));
-        }
-        "sentinel" => {
-            // "master name,sentinel,sentinel,..."
-            let mut parts = url.split(',').map(str::trim);
-            let master = parts.next().unwrap_or_default().to_owned();
-            let sentinels: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
-            if master.is_empty() || sentinels.is_empty() {
-                return Err(invalid(
-                    "REDIS_URL",
-                    url,
-                    "a sentinel URL is the master's name, then host:port of each sentinel",
-                ));
-            }
-            push(out, "--redis-master-name", master);
-            push(out, "--redis-sentinels", sentinels.join(","));
-            push(out, "--redis-url", format!("{scheme}://sentinel-master"));
-        }
-        "cluster" => {
-            push(out, "--redis-cluster-nodes", url.replace(' ', ""));
-            push(out, "--redis-url", format!("{scheme}://cluster"));
-        }
-        _ => {
-            return Err(invalid(
-                "REDIS_TYPE",
-                env.value("REDIS_TYPE"),
-                "expected single, sentinel or cluster",
-            ));
-        }
+    redis_connection(env, &MAIN_REDIS, out)?;
+    if env.flag("REDIS_PERSECOND")? {
+        redis_connection(env, &PER_SECOND_REDIS, out)?;
     }
-    // "password" or "user:password"
-    if let Some(auth) = env.raw("REDIS_AUTH") {
-        match auth.split_once(':') {
-            Some((user, password)) => {
-                push(out, "--redis-username", user);
-                push(out, "--redis-password", password);
-            }
-            None => push(out, "--redis-password", auth),
-        }
-    }
-    if let Some(auth) = env.raw("REDIS_SENTINEL_AUTH") {
-        let password = auth.split_once(':').map_or(auth.as_str(), |(_, p)| p);
-        push(out, "--redis-sentinel-password", password);
-    }
+    // TLS files are the same for both connections, as in the reference.
     for (name, flag) in [
         ("REDIS_TLS_CACERT", "--redis-tls-ca"),
         ("REDIS_TLS_CLIENT_CERT", "--redis-tls-cert"),
@@ -620,16 +630,83 @@ fn redis(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
             push(out, flag, path);
         }
     }
-    if env.raw("REDIS_POOL_SIZE").is_some() {
-        let size: u32 = env.number("REDIS_POOL_SIZE")?;
-        push(out, "--redis-pool-size", size.max(1).to_string());
-    }
     if let Some(prefix) = env.raw("CACHE_KEY_PREFIX") {
         push(out, "--key-prefix", prefix);
     }
     // The reference's cache is sized in bytes; Floodgate's in entries of about 100 bytes.
     let bytes: u64 = env.number("LOCAL_CACHE_SIZE_IN_BYTES")?;
     push(out, "--local-cache-size", (bytes / 100).to_string());
+    Ok(())
+}
+
+/// One Redis connection: its topology, URL and credentials.
+fn redis_connection(
+    env: &Env<'_>,
+    vars: &RedisVariables,
+    out: &mut Translation,
+) -> Result<(), TranslationError> {
+    let flag = |name: &str| format!("{}-{name}", vars.flags);
+    let tls = env.flag(vars.tls)?;
+    let scheme = if tls { "rediss" } else { "redis" };
+    let socket = env.value(vars.socket);
+    let url = env.value(vars.url);
+    let kind = env.value(vars.kind).to_ascii_lowercase();
+    match kind.as_str() {
+        "single" if socket.eq_ignore_ascii_case("unix") => {
+            push(out, &flag("url"), format!("unix://{url}"));
+        }
+        "single" if socket.eq_ignore_ascii_case("tcp") => {
+            push(out, &flag("url"), format!("{scheme}://{url}"));
+        }
+        "single" => {
+            return Err(invalid(vars.socket, socket, "expected tcp or unix"));
+        }
+        "sentinel" => {
+            // "master name,sentinel,sentinel,..."
+            let mut parts = url.split(',').map(str::trim);
+            let master = parts.next().unwrap_or_default().to_owned();
+            let sentinels: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
+            if master.is_empty() || sentinels.is_empty() {
+                return Err(invalid(
+                    vars.url,
+                    url,
+                    "a sentinel URL is the master's name, then host:port of each sentinel",
+                ));
+            }
+            push(out, &flag("master-name"), master);
+            push(out, &flag("sentinels"), sentinels.join(","));
+            push(out, &flag("url"), format!("{scheme}://sentinel-master"));
+        }
+        "cluster" => {
+            push(out, &flag("cluster-nodes"), url.replace(' ', ""));
+            push(out, &flag("url"), format!("{scheme}://cluster"));
+        }
+        _ => {
+            return Err(invalid(
+                vars.kind,
+                env.value(vars.kind),
+                "expected single, sentinel or cluster",
+            ));
+        }
+    }
+    // "password" or "user:password"
+    if let Some(auth) = env.raw(vars.auth) {
+        match auth.split_once(':') {
+            Some((user, password)) => {
+                push(out, &flag("username"), user);
+                push(out, &flag("password"), password);
+            }
+            None => push(out, &flag("password"), auth),
+        }
+    }
+    if let Some(auth) = env.raw(vars.sentinel_auth) {
+        let password = auth.split_once(':').map_or(auth.as_str(), |(_, p)| p);
+        push(out, &flag("sentinel-password"), password);
+    }
+    if env.raw(vars.pool_size).is_some() {
+        let size: u32 = env.number(vars.pool_size)?;
+        push(out, &flag("pool-size"), size.max(1).to_string());
+    }
     Ok(())
 }
 
@@ -940,17 +1017,19 @@ mod tests {
     fn not_applicable_settings_are_reported_and_secrets_are_not() {
         let t = translate_with(&[
             ("USE_STATSD", "true"),
-            ("REDIS_PERSECOND", "true"),
-            ("GRPC_UDS", "/run/ratelimit.sock"),
+            ("REDIS_PERSECOND_TIMEOUT", "1s"),
             ("REDIS_AUTH", "topsecret"),
-            ("REDIS_PERSECOND_AUTH", "alsosecret"),
+            (
+                "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
+                "authorization=secret",
+            ),
         ])
         .unwrap();
-        assert_eq!(t.notices.len(), 4, "{:?}", t.notices);
+        assert_eq!(t.notices.len(), 3, "{:?}", t.notices);
         assert!(
             t.notices
                 .iter()
-                .any(|n| n.starts_with("REDIS_PERSECOND=true"))
+                .any(|n| n.starts_with("REDIS_PERSECOND_TIMEOUT=1s"))
         );
         assert!(
             t.notices.iter().all(|n| !n.contains("secret")),
@@ -960,7 +1039,58 @@ mod tests {
         assert!(
             t.notices
                 .iter()
-                .any(|n| n.starts_with("REDIS_PERSECOND_AUTH=(set)"))
+                .any(|n| n.starts_with("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS=(set)"))
         );
+    }
+
+    #[test]
+    fn a_second_redis_for_per_second_limits() {
+        let t = translate_with(&[
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "redis:6379"),
+            ("REDIS_PERSECOND", "true"),
+            ("REDIS_PERSECOND_SOCKET_TYPE", "tcp"),
+            ("REDIS_PERSECOND_URL", "redis-fast:6379"),
+            ("REDIS_PERSECOND_AUTH", "fast:pw"),
+            ("REDIS_PERSECOND_POOL_SIZE", "20"),
+        ])
+        .unwrap();
+        let a = &t.args;
+        assert_eq!(arg(a, "--redis-url"), Some("redis://redis:6379"));
+        assert_eq!(
+            arg(a, "--redis-per-second-url"),
+            Some("redis://redis-fast:6379")
+        );
+        assert_eq!(arg(a, "--redis-per-second-username"), Some("fast"));
+        assert_eq!(arg(a, "--redis-per-second-password"), Some("pw"));
+        assert_eq!(arg(a, "--redis-per-second-pool-size"), Some("20"));
+        assert_eq!(arg(a, "--redis-password"), None);
+        // Its defaults are the reference's: the nutcracker socket for per-second limits.
+        let t = translate_with(&[("REDIS_PERSECOND", "true")]).unwrap();
+        assert_eq!(
+            arg(&t.args, "--redis-per-second-url"),
+            Some("unix:///var/run/nutcracker/ratelimitpersecond.sock")
+        );
+        let t = translate_with(&[
+            ("REDIS_PERSECOND", "true"),
+            ("REDIS_PERSECOND_TYPE", "sentinel"),
+            ("REDIS_PERSECOND_URL", "fast,s1:26379"),
+        ])
+        .unwrap();
+        assert_eq!(arg(&t.args, "--redis-per-second-master-name"), Some("fast"));
+        assert_eq!(
+            arg(&t.args, "--redis-per-second-sentinels"),
+            Some("s1:26379")
+        );
+        // Set up without REDIS_PERSECOND=true, as in the reference, it is not used.
+        let t = translate_with(&[("REDIS_PERSECOND_URL", "redis-fast:6379")]).unwrap();
+        assert_eq!(arg(&t.args, "--redis-per-second-url"), None);
+        let err = translate_with(&[
+            ("REDIS_PERSECOND", "true"),
+            ("REDIS_PERSECOND_TYPE", "ring"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("REDIS_PERSECOND_TYPE=ring"), "{err}");
     }
 }

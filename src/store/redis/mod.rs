@@ -49,6 +49,9 @@ pub struct RedisStore {
     key_prefix: String,
     /// Time for the decision script; `None` (production) uses the Redis server's clock.
     clock: Option<Arc<dyn Clock>>,
+    /// A second Redis for the counters of per-second limits (the reference's
+    /// REDIS_PERSECOND), when there is one.
+    per_second: Option<Box<RedisStore>>,
 }
 
 /// How to reach Redis.
@@ -141,7 +144,18 @@ impl RedisStore {
             timeout: options.timeout,
             key_prefix: options.key_prefix.clone(),
             clock: options.clock.clone(),
+            per_second: None,
         })
+    }
+
+    /// This store, with the counters of per-second limits in `per_second` instead (the
+    /// reference's REDIS_PERSECOND: a second Redis takes the busiest, shortest-lived keys).
+    /// Everything else (other counters, flags, health state, registry) stays here. A request
+    /// with counters in both is decided as a request across cluster slots is: both evaluated,
+    /// then, if admitted, both counted.
+    pub fn with_per_second(mut self, per_second: RedisStore) -> RedisStore {
+        self.per_second = Some(Box::new(per_second));
+        self
     }
 
     /// Round trips the pipeline dispatchers made, and script calls they carried.
@@ -229,13 +243,32 @@ impl RedisStore {
         .await
     }
 
-    /// Checks spread over several cluster slots: all slots evaluated without writing, then,
-    /// only if the request is admitted (the admission rule over every slot's counters), counted
-    /// (each slot atomically); a denied request counts only its `count_denied` checks.
-    async fn apply_across_slots(
-        &self,
+    /// The checks at `members` as groups that one script call each can decide: one group, or
+    /// one per slot on a cluster.
+    fn groups<'a>(
+        &'a self,
         checks: &[Check],
-        groups: &[(u16, Vec<usize>)],
+        members: &[usize],
+    ) -> impl Iterator<Item = (&'a RedisStore, Vec<usize>)> + 'a {
+        let groups: Vec<Vec<usize>> = if self.batcher.is_some() {
+            vec![members.to_vec()]
+        } else {
+            let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
+            slot_groups(&part)
+                .into_iter()
+                .map(|(_, group)| group.into_iter().map(|j| members[j]).collect())
+                .collect()
+        };
+        groups.into_iter().map(move |group| (self, group))
+    }
+
+    /// Checks spread over several script calls (cluster slots, or the per-second Redis): all
+    /// groups evaluated without writing, then, only if the request is admitted (the admission
+    /// rule over every group's counters), counted (each group atomically); a denied request
+    /// counts only its `count_denied` checks.
+    async fn apply_across(
+        checks: &[Check],
+        groups: &[(&RedisStore, Vec<usize>)],
     ) -> Result<Applied, StoreError> {
         let unknown = Counter {
             over: false,
@@ -243,16 +276,16 @@ impl RedisStore {
             reset_ms: 0,
         };
         let mut counters = vec![unknown; checks.len()];
-        for (_, members) in groups {
+        for (store, members) in groups {
             let part: Vec<Check> = members.iter().map(|&i| checks[i].clone()).collect();
-            let applied = self.decide_call(&part, true).await?;
+            let applied = store.decide_call(&part, true).await?;
             for (&i, counter) in members.iter().zip(applied.counters) {
                 counters[i] = counter;
             }
         }
         let mut admitted = admits(checks, |i| counters[i].over);
         let decided = admitted;
-        for (_, members) in groups {
+        for (store, members) in groups {
             let counted: Vec<usize> = members
                 .iter()
                 .copied()
@@ -272,7 +305,7 @@ impl RedisStore {
                     check
                 })
                 .collect();
-            let applied = self.decide_call(&part, false).await?;
+            let applied = store.decide_call(&part, false).await?;
             // A slot's limits are checked again as it counts: a race lost since the dry run
             // denies there (and the slots counted before keep their hits; see docs/redis.md).
             admitted &= !decided || applied.admitted;
@@ -338,8 +371,15 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
+/// Whether a check's counter lives in the per-second Redis, as the reference routes them: a
+/// one-second window (flags stay with the rest).
+fn per_second(check: &Check) -> bool {
+    check.window_secs == 1 && !check.gate
+}
+
+impl RedisStore {
+    /// Checks and counts `checks`, all in this Redis.
+    async fn apply_here(&self, checks: &[Check]) -> Result<Applied, StoreError> {
         if self.batcher.is_some() {
             return self.decide_call(checks, false).await;
         }
@@ -350,8 +390,45 @@ impl Store for RedisStore {
         if groups.len() == 1 {
             return self.decide_call(checks, false).await;
         }
+        let groups: Vec<(&RedisStore, Vec<usize>)> =
+            groups.into_iter().map(|(_, group)| (self, group)).collect();
         // Boxed: the hot path's future stays small (it is moved on every request).
-        Box::pin(self.apply_across_slots(checks, &groups)).await
+        Box::pin(RedisStore::apply_across(checks, &groups)).await
+    }
+
+    /// PING, answered.
+    async fn ping_here(&self) -> Result<(), StoreError> {
+        self.command::<String>(redis::cmd("PING")).await.map(drop)
+    }
+
+    /// A request with counters in both this Redis and the per-second one.
+    async fn apply_split(
+        &self,
+        per_second_store: &RedisStore,
+        checks: &[Check],
+    ) -> Result<Applied, StoreError> {
+        let (fast, rest): (Vec<usize>, Vec<usize>) =
+            (0..checks.len()).partition(|&i| per_second(&checks[i]));
+        if rest.is_empty() {
+            return per_second_store.apply_here(checks).await;
+        }
+        let groups: Vec<(&RedisStore, Vec<usize>)> = self
+            .groups(checks, &rest)
+            .chain(per_second_store.groups(checks, &fast))
+            .collect();
+        RedisStore::apply_across(checks, &groups).await
+    }
+}
+
+impl Store for RedisStore {
+    async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
+        if let Some(store) = &self.per_second
+            && checks.iter().any(per_second)
+        {
+            // Boxed: the hot path's future stays small.
+            return Box::pin(self.apply_split(store, checks)).await;
+        }
+        self.apply_here(checks).await
     }
 
     fn observe(&self) {
@@ -364,7 +441,11 @@ impl Store for RedisStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.command::<String>(redis::cmd("PING")).await.map(drop)
+        self.ping_here().await?;
+        if let Some(store) = &self.per_second {
+            store.ping_here().await?;
+        }
+        Ok(())
     }
 
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
