@@ -281,6 +281,7 @@ async fn tls_with_password_acl_user_and_client_certificates() {
         }),
         client_cert: client.then(|| server.client_cert()),
         client_key: client.then(|| server.client_key()),
+        accept_any_hostname: false,
     };
     let store = |url: String, tls: TlsFiles| {
         RedisStore::new(&RedisOptions {
@@ -438,4 +439,40 @@ async fn sentinel_counts_reports_and_quotas() {
     };
     let store = sentinel_store(&set, Duration::from_secs(2));
     reports_and_quotas_hold(&store, ["s0", "s1", "s2", "s3", "s4", "s5"]).await;
+}
+
+#[tokio::test]
+async fn tls_hostname_verification_can_be_skipped_but_not_the_chain() {
+    let Some(redis) = TlsRedis::start_misnamed() else {
+        return;
+    };
+    let store = |ca: std::path::PathBuf, accept_any_hostname: bool| {
+        RedisStore::new(&RedisOptions {
+            tls: TlsFiles {
+                ca_cert: Some(ca),
+                accept_any_hostname,
+                ..TlsFiles::default()
+            },
+            timeout: Duration::from_secs(2),
+            ..RedisOptions::standalone(&redis.url(None, None), "tls-name:")
+        })
+        .unwrap()
+    };
+    // The certificate names redis.elsewhere.test, not 127.0.0.1: refused by default.
+    let strict = store(redis.ca_cert(), false);
+    assert!(
+        strict.ping().await.is_err(),
+        "a misnamed certificate accepted"
+    );
+    // Skipping the host name: accepted, and decisions work.
+    let lenient = store(redis.ca_cert(), true);
+    lenient.ping().await.unwrap();
+    let check = floodgate::store::Check::fixed_window("tls-name:k", 5, 60, 1);
+    assert!(lenient.apply(&[check]).await.unwrap().admitted);
+    // The chain is still verified: a CA that did not sign it is refused.
+    let wrong_ca = store(redis.wrong_ca_cert(), true);
+    assert!(
+        wrong_ca.ping().await.is_err(),
+        "an unverified chain accepted"
+    );
 }

@@ -240,6 +240,10 @@ pub struct ServeSettings {
     /// The client certificate's key (PEM).
     #[arg(long, env = "FLOODGATE_REDIS_TLS_KEY", requires = "redis_tls_cert")]
     pub redis_tls_key: Option<PathBuf>,
+    /// Verify Redis' certificate chain but not the host name in it (for servers reached by an
+    /// address their certificate does not list). Not applied with Sentinels.
+    #[arg(long, env = "FLOODGATE_REDIS_TLS_SKIP_HOSTNAME_VERIFICATION")]
+    pub redis_tls_skip_hostname_verification: bool,
     /// Redis connections; each is multiplexed, so a few carry many requests.
     #[arg(long, env = "FLOODGATE_REDIS_POOL_SIZE", default_value_t = 4)]
     pub redis_pool_size: u32,
@@ -437,6 +441,7 @@ impl ServeSettings {
                 ca_cert: self.redis_tls_ca.clone(),
                 client_cert: self.redis_tls_cert.clone(),
                 client_key: self.redis_tls_key.clone(),
+                accept_any_hostname: self.redis_tls_skip_hostname_verification,
             },
             pool_size: self.redis_pool_size,
             timeout: self.redis_timeout,

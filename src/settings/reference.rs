@@ -211,10 +211,10 @@ pub const VARIABLES: &[Variable] = &[
     honoured("REDIS_TLS_CLIENT_CERT", "", "--redis-tls-cert"),
     honoured("REDIS_TLS_CLIENT_KEY", "", "--redis-tls-key"),
     honoured("REDIS_TLS_CACERT", "", "--redis-tls-ca"),
-    not_applicable(
+    honoured(
         "REDIS_TLS_SKIP_HOSTNAME_VERIFICATION",
         "false",
-        "Redis' certificate is always verified, its host name included",
+        "--redis-tls-skip-hostname-verification (not with Sentinels)",
     ),
     not_applicable("REDIS_PIPELINE_WINDOW", "0", BATCHED),
     not_applicable("REDIS_PIPELINE_LIMIT", "0", BATCHED),
@@ -621,6 +621,10 @@ fn redis(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
         redis_connection(env, &PER_SECOND_REDIS, out)?;
     }
     // TLS files are the same for both connections, as in the reference.
+    if env.flag("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION")? {
+        out.args
+            .push("--redis-tls-skip-hostname-verification".to_owned());
+    }
     for (name, flag) in [
         ("REDIS_TLS_CACERT", "--redis-tls-ca"),
         ("REDIS_TLS_CLIENT_CERT", "--redis-tls-cert"),
@@ -908,6 +912,7 @@ mod tests {
             ("GRPC_HOST", "::"),
             ("LOG_FORMAT", "json"),
             ("LOCAL_CACHE_SIZE_IN_BYTES", "1048576"),
+            ("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "true"),
             ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
             ("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true"),
         ])
@@ -928,6 +933,7 @@ mod tests {
             "--quota-mode",
             "--start-without-config",
             "--healthy-only-with-config",
+            "--redis-tls-skip-hostname-verification",
         ] {
             assert!(a.contains(&flag.to_owned()), "{flag}");
         }

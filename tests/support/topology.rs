@@ -599,6 +599,20 @@ impl TlsRedis {
     /// A TLS server; `require_client_cert` sets `--tls-auth-clients yes` (else `optional`),
     /// `password` sets `requirepass`. Returns once `redis-cli --tls` gets an answer from it.
     pub fn start_with(require_client_cert: bool, password: Option<&str>) -> Option<TlsRedis> {
+        TlsRedis::start_as("server", require_client_cert, password)
+    }
+
+    /// A server whose certificate names another host (`redis.elsewhere.test`) than the one
+    /// clients connect to: verifiable against the CA, but not for 127.0.0.1.
+    pub fn start_misnamed() -> Option<TlsRedis> {
+        TlsRedis::start_as("elsewhere-server", false, None)
+    }
+
+    fn start_as(
+        server_cert: &str,
+        require_client_cert: bool,
+        password: Option<&str>,
+    ) -> Option<TlsRedis> {
         if !installed(&["redis-server", "redis-cli", "openssl"]) {
             return None;
         }
@@ -623,9 +637,9 @@ impl TlsRedis {
                         "--tls-port",
                         &port.to_string(),
                         "--tls-cert-file",
-                        &file("server.pem"),
+                        &file(&format!("{server_cert}.pem")),
                         "--tls-key-file",
-                        &file("server-key.pem"),
+                        &file(&format!("{server_cert}-key.pem")),
                         "--tls-ca-cert-file",
                         &file("ca.pem"),
                         "--tls-auth-clients",
@@ -802,7 +816,7 @@ fn tls_cli(port: u16, how: &TlsCli<'_>, args: &[&str]) -> CommandOutput {
 }
 
 /// Writes into `dir`: `ca.pem`/`ca-key.pem`, `server.pem`/`server-key.pem` (SAN IP:127.0.0.1,
-/// DNS:localhost), `client.pem`/`client-key.pem`, `wrong-ca.pem`/`wrong-ca-key.pem` and
+/// DNS:localhost), `elsewhere-server.pem`/`-key.pem` (SAN DNS:redis.elsewhere.test only), `client.pem`/`client-key.pem`, `wrong-ca.pem`/`wrong-ca-key.pem` and
 /// `wrong-client.pem`/`wrong-client-key.pem`; P-256 keys, valid for 2 days.
 fn generate_certificates(dir: &Path) {
     let config = dir.join("openssl.cnf");
@@ -822,6 +836,13 @@ fn generate_certificates(dir: &Path) {
          keyUsage = critical, digitalSignature, keyEncipherment\n\
          extendedKeyUsage = serverAuth\n\
          subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+         subjectKeyIdentifier = hash\n\
+         authorityKeyIdentifier = keyid\n\
+         [elsewhere_server_ext]\n\
+         basicConstraints = critical, CA:FALSE\n\
+         keyUsage = critical, digitalSignature, keyEncipherment\n\
+         extendedKeyUsage = serverAuth\n\
+         subjectAltName = DNS:redis.elsewhere.test\n\
          subjectKeyIdentifier = hash\n\
          authorityKeyIdentifier = keyid\n\
          [client_ext]\n\
@@ -912,6 +933,12 @@ fn generate_certificates(dir: &Path) {
     authority("ca", "Floodgate Test CA");
     authority("wrong-ca", "Unrelated Test CA");
     leaf("server", "localhost", "ca", "server_ext");
+    leaf(
+        "elsewhere-server",
+        "redis.elsewhere.test",
+        "ca",
+        "elsewhere_server_ext",
+    );
     leaf("client", "client.floodgate.test", "ca", "client_ext");
     leaf(
         "wrong-client",

@@ -74,6 +74,9 @@ impl Backend {
         if tls.is_set() {
             builder = builder.certs(tls.load()?);
         }
+        if tls.accept_any_hostname {
+            builder = builder.danger_accept_invalid_hostnames(true);
+        }
         let client = builder.build().map_err(bad)?;
         Ok(Backend::Cluster(Arc::new(LazyCluster {
             client,

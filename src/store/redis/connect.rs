@@ -58,6 +58,10 @@ pub struct TlsFiles {
     pub client_cert: Option<PathBuf>,
     /// The client certificate's key (PEM).
     pub client_key: Option<PathBuf>,
+    /// Verify the server's certificate chain but not that it names the host connected to (the
+    /// reference's REDIS_TLS_SKIP_HOSTNAME_VERIFICATION, for servers reached by an address
+    /// their certificate does not list). Not applied to Sentinel-found masters.
+    pub accept_any_hostname: bool,
 }
 
 impl TlsFiles {
@@ -155,11 +159,17 @@ impl Connector {
                     .into_connection_info()
                     .map_err(bad)?
                     .set_tcp_settings(tcp_settings());
-                let client = if tls.is_set() {
+                let mut client = if tls.is_set() {
                     Client::build_with_tls(info, tls.load()?).map_err(bad)?
                 } else {
                     Client::open(info).map_err(bad)?
                 };
+                if tls.accept_any_hostname {
+                    let info = client.get_connection_info().clone();
+                    let mut addr = info.addr().clone();
+                    addr.set_danger_accept_invalid_hostnames(true);
+                    client = Client::open(info.set_addr(addr)).map_err(bad)?;
+                }
                 Ok(Connector::to(Target::Single(client)))
             }
             Topology::Sentinel {
@@ -169,6 +179,11 @@ impl Connector {
             } => {
                 let info = url.into_connection_info().map_err(bad)?;
                 let secure = url.starts_with("rediss://");
+                if secure && tls.accept_any_hostname {
+                    tracing::warn!(
+                        "skipping TLS host name verification is not applied to a master found through Sentinels: its certificate must name the address the Sentinels give"
+                    );
+                }
                 let mut node = SentinelNodeConnectionInfo::default()
                     .set_redis_connection_info(info.redis_settings().clone())
                     .set_tcp_settings(tcp_settings());
