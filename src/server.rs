@@ -112,6 +112,8 @@ pub struct Protection {
     /// Connections are closed (GOAWAY) after this age, so clients reconnect and spread over
     /// new replicas after a scale-up.
     pub max_connection_age: Option<Duration>,
+    /// After that age, how long calls in flight may take (`None`: the request timeout).
+    pub max_connection_age_grace: Option<Duration>,
 }
 
 impl Default for Protection {
@@ -124,6 +126,7 @@ impl Default for Protection {
             keepalive_interval: Some(Duration::from_secs(30)),
             keepalive_timeout: Duration::from_secs(10),
             max_connection_age: None,
+            max_connection_age_grace: None,
         }
     }
 }
@@ -177,9 +180,11 @@ pub async fn run<S: Store>(
         .http2_keepalive_interval(protection.keepalive_interval)
         .http2_keepalive_timeout(Some(protection.keepalive_timeout));
     if let Some(age) = protection.max_connection_age {
-        builder = builder
-            .max_connection_age(age)
-            .max_connection_age_grace(protection.request_timeout);
+        builder = builder.max_connection_age(age).max_connection_age_grace(
+            protection
+                .max_connection_age_grace
+                .unwrap_or(protection.request_timeout),
+        );
     }
     if let Some(tls) = &options.grpc_tls {
         builder = builder.tls_config(grpc_tls_config(tls)?)?;

@@ -396,6 +396,10 @@ pub struct ServeSettings {
     /// Close gRPC connections after this age (0s: never) so clients rebalance over new replicas.
     #[arg(long, env = "FLOODGATE_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
+    /// After --max-connection-age, how long a connection's calls in flight may take before it
+    /// is closed anyway (default: --request-timeout, past which no call is left).
+    #[arg(long, env = "FLOODGATE_MAX_CONNECTION_AGE_GRACE", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Option<Duration>,
     /// On SIGTERM/SIGINT, how long in-flight calls may take before Floodgate exits anyway.
     #[arg(long, env = "FLOODGATE_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -481,6 +485,7 @@ impl ServeSettings {
             keepalive_interval: nonzero(self.grpc_keepalive_interval),
             keepalive_timeout: self.grpc_keepalive_timeout,
             max_connection_age: nonzero(self.max_connection_age),
+            max_connection_age_grace: self.max_connection_age_grace,
         }
     }
 

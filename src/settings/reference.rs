@@ -72,10 +72,10 @@ pub const VARIABLES: &[Variable] = &[
     honoured("GRPC_HOST", "0.0.0.0", "--grpc-addr"),
     honoured("GRPC_PORT", "8081", "--grpc-addr"),
     honoured("GRPC_MAX_CONNECTION_AGE", "24h", "--max-connection-age"),
-    not_applicable(
+    honoured(
         "GRPC_MAX_CONNECTION_AGE_GRACE",
         "1h",
-        "connections past their age close once their calls finish (within --request-timeout)",
+        "--max-connection-age-grace",
     ),
     honoured(
         "GRPC_SERVER_USE_TLS",
@@ -551,6 +551,11 @@ fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
         "--max-connection-age",
         env.duration("GRPC_MAX_CONNECTION_AGE")?,
     );
+    push(
+        out,
+        "--max-connection-age-grace",
+        env.duration("GRPC_MAX_CONNECTION_AGE_GRACE")?,
+    );
     if env.flag("GRPC_SERVER_USE_TLS")? {
         for name in ["GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY"] {
             if env.raw(name).is_none() {
@@ -847,6 +852,7 @@ mod tests {
         assert_eq!(arg(a, "--grpc-addr"), Some("0.0.0.0:8081"));
         assert_eq!(arg(a, "--debug-addr"), Some("0.0.0.0:6070"));
         assert_eq!(arg(a, "--max-connection-age"), Some("1day"));
+        assert_eq!(arg(a, "--max-connection-age-grace"), Some("1h"));
         assert_eq!(arg(a, "--store"), Some("redis"));
         assert_eq!(
             arg(a, "--redis-url"),
