@@ -383,11 +383,10 @@ async fn grpc_tls_and_mtls_handshakes() {
 
     // TLS: a client trusting the CA gets answers; plaintext and a wrong CA do not.
     let options = ServerOptions {
-        grpc_tls: Some(GrpcTls {
-            cert: certs.path("server.pem"),
-            key: certs.path("server-key.pem"),
-            client_ca: None,
-        }),
+        grpc_tls: Some(GrpcTls::new(
+            certs.path("server.pem"),
+            certs.path("server-key.pem"),
+        )),
         ..ServerOptions::default()
     };
     let server = TestServer::memory(CONFIG, options).await;
@@ -407,9 +406,8 @@ async fn grpc_tls_and_mtls_handshakes() {
     // mTLS: a client certificate signed by the CA is required.
     let options = ServerOptions {
         grpc_tls: Some(GrpcTls {
-            cert: certs.path("server.pem"),
-            key: certs.path("server-key.pem"),
             client_ca: Some(certs.path("ca.pem")),
+            ..GrpcTls::new(certs.path("server.pem"), certs.path("server-key.pem"))
         }),
         ..ServerOptions::default()
     };
