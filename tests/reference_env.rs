@@ -9,14 +9,12 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use floodgate::pb::RateLimitResponse;
 use floodgate::pb::rate_limit_response::Code;
-use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http_full, status_of};
-use support::process::start_healthy;
+use support::reference::{Ratelimit, write_volume};
 use support::topology::TempDir;
-use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
+use support::{ChildGuard, PATIENCE, RedisServer, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -25,78 +23,6 @@ fn limits(per_day: u32) -> String {
     format!(
         "domain: ratelimit\ndescriptors:\n  - key: PATH\n    rate_limit: {{ unit: day, requests_per_unit: {per_day} }}\n  - key: PATH\n    value: /blocked\n    rate_limit: {{ unit: day, requests_per_unit: 0 }}\n"
     )
-}
-
-/// A ConfigMap volume as the kubelet writes it into `dir`: the files in a hidden directory of
-/// their own, `..data` a symlink to it (swapped atomically on an update), and a symlink per file.
-fn write_configmap(dir: &Path, version: u32, files: &[(&str, &str)]) {
-    let data = format!("..2026_12_04_{version}");
-    std::fs::create_dir_all(dir.join(&data)).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(&data).join(name), text).unwrap();
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
-        }
-    }
-    let next = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&next);
-    std::os::unix::fs::symlink(&data, &next).unwrap();
-    std::fs::rename(&next, dir.join("..data")).unwrap();
-}
-
-/// Floodgate as `/bin/ratelimit`: a symlink of that name to the binary, started with nothing
-/// but `env` in its environment.
-struct Ratelimit {
-    grpc: u16,
-    http: u16,
-    debug: u16,
-    _child: ChildGuard,
-}
-
-impl Ratelimit {
-    async fn start(dir: &Path, env: &[(&str, String)]) -> Ratelimit {
-        let program = dir.join("bin").join("ratelimit");
-        if !program.exists() {
-            std::fs::create_dir_all(program.parent().unwrap()).unwrap();
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_floodgate"), &program).unwrap();
-        }
-        let (child, ports) = start_healthy(|ports| {
-            let mut command = Command::new(&program);
-            command
-                .env_clear()
-                .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                .env("HOST", "127.0.0.1")
-                .env("PORT", ports.http.to_string())
-                .env("GRPC_HOST", "127.0.0.1")
-                .env("GRPC_PORT", ports.grpc.to_string())
-                .env("DEBUG_HOST", "127.0.0.1")
-                .env("DEBUG_PORT", ports.debug.to_string());
-            command
-        })
-        .await;
-        Ratelimit {
-            grpc: ports.grpc,
-            http: ports.http,
-            debug: ports.debug,
-            _child: child,
-        }
-    }
-
-    async fn client(&self) -> RateLimitServiceClient<tonic::transport::Channel> {
-        RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc))
-            .await
-            .unwrap()
-    }
-
-    async fn ask(&self, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
-        let mut client = self.client().await;
-        client
-            .should_rate_limit(request("ratelimit", descriptors))
-            .await
-            .unwrap()
-            .into_inner()
-    }
 }
 
 /// Istio's sample environment for a ConfigMap under `root`/ratelimit/config and Redis at
@@ -129,7 +55,7 @@ async fn istio_sample_environment_with_a_configmap_swap() {
     };
     let root = TempDir::new("reference-env");
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    write_volume(&config, 1, &[("config.yaml", &limits(2))]);
     let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
     let ratelimit = Ratelimit::start(&root.path, &env).await;
 
@@ -153,22 +79,25 @@ async fn istio_sample_environment_with_a_configmap_swap() {
     // The reference counts a denied request's hits (STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT is
     // unset): /a takes the hit although /blocked denies the request.
     let denied = ratelimit
-        .ask(&[&[("PATH", "/a")], &[("PATH", "/blocked")]])
+        .ask("ratelimit", &[&[("PATH", "/a")], &[("PATH", "/blocked")]])
         .await;
     assert_eq!(denied.overall_code(), Code::OverLimit);
     assert_eq!(denied.statuses[0].limit_remaining, 1);
-    let alone = ratelimit.ask(&[&[("PATH", "/a")]]).await;
+    let alone = ratelimit.ask("ratelimit", &[&[("PATH", "/a")]]).await;
     assert_eq!(alone.overall_code(), Code::Ok);
     assert_eq!(alone.statuses[0].limit_remaining, 0, "both hits counted");
     assert_eq!(
-        ratelimit.ask(&[&[("PATH", "/a")]]).await.overall_code(),
+        ratelimit
+            .ask("ratelimit", &[&[("PATH", "/a")]])
+            .await
+            .overall_code(),
         Code::OverLimit
     );
 
     // A ConfigMap update: the kubelet swaps `..data`; the new limit takes effect.
-    write_configmap(&config, 2, &[("config.yaml", &limits(10))]);
+    write_volume(&config, 2, &[("config.yaml", &limits(10))]);
     wait_for("the swapped config", PATIENCE, || async {
-        let r = ratelimit.ask(&[&[("PATH", "/fresh")]]).await;
+        let r = ratelimit.ask("ratelimit", &[&[("PATH", "/fresh")]]).await;
         r.statuses[0]
             .current_limit
             .as_ref()
@@ -205,10 +134,10 @@ async fn redis_by_a_unix_socket() {
     let _redis = ChildGuard(Some(redis));
     wait_for("the Redis socket", PATIENCE, || async { socket.exists() }).await;
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    write_volume(&config, 1, &[("config.yaml", &limits(2))]);
     let env = istio_env(&root.path, "unix", &socket.to_string_lossy());
     let ratelimit = Ratelimit::start(&root.path, &env).await;
-    let first = ratelimit.ask(&[&[("PATH", "/u")]]).await;
+    let first = ratelimit.ask("ratelimit", &[&[("PATH", "/u")]]).await;
     assert_eq!(
         (first.overall_code(), first.statuses[0].limit_remaining),
         (Code::Ok, 1)
@@ -235,7 +164,7 @@ async fn envoy_in_front_as_istio_wires_it() {
     };
     let root = TempDir::new("reference-env-envoy");
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    write_volume(&config, 1, &[("config.yaml", &limits(2))]);
     let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
     let ratelimit = Ratelimit::start(&root.path, &env).await;
     let upstream = Upstream::start().await;
@@ -257,7 +186,7 @@ async fn envoy_in_front_as_istio_wires_it() {
     );
     // The ConfigMap raises the limit: a path's third request passes (each try a fresh path,
     // since the reference's counting keeps every denied try).
-    write_configmap(&config, 2, &[("config.yaml", &limits(10))]);
+    write_volume(&config, 2, &[("config.yaml", &limits(10))]);
     let tries = std::sync::atomic::AtomicUsize::new(0);
     wait_for("the raised limit through Envoy", PATIENCE, || async {
         let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
