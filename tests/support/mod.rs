@@ -7,6 +7,7 @@ pub mod envoy;
 pub mod http;
 pub mod process;
 pub mod reference;
+pub mod tls;
 pub mod topology;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
