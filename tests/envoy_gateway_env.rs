@@ -200,6 +200,9 @@ struct Deployment {
     certs: PathBuf,
     _redis: RedisServer,
     ratelimit: Ratelimit,
+    /// PROMETHEUS_ADDR: where Envoy Gateway's :19001 is in the test.
+    #[allow(dead_code)]
+    prometheus: SocketAddr,
 }
 
 impl Deployment {
@@ -222,7 +225,8 @@ impl Deployment {
         let config = root.path.join("data").join("ratelimit").join("config");
         std::fs::create_dir_all(&config).unwrap();
         write_volume(&config, 1, &[("default-eg-http.yaml", &limits(per_hour))]);
-        let mut env = gateway_env(&root.path, &certs, redis.port);
+        let prometheus = free_port();
+        let mut env = gateway_env(&root.path, &certs, redis.port, prometheus);
         let certs_text = certs.to_string_lossy().into_owned();
         env.extend(
             extra
@@ -237,6 +241,7 @@ impl Deployment {
             certs,
             _redis: redis,
             ratelimit,
+            prometheus: format!("127.0.0.1:{prometheus}").parse().unwrap(),
         })
     }
 
@@ -263,8 +268,13 @@ impl Deployment {
 /// its xDS config source (CONFIG_TYPE=GRPC_XDS_SOTW, CONFIG_GRPC_XDS_SERVER_URL,
 /// CONFIG_GRPC_XDS_NODE_ID) and paths under the test's directory in place of /data and /certs.
 /// The xDS client's TLS variables stay: they name the same Secret and are not read. Ratelimit
-/// puts the listeners on free loopback ports; PROMETHEUS_ADDR (:19001) too.
-fn gateway_env(root: &Path, certs: &Path, redis_port: u16) -> Vec<(&'static str, String)> {
+/// puts the listeners on free loopback ports; PROMETHEUS_ADDR (:19001) is on `prometheus`.
+fn gateway_env(
+    root: &Path,
+    certs: &Path,
+    redis_port: u16,
+    prometheus: u16,
+) -> Vec<(&'static str, String)> {
     let cert = |file: &str| certs.join(file).to_string_lossy().into_owned();
     vec![
         (
@@ -289,7 +299,7 @@ fn gateway_env(root: &Path, certs: &Path, redis_port: u16) -> Vec<(&'static str,
         ("REDIS_SOCKET_TYPE", "tcp".into()),
         ("REDIS_URL", format!("127.0.0.1:{redis_port}")),
         ("USE_PROMETHEUS", "true".into()),
-        ("PROMETHEUS_ADDR", format!("127.0.0.1:{}", free_port())),
+        ("PROMETHEUS_ADDR", format!("127.0.0.1:{prometheus}")),
         (
             "PROMETHEUS_MAPPER_YAML",
             "/etc/statsd-exporter/conf.yaml".into(),
@@ -393,6 +403,7 @@ async fn envoy_gateway_deployment_behind_its_envoy() {
     );
 
     // metrics: asserted after the reference metrics land
+    // (Envoy Gateway's PROMETHEUS_ADDR, :19001, is `deployment.prometheus` here.)
 }
 
 #[tokio::test]
@@ -488,7 +499,7 @@ fn start_up_with(root: &Path, certs: &Path) -> (std::process::ExitStatus, String
     let log = root.join("stderr.log");
     let child = Command::new(&program)
         .env_clear()
-        .envs(gateway_env(root, certs, free_port()))
+        .envs(gateway_env(root, certs, free_port(), free_port()))
         .envs([
             ("HOST", "127.0.0.1".to_owned()),
             ("PORT", free_port().to_string()),
