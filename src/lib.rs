@@ -19,7 +19,8 @@
 //! - [`audit`]: one log line and one metric per admin change or security event;
 //!   [`cache`]: the bounded TTL cache for shared state read on the hot path.
 //! - [`server`]: runs both servers on given listeners until a shutdown future resolves;
-//!   [`overload`]: its lock-free limit on calls in flight.
+//!   [`overload`]: its lock-free limit on calls in flight; [`tls`]: gRPC TLS, its files
+//!   reloaded when they change.
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-descriptor statistics.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
 //!   generated protobuf code.
@@ -44,3 +45,4 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

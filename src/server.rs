@@ -6,6 +6,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,7 +16,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -32,6 +32,8 @@ use crate::rls::{InputLimits, ResponseOptions, RlsService};
 use crate::settings::{ServeSettings, StoreKind};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 use crate::telemetry;
+pub use crate::tls::GrpcTls;
+use crate::tls::{ServerTls, TlsError};
 
 /// The gRPC service name health checks ask about.
 pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -55,9 +57,12 @@ pub enum ServerError {
         /// The I/O error.
         source: io::Error,
     },
-    /// The gRPC server failed (or its TLS settings are invalid).
+    /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// A gRPC TLS file cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// The bound sockets the servers accept on.
@@ -71,17 +76,6 @@ pub struct Listeners {
     pub debug: Option<TcpListener>,
     /// A second metrics listener (the reference's PROMETHEUS_ADDR), when asked for.
     pub metrics: Option<TcpListener>,
-}
-
-/// TLS for the gRPC server.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrpcTls {
-    /// Server certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Its key (PEM).
-    pub key: PathBuf,
-    /// When set, clients must present a certificate signed by this CA (mTLS).
-    pub client_ca: Option<PathBuf>,
 }
 
 /// Where the config comes from, for hot reload.
@@ -174,6 +168,10 @@ pub async fn run<S: Store>(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
 
+    let tls = match options.grpc_tls.clone() {
+        Some(settings) => Some(Arc::new(ServerTls::load(settings)?)),
+        None => None,
+    };
     let protection = options.protection;
     let mut builder = tonic::transport::Server::builder()
         .timeout(protection.request_timeout)
@@ -186,17 +184,28 @@ pub async fn run<S: Store>(
                 .unwrap_or(protection.request_timeout),
         );
     }
-    if let Some(tls) = &options.grpc_tls {
-        builder = builder.tls_config(grpc_tls_config(tls)?)?;
-    }
-    let grpc = builder
+    let router = builder
         .layer(InFlightLimitLayer::new(protection.max_concurrent))
         .add_service(health_service)
-        .add_service(RateLimitServiceServer::new(rls.clone()))
-        .serve_with_incoming_shutdown(
-            no_delay(TcpListenerStream::new(listeners.grpc)),
-            stop.clone().cancelled_owned(),
-        );
+        .add_service(RateLimitServiceServer::new(rls.clone()));
+    let stopped = stop.clone().cancelled_owned();
+    // With TLS, Floodgate accepts and does the handshakes itself (and reloads the files).
+    let (grpc, tls_watcher): (Pin<Box<dyn Future<Output = _> + Send>>, _) = match tls {
+        Some(tls) => (
+            Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(listeners.grpc, tls.clone(), stop.clone()),
+                stopped,
+            )),
+            Some(tokio::spawn(tls.watch(stop.clone()))),
+        ),
+        None => (
+            Box::pin(router.serve_with_incoming_shutdown(
+                no_delay(TcpListenerStream::new(listeners.grpc)),
+                stopped,
+            )),
+            None,
+        ),
+    };
 
     let admin = admin::router(Arc::new(AdminState {
         limiter: limiter.clone(),
@@ -282,7 +291,10 @@ pub async fn run<S: Store>(
     };
     trigger.abort();
     background.abort();
-    for task in [watcher, debug, second_metrics].into_iter().flatten() {
+    for task in [watcher, debug, second_metrics, tls_watcher]
+        .into_iter()
+        .flatten()
+    {
         task.abort();
     }
     grpc?;
@@ -308,21 +320,6 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
     reporter
         .set_service_status(REFERENCE_HEALTH_NAME, status)
         .await;
-}
-
-fn grpc_tls_config(tls: &GrpcTls) -> Result<ServerTlsConfig, ServerError> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| ServerError::Io {
-            what: format!("reading {}", path.display()),
-            source,
-        })
-    };
-    let mut config =
-        ServerTlsConfig::new().identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(Certificate::from_pem(read(ca)?));
-    }
-    Ok(config)
 }
 
 /// Every half cache TTL: re-reads the shared health state (so no replica's view is older than

@@ -14,6 +14,7 @@ use floodgate::store::redis::RedisOptions;
 use support::certs::Certs;
 use support::http::http;
 use support::process::Floodgate;
+use support::tls::TlsClient;
 use support::{PATIENCE, RedisServer, TestServer, request, signal, wait_for};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -383,11 +384,10 @@ async fn grpc_tls_and_mtls_handshakes() {
 
     // TLS: a client trusting the CA gets answers; plaintext and a wrong CA do not.
     let options = ServerOptions {
-        grpc_tls: Some(GrpcTls {
-            cert: certs.path("server.pem"),
-            key: certs.path("server-key.pem"),
-            client_ca: None,
-        }),
+        grpc_tls: Some(GrpcTls::new(
+            certs.path("server.pem"),
+            certs.path("server-key.pem"),
+        )),
         ..ServerOptions::default()
     };
     let server = TestServer::memory(CONFIG, options).await;
@@ -407,9 +407,8 @@ async fn grpc_tls_and_mtls_handshakes() {
     // mTLS: a client certificate signed by the CA is required.
     let options = ServerOptions {
         grpc_tls: Some(GrpcTls {
-            cert: certs.path("server.pem"),
-            key: certs.path("server-key.pem"),
             client_ca: Some(certs.path("ca.pem")),
+            ..GrpcTls::new(certs.path("server.pem"), certs.path("server-key.pem"))
         }),
         ..ServerOptions::default()
     };
@@ -430,6 +429,68 @@ async fn grpc_tls_and_mtls_handshakes() {
             .unwrap(),
         Code::Ok
     );
+}
+
+#[tokio::test]
+async fn a_failed_or_stalled_tls_handshake_holds_up_no_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    let certs = Certs::generate("grpc-handshakes");
+    let server_with = |handshake_timeout: Duration| {
+        let options = ServerOptions {
+            grpc_tls: Some(GrpcTls {
+                handshake_timeout,
+                ..GrpcTls::new(certs.path("server.pem"), certs.path("server-key.pem"))
+            }),
+            ..ServerOptions::default()
+        };
+        TestServer::memory(CONFIG, options)
+    };
+    let client = TlsClient::new(&certs.read("ca.pem"), None);
+    let call = |server: &TestServer, n: &'static str| {
+        let call = client.should_rate_limit(server.grpc_addr, request("ops", &[&[("client", n)]]));
+        async move {
+            tokio::time::timeout(PATIENCE, call)
+                .await
+                .unwrap_or_else(|_| Err("no answer".into()))
+        }
+    };
+    let closed = |mut conn: TcpStream| async move {
+        let mut rest = Vec::new();
+        tokio::time::timeout(PATIENCE, conn.read_to_end(&mut rest))
+            .await
+            .is_ok()
+    };
+
+    // Clients that will not finish their handshake for an hour: one sends nothing, one stops
+    // halfway through a ClientHello. Meanwhile a TLS client is served.
+    let patient = server_with(Duration::from_secs(3600)).await;
+    let _silent = TcpStream::connect(patient.grpc_addr).await.unwrap();
+    let mut halfway = TcpStream::connect(patient.grpc_addr).await.unwrap();
+    halfway
+        .write_all(&[0x16, 0x03, 0x01, 0x00, 0xff, 0x01])
+        .await
+        .unwrap();
+    assert_eq!(call(&patient, "during").await, Ok(Code::Ok));
+
+    // A client that sends no TLS and one that speaks h2c are closed at their failed handshake;
+    // a silent one once its handshake time is up. The server serves on.
+    let server = server_with(Duration::from_millis(300)).await;
+    let mut garbage = TcpStream::connect(server.grpc_addr).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut h2c = TcpStream::connect(server.grpc_addr).await.unwrap();
+    h2c.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let silent = TcpStream::connect(server.grpc_addr).await.unwrap();
+    assert!(closed(garbage).await, "the no-TLS connection is closed");
+    assert!(closed(h2c).await, "the h2c connection is closed");
+    assert!(closed(silent).await, "the silent connection is closed");
+    assert_eq!(call(&server, "after").await, Ok(Code::Ok));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,124 +9,20 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use floodgate::pb::RateLimitResponse;
 use floodgate::pb::rate_limit_response::Code;
-use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http_full, status_of};
-use support::process::start_answering;
+use support::reference::{Ratelimit, sample, write_volume};
 use support::topology::TempDir;
 use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-
-/// The value of the series `series` (name and labels, as rendered) in a metrics text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 /// The domain Istio's docs use, with a limit per path.
 fn limits(per_day: u32) -> String {
     format!(
         "domain: ratelimit\ndescriptors:\n  - key: PATH\n    rate_limit: {{ unit: day, requests_per_unit: {per_day} }}\n  - key: PATH\n    value: /blocked\n    rate_limit: {{ unit: day, requests_per_unit: 0 }}\n"
     )
-}
-
-/// A ConfigMap volume as the kubelet writes it into `dir`: the files in a hidden directory of
-/// their own, `..data` a symlink to it (swapped atomically on an update), and a symlink per file.
-fn write_configmap(dir: &Path, version: u32, files: &[(&str, &str)]) {
-    let data = format!("..2026_12_04_{version}");
-    std::fs::create_dir_all(dir.join(&data)).unwrap();
-    for (name, text) in files {
-        std::fs::write(dir.join(&data).join(name), text).unwrap();
-        let link = dir.join(name);
-        if std::fs::symlink_metadata(&link).is_err() {
-            std::os::unix::fs::symlink(format!("..data/{name}"), link).unwrap();
-        }
-    }
-    let next = dir.join("..data_tmp");
-    let _ = std::fs::remove_file(&next);
-    std::os::unix::fs::symlink(&data, &next).unwrap();
-    std::fs::rename(&next, dir.join("..data")).unwrap();
-}
-
-/// Floodgate as `/bin/ratelimit`: a symlink of that name to the binary, started with nothing
-/// but `env` in its environment.
-struct Ratelimit {
-    grpc: u16,
-    http: u16,
-    debug: u16,
-    metrics: u16,
-    _child: ChildGuard,
-}
-
-impl Ratelimit {
-    async fn start(dir: &Path, env: &[(&str, String)]) -> Ratelimit {
-        Ratelimit::start_answering(dir, env, 200).await
-    }
-
-    /// Started, once its /healthcheck answers `status`.
-    async fn start_answering(dir: &Path, env: &[(&str, String)], status: u16) -> Ratelimit {
-        let program = dir.join("bin").join("ratelimit");
-        if !program.exists() {
-            std::fs::create_dir_all(program.parent().unwrap()).unwrap();
-            std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_floodgate"), &program).unwrap();
-        }
-        let (child, ports) = start_answering(
-            |ports| {
-                let mut command = Command::new(&program);
-                command
-                    .env_clear()
-                    .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-                    .env("HOST", "127.0.0.1")
-                    .env("PORT", ports.http.to_string())
-                    .env("GRPC_HOST", "127.0.0.1")
-                    .env("GRPC_PORT", ports.grpc.to_string())
-                    .env("DEBUG_HOST", "127.0.0.1")
-                    .env("DEBUG_PORT", ports.debug.to_string())
-                    // Used with USE_PROMETHEUS=true only, as in the reference.
-                    .env("PROMETHEUS_ADDR", format!("127.0.0.1:{}", ports.metrics));
-                command
-            },
-            status,
-        )
-        .await;
-        Ratelimit {
-            grpc: ports.grpc,
-            http: ports.http,
-            debug: ports.debug,
-            metrics: ports.metrics,
-            _child: child,
-        }
-    }
-
-    /// The metrics text on the reference's PROMETHEUS_ADDR at `path`.
-    async fn metrics(&self, path: &str) -> (u16, String) {
-        let addr = format!("127.0.0.1:{}", self.metrics).parse().unwrap();
-        let (status, _, body) = http_full(addr, "GET", path, &[], "").await;
-        (status, body)
-    }
-
-    async fn client(&self) -> RateLimitServiceClient<tonic::transport::Channel> {
-        RateLimitServiceClient::connect(format!("http://127.0.0.1:{}", self.grpc))
-            .await
-            .unwrap()
-    }
-
-    async fn ask(&self, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
-        self.ask_in("ratelimit", descriptors).await
-    }
-
-    async fn ask_in(&self, domain: &str, descriptors: &[&[(&str, &str)]]) -> RateLimitResponse {
-        let mut client = self.client().await;
-        client
-            .should_rate_limit(request(domain, descriptors))
-            .await
-            .unwrap()
-            .into_inner()
-    }
 }
 
 /// Istio's sample environment for a ConfigMap under `root`/ratelimit/config and Redis at
@@ -159,7 +55,7 @@ async fn istio_sample_environment_with_a_configmap_swap() {
     };
     let root = TempDir::new("reference-env");
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    write_volume(&config, 1, &[("config.yaml", &limits(2))]);
     let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
     let ratelimit = Ratelimit::start(&root.path, &env).await;
 
@@ -183,22 +79,25 @@ async fn istio_sample_environment_with_a_configmap_swap() {
     // The reference counts a denied request's hits (STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT is
     // unset): /a takes the hit although /blocked denies the request.
     let denied = ratelimit
-        .ask(&[&[("PATH", "/a")], &[("PATH", "/blocked")]])
+        .ask("ratelimit", &[&[("PATH", "/a")], &[("PATH", "/blocked")]])
         .await;
     assert_eq!(denied.overall_code(), Code::OverLimit);
     assert_eq!(denied.statuses[0].limit_remaining, 1);
-    let alone = ratelimit.ask(&[&[("PATH", "/a")]]).await;
+    let alone = ratelimit.ask("ratelimit", &[&[("PATH", "/a")]]).await;
     assert_eq!(alone.overall_code(), Code::Ok);
     assert_eq!(alone.statuses[0].limit_remaining, 0, "both hits counted");
     assert_eq!(
-        ratelimit.ask(&[&[("PATH", "/a")]]).await.overall_code(),
+        ratelimit
+            .ask("ratelimit", &[&[("PATH", "/a")]])
+            .await
+            .overall_code(),
         Code::OverLimit
     );
 
     // A ConfigMap update: the kubelet swaps `..data`; the new limit takes effect.
-    write_configmap(&config, 2, &[("config.yaml", &limits(10))]);
+    write_volume(&config, 2, &[("config.yaml", &limits(10))]);
     wait_for("the swapped config", PATIENCE, || async {
-        let r = ratelimit.ask(&[&[("PATH", "/fresh")]]).await;
+        let r = ratelimit.ask("ratelimit", &[&[("PATH", "/fresh")]]).await;
         r.statuses[0]
             .current_limit
             .as_ref()
@@ -235,10 +134,10 @@ async fn redis_by_a_unix_socket() {
     let _redis = ChildGuard(Some(redis));
     wait_for("the Redis socket", PATIENCE, || async { socket.exists() }).await;
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    write_volume(&config, 1, &[("config.yaml", &limits(2))]);
     let env = istio_env(&root.path, "unix", &socket.to_string_lossy());
     let ratelimit = Ratelimit::start(&root.path, &env).await;
-    let first = ratelimit.ask(&[&[("PATH", "/u")]]).await;
+    let first = ratelimit.ask("ratelimit", &[&[("PATH", "/u")]]).await;
     assert_eq!(
         (first.overall_code(), first.statuses[0].limit_remaining),
         (Code::Ok, 1)
@@ -265,7 +164,7 @@ async fn envoy_in_front_as_istio_wires_it() {
     };
     let root = TempDir::new("reference-env-envoy");
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", &limits(2))]);
+    write_volume(&config, 1, &[("config.yaml", &limits(2))]);
     let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
     let ratelimit = Ratelimit::start(&root.path, &env).await;
     let upstream = Upstream::start().await;
@@ -287,7 +186,7 @@ async fn envoy_in_front_as_istio_wires_it() {
     );
     // The ConfigMap raises the limit: a path's third request passes (each try a fresh path,
     // since the reference's counting keeps every denied try).
-    write_configmap(&config, 2, &[("config.yaml", &limits(10))]);
+    write_volume(&config, 2, &[("config.yaml", &limits(10))]);
     let tries = std::sync::atomic::AtomicUsize::new(0);
     wait_for("the raised limit through Envoy", PATIENCE, || async {
         let n = tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -319,7 +218,7 @@ async fn metrics_under_the_reference_s_names_on_prometheus_addr() {
         return;
     };
     let root = TempDir::new("reference-metrics");
-    write_configmap(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
+    write_volume(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
     let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
     env.push(("USE_PROMETHEUS", "true".into()));
     let ratelimit = Ratelimit::start(&root.path, &env).await;
@@ -399,7 +298,7 @@ async fn a_mapping_file_names_the_metrics_and_a_missing_one_falls_back() {
         return;
     };
     let root = TempDir::new("reference-mapping");
-    write_configmap(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
+    write_volume(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
     let mapping = root.path.join("statsd-mapping.yaml");
     std::fs::write(
         &mapping,
@@ -426,7 +325,7 @@ async fn a_mapping_file_names_the_metrics_and_a_missing_one_falls_back() {
         ));
         env.push(("CACHE_KEY_PREFIX", format!("{}:", file.display())));
         let ratelimit = Ratelimit::start(&root.path, &env).await;
-        ratelimit.ask_in("edge", &[&[("PATH", "/api")]]).await;
+        ratelimit.ask("edge", &[&[("PATH", "/api")]]).await;
         let (status, text) = ratelimit.metrics("/stats").await;
         assert_eq!(status, 200);
         assert_eq!(sample(&text, series), Some(1.0), "{series} in\n{text}");
@@ -440,7 +339,7 @@ async fn starting_without_a_config_as_force_start_allows() {
     };
     let root = TempDir::new("reference-force-start");
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
+    write_volume(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
     let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
     env.push(("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()));
     env.push(("USE_PROMETHEUS", "true".into()));
@@ -465,7 +364,7 @@ async fn starting_without_a_config_as_force_start_allows() {
         "{text}"
     );
     // The ConfigMap is fixed: the config loads and decisions begin.
-    write_configmap(&config, 2, &[("config.yaml", &limits(1))]);
+    write_volume(&config, 2, &[("config.yaml", &limits(1))]);
     wait_for("the first config", PATIENCE, || async {
         let mut client = ratelimit.client().await;
         client
@@ -475,7 +374,10 @@ async fn starting_without_a_config_as_force_start_allows() {
     })
     .await;
     assert_eq!(
-        ratelimit.ask(&[&[("PATH", "/a")]]).await.overall_code(),
+        ratelimit
+            .ask("ratelimit", &[&[("PATH", "/a")]])
+            .await
+            .overall_code(),
         Code::OverLimit
     );
 }
@@ -487,7 +389,7 @@ async fn unhealthy_until_a_config_loads_when_asked() {
     };
     let root = TempDir::new("reference-healthy-with-config");
     let config = configmap_dir(&root.path);
-    write_configmap(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
+    write_volume(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
     let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
     env.push(("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()));
     env.push(("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true".into()));
@@ -515,7 +417,7 @@ async fn unhealthy_until_a_config_loads_when_asked() {
         health().await == ServingStatus::NotServing
     })
     .await;
-    write_configmap(&config, 2, &[("config.yaml", &limits(5))]);
+    write_volume(&config, 2, &[("config.yaml", &limits(5))]);
     wait_for("healthy once the config loads", PATIENCE, || async {
         status_of(http, "/healthcheck").await == Some(200)
     })
@@ -550,7 +452,7 @@ descriptors:
   - key: plan
     rate_limit: { unit: minute, requests_per_unit: 10 }
 ";
-    write_configmap(&configmap_dir(&root.path), 1, &[("api.yaml", limits)]);
+    write_volume(&configmap_dir(&root.path), 1, &[("api.yaml", limits)]);
     let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", main.port));
     env.extend([
         ("REDIS_PERSECOND", "true".into()),
@@ -561,7 +463,7 @@ descriptors:
     ]);
     let ratelimit = Ratelimit::start(&root.path, &env).await;
     let both: &[&[(&str, &str)]] = &[&[("user", "ann")], &[("plan", "free")]];
-    let first = ratelimit.ask_in("api", both).await;
+    let first = ratelimit.ask("api", both).await;
     assert_eq!(first.overall_code(), Code::Ok);
     // Each counter is in its own Redis.
     let (slow_keys, fast_keys) = (keys_at(main.port), keys_at(fast.port));
@@ -574,7 +476,7 @@ descriptors:
     let mut admitted = 1;
     let mut denied = false;
     for _ in 0..3 {
-        let r = ratelimit.ask_in("api", both).await;
+        let r = ratelimit.ask("api", both).await;
         if r.overall_code() == Code::OverLimit {
             assert_eq!(
                 r.statuses[0].code(),
@@ -587,7 +489,7 @@ descriptors:
         admitted += 1;
     }
     assert!(denied, "the per-second limit denies within two calls");
-    let minute = ratelimit.ask_in("api", &[&[("plan", "free")]]).await;
+    let minute = ratelimit.ask("api", &[&[("plan", "free")]]).await;
     assert_eq!(
         minute.statuses[0].limit_remaining,
         10 - admitted - 1,

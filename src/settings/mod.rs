@@ -381,6 +381,18 @@ pub struct ServeSettings {
     /// Require client certificates signed by this CA (mTLS).
     #[arg(long, env = "FLOODGATE_GRPC_TLS_CLIENT_CA", requires = "grpc_tls_cert")]
     pub grpc_tls_client_ca: Option<PathBuf>,
+    /// Accept only client certificates with this DNS name or IP address among their SANs
+    /// (envoyproxy/ratelimit's GRPC_CLIENT_TLS_SAN rule); needs --grpc-tls-client-ca.
+    #[arg(
+        long,
+        env = "FLOODGATE_GRPC_TLS_CLIENT_SAN",
+        requires = "grpc_tls_client_ca"
+    )]
+    pub grpc_tls_client_san: Option<String>,
+    /// How often the gRPC TLS files are read again (0s: never); when they changed, new
+    /// connections get the new certificate, key and client CA.
+    #[arg(long, env = "FLOODGATE_GRPC_TLS_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub grpc_tls_poll_interval: Duration,
     /// Deadline of one gRPC call.
     #[arg(long, env = "FLOODGATE_REQUEST_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -492,9 +504,10 @@ impl ServeSettings {
     /// gRPC TLS, if configured.
     pub fn grpc_tls(&self) -> Option<GrpcTls> {
         Some(GrpcTls {
-            cert: self.grpc_tls_cert.clone()?,
-            key: self.grpc_tls_key.clone()?,
             client_ca: self.grpc_tls_client_ca.clone(),
+            client_san: self.grpc_tls_client_san.clone().filter(|s| !s.is_empty()),
+            poll_interval: self.grpc_tls_poll_interval,
+            ..GrpcTls::new(self.grpc_tls_cert.clone()?, self.grpc_tls_key.clone()?)
         })
     }
 

@@ -85,10 +85,10 @@ pub const VARIABLES: &[Variable] = &[
     honoured("GRPC_SERVER_TLS_CERT", "", "--grpc-tls-cert"),
     honoured("GRPC_SERVER_TLS_KEY", "", "--grpc-tls-key"),
     honoured("GRPC_CLIENT_TLS_CACERT", "", "--grpc-tls-client-ca"),
-    not_applicable(
+    honoured(
         "GRPC_CLIENT_TLS_SAN",
         "",
-        "client certificates are checked against GRPC_CLIENT_TLS_CACERT only, not for a SAN",
+        "--grpc-tls-client-san (with GRPC_CLIENT_TLS_CACERT)",
     ),
     honoured("LOG_LEVEL", "WARN", "RUST_LOG"),
     honoured("LOG_FORMAT", "text", "--log-format"),
@@ -392,6 +392,13 @@ pub enum TranslationError {
     },
 }
 
+/// Variables outside the reference's settings that deployments written for it set, reported
+/// when set because they look like settings: the name and what becomes of it.
+pub const FOREIGN: &[(&str, &str)] = &[(
+    "GRPC_SERVER_TLS_CA_CERT",
+    "ignored, as the reference ignores it (set by Envoy Gateway, read by neither): client certificates are required only with GRPC_CLIENT_TLS_CACERT",
+)];
+
 /// Reads the reference's environment through `get` into Floodgate's command line.
 pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translation, TranslationError> {
     let env = Env { get: &get };
@@ -412,6 +419,11 @@ pub fn translate(get: impl Fn(&str) -> Option<String>) -> Result<Translation, Tr
             };
             out.notices
                 .push(format!("{}={shown}: not applicable: {why}", variable.name));
+        }
+    }
+    for (name, what) in FOREIGN {
+        if let Some(value) = env.raw(name) {
+            out.notices.push(format!("{name}={value}: {what}"));
         }
     }
     // USE_STATSD defaults to true: the reference would send statsd unless told not to.
@@ -568,8 +580,19 @@ fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
         }
         push(out, "--grpc-tls-cert", env.value("GRPC_SERVER_TLS_CERT"));
         push(out, "--grpc-tls-key", env.value("GRPC_SERVER_TLS_KEY"));
-        if let Some(ca) = env.raw("GRPC_CLIENT_TLS_CACERT") {
-            push(out, "--grpc-tls-client-ca", ca);
+        let san = env.raw("GRPC_CLIENT_TLS_SAN");
+        match (env.raw("GRPC_CLIENT_TLS_CACERT"), san) {
+            (Some(ca), san) => {
+                push(out, "--grpc-tls-client-ca", ca);
+                if let Some(san) = san {
+                    push(out, "--grpc-tls-client-san", san);
+                }
+            }
+            // The reference then asks for no client certificate, so it checks no SAN either.
+            (None, Some(san)) => out.notices.push(format!(
+                "GRPC_CLIENT_TLS_SAN={san}: not applicable without GRPC_CLIENT_TLS_CACERT: no client certificate is asked for (as in the reference)"
+            )),
+            (None, None) => {}
         }
     }
     Ok(())
@@ -944,6 +967,42 @@ mod tests {
             assert!(a.contains(&flag.to_owned()), "{flag}");
         }
         assert!(!a.contains(&"--count-denied-hits".to_owned()));
+        // Envoy Gateway's Deployment, its config source made FILE: TLS with its Secret at /certs,
+        // whose ca.crt it names in a variable the reference does not read.
+        let t = translate_with(&[
+            ("RUNTIME_ROOT", "/data"),
+            ("RUNTIME_SUBDIRECTORY", "ratelimit"),
+            ("RUNTIME_IGNOREDOTFILES", "true"),
+            ("RUNTIME_WATCH_ROOT", "false"),
+            ("LOG_LEVEL", "info"),
+            ("USE_STATSD", "false"),
+            ("CONFIG_TYPE", "FILE"),
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+            ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+            ("GRPC_SERVER_TLS_CA_CERT", "/certs/ca.crt"),
+            ("REDIS_SOCKET_TYPE", "tcp"),
+            ("REDIS_URL", "redis.redis-system.svc.cluster.local:6379"),
+        ])
+        .unwrap();
+        let a = &t.args;
+        assert_eq!(arg(a, "--config"), Some("/data/ratelimit/config"));
+        assert_eq!(arg(a, "--grpc-tls-cert"), Some("/certs/tls.crt"));
+        assert_eq!(arg(a, "--grpc-tls-key"), Some("/certs/tls.key"));
+        assert_eq!(
+            arg(a, "--grpc-tls-client-ca"),
+            None,
+            "no client certificates"
+        );
+        assert_eq!(t.log_filter, "info");
+        assert!(
+            t.notices.contains(&format!(
+                "GRPC_SERVER_TLS_CA_CERT=/certs/ca.crt: {}",
+                FOREIGN[0].1
+            )),
+            "{:?}",
+            t.notices
+        );
         // a cluster
         let t =
             translate_with(&[("REDIS_TYPE", "CLUSTER"), ("REDIS_URL", "n1:7000,n2:7001")]).unwrap();
@@ -986,6 +1045,45 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("PROMETHEUS_ADDR=metrics"), "{err}");
+    }
+
+    #[test]
+    fn the_client_san_needs_the_client_ca_as_in_the_reference() {
+        let tls = [
+            ("GRPC_SERVER_USE_TLS", "true"),
+            ("GRPC_SERVER_TLS_CERT", "/certs/tls.crt"),
+            ("GRPC_SERVER_TLS_KEY", "/certs/tls.key"),
+            ("GRPC_CLIENT_TLS_SAN", "envoy.envoy-gateway-system"),
+        ];
+        let with_ca = [&tls[..], &[("GRPC_CLIENT_TLS_CACERT", "/certs/ca.crt")]].concat();
+        let t = translate_with(&with_ca).unwrap();
+        assert_eq!(arg(&t.args, "--grpc-tls-client-ca"), Some("/certs/ca.crt"));
+        assert_eq!(
+            arg(&t.args, "--grpc-tls-client-san"),
+            Some("envoy.envoy-gateway-system")
+        );
+        // Without the CA the reference asks for no client certificate, so checks no SAN.
+        let t = translate_with(&tls).unwrap();
+        assert_eq!(arg(&t.args, "--grpc-tls-client-san"), None);
+        assert!(
+            t.notices.iter().any(|n| n.starts_with(
+                "GRPC_CLIENT_TLS_SAN=envoy.envoy-gateway-system: not applicable without GRPC_CLIENT_TLS_CACERT"
+            )),
+            "{:?}",
+            t.notices
+        );
+        // Without TLS, none of it is read.
+        let t = translate_with(&with_ca[3..]).unwrap();
+        assert!(
+            !t.args.iter().any(|a| a.starts_with("--grpc-tls")),
+            "{:?}",
+            t.args
+        );
+        assert!(
+            !t.notices.iter().any(|n| n.contains("GRPC_CLIENT_TLS")),
+            "{:?}",
+            t.notices
+        );
     }
 
     #[test]

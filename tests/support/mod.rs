@@ -6,6 +6,8 @@ pub mod certs;
 pub mod envoy;
 pub mod http;
 pub mod process;
+pub mod reference;
+pub mod tls;
 pub mod topology;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
