@@ -57,6 +57,9 @@ pub enum ServerError {
         /// The I/O error.
         source: io::Error,
     },
+    /// gRPC over a Unix socket is served in plaintext only.
+    #[error("gRPC TLS is served on TCP only: drop --grpc-uds or the TLS certificate")]
+    UnixWithTls,
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -69,13 +72,28 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Listeners {
     /// For ShouldRateLimit and gRPC health.
-    pub grpc: TcpListener,
+    pub grpc: GrpcListener,
     /// For /healthcheck, /json, /metrics and /admin.
     pub http: TcpListener,
     /// For the debug endpoints (`/rlconfig`), when asked for.
     pub debug: Option<TcpListener>,
     /// A second metrics listener (the reference's PROMETHEUS_ADDR), when asked for.
     pub metrics: Option<TcpListener>,
+}
+
+/// Where gRPC is served: a TCP address, or a Unix socket (the reference's GRPC_UDS).
+#[derive(Debug)]
+pub enum GrpcListener {
+    /// TCP, plaintext or TLS.
+    Tcp(TcpListener),
+    /// A Unix socket, plaintext.
+    Unix(tokio::net::UnixListener),
+}
+
+impl From<TcpListener> for GrpcListener {
+    fn from(listener: TcpListener) -> GrpcListener {
+        GrpcListener::Tcp(listener)
+    }
 }
 
 /// Where the config comes from, for hot reload.
@@ -190,22 +208,31 @@ pub async fn run<S: Store>(
         .add_service(RateLimitServiceServer::new(rls.clone()));
     let stopped = stop.clone().cancelled_owned();
     // With TLS, Floodgate accepts and does the handshakes itself (and reloads the files).
-    let (grpc, tls_watcher): (Pin<Box<dyn Future<Output = _> + Send>>, _) = match tls {
-        Some(tls) => (
-            Box::pin(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(listeners.grpc, tls.clone(), stop.clone()),
-                stopped,
-            )),
-            Some(tokio::spawn(tls.watch(stop.clone()))),
-        ),
-        None => (
-            Box::pin(router.serve_with_incoming_shutdown(
-                no_delay(TcpListenerStream::new(listeners.grpc)),
-                stopped,
-            )),
-            None,
-        ),
-    };
+    let (grpc, tls_watcher): (Pin<Box<dyn Future<Output = _> + Send>>, _) =
+        match (listeners.grpc, tls) {
+            (GrpcListener::Tcp(listener), Some(tls)) => (
+                Box::pin(router.serve_with_incoming_shutdown(
+                    crate::tls::incoming(listener, tls.clone(), stop.clone()),
+                    stopped,
+                )),
+                Some(tokio::spawn(tls.watch(stop.clone()))),
+            ),
+            (GrpcListener::Tcp(listener), None) => (
+                Box::pin(router.serve_with_incoming_shutdown(
+                    no_delay(TcpListenerStream::new(listener)),
+                    stopped,
+                )),
+                None,
+            ),
+            (GrpcListener::Unix(listener), None) => (
+                Box::pin(router.serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    stopped,
+                )),
+                None,
+            ),
+            (GrpcListener::Unix(_), Some(_)) => return Err(ServerError::UnixWithTls),
+        };
 
     let admin = admin::router(Arc::new(AdminState {
         limiter: limiter.clone(),
@@ -480,7 +507,10 @@ pub async fn serve(
         Err(e) => return Err(e.into()),
     };
     let listeners = Listeners {
-        grpc: bind(settings.grpc_addr, "gRPC").await?,
+        grpc: match &settings.grpc_uds {
+            Some(path) => GrpcListener::Unix(bind_unix(path)?),
+            None => bind(settings.grpc_addr, "gRPC").await?.into(),
+        },
         http: bind(settings.http_addr, "HTTP").await?,
         debug: match settings.debug_addr {
             Some(addr) => Some(bind(addr, "debug").await?),
@@ -572,6 +602,22 @@ fn limiter<S: Store>(
         Some(config) => Limiter::new(config, store, options, clock),
         None => Limiter::awaiting_config(store, options, clock),
     }
+}
+
+/// Binds the gRPC Unix socket at `path`, replacing a socket file left by an earlier run (any
+/// other kind of file there is an error).
+fn bind_unix(path: &std::path::Path) -> Result<tokio::net::UnixListener, ServerError> {
+    use std::os::unix::fs::FileTypeExt;
+    let failed = |source| ServerError::Io {
+        what: format!("binding the gRPC socket {}", path.display()),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path).map_err(failed)?;
+    }
+    tokio::net::UnixListener::bind(path).map_err(failed)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, ServerError> {

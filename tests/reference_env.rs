@@ -505,3 +505,43 @@ descriptors:
     )
     .await;
 }
+
+#[tokio::test]
+async fn grpc_on_a_unix_socket_as_grpc_uds_asks() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("reference-grpc-uds");
+    write_volume(
+        &configmap_dir(&root.path),
+        1,
+        &[("config.yaml", &limits(1))],
+    );
+    let socket = root.path.join("ratelimit.sock");
+    // A socket file left by an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    env.push(("GRPC_UDS", socket.to_string_lossy().into_owned()));
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+
+    let path = socket.clone();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+    let mut client = floodgate::pb::rate_limit_service_client::RateLimitServiceClient::new(channel);
+    let ask = || request("ratelimit", &[&[("PATH", "/uds")]]);
+    let first = client.should_rate_limit(ask()).await.unwrap().into_inner();
+    assert_eq!(first.overall_code(), Code::Ok);
+    let second = client.should_rate_limit(ask()).await.unwrap().into_inner();
+    assert_eq!(second.overall_code(), Code::OverLimit);
+    // Not on TCP as well: the socket replaces GRPC_HOST:GRPC_PORT, as in the reference.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", ratelimit.grpc)).await;
+    assert!(tcp.is_err(), "gRPC also listening on TCP");
+}

@@ -153,6 +153,10 @@ pub struct ServeSettings {
     /// gRPC listen address (ShouldRateLimit).
     #[arg(long, env = "FLOODGATE_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
+    /// Serve gRPC on this Unix socket instead of --grpc-addr (the reference's GRPC_UDS), in
+    /// plaintext; a socket file left there by an earlier run is replaced.
+    #[arg(long, env = "FLOODGATE_GRPC_UDS")]
+    pub grpc_uds: Option<PathBuf>,
     /// Debug listen address (`/rlconfig`: the loaded limits as text); off unless given.
     #[arg(long, env = "FLOODGATE_DEBUG_ADDR")]
     pub debug_addr: Option<SocketAddr>,

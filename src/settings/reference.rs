@@ -64,10 +64,10 @@ pub const VARIABLES: &[Variable] = &[
         "--debug-addr (/rlconfig; no pprof)",
     ),
     honoured("DEBUG_PORT", "6070", "--debug-addr (/rlconfig; no pprof)"),
-    not_applicable(
+    honoured(
         "GRPC_UDS",
         "",
-        "gRPC is served on TCP only (GRPC_HOST, GRPC_PORT)",
+        "--grpc-uds (instead of GRPC_HOST:GRPC_PORT)",
     ),
     honoured("GRPC_HOST", "0.0.0.0", "--grpc-addr"),
     honoured("GRPC_PORT", "8081", "--grpc-addr"),
@@ -558,6 +558,9 @@ fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
     push(out, "--http-addr", address("HOST", "PORT")?);
     push(out, "--debug-addr", address("DEBUG_HOST", "DEBUG_PORT")?);
     push(out, "--grpc-addr", address("GRPC_HOST", "GRPC_PORT")?);
+    if let Some(path) = env.raw("GRPC_UDS") {
+        push(out, "--grpc-uds", path);
+    }
     push(
         out,
         "--max-connection-age",
@@ -942,6 +945,7 @@ mod tests {
             ("LOG_FORMAT", "json"),
             ("LOCAL_CACHE_SIZE_IN_BYTES", "1048576"),
             ("REDIS_TLS_SKIP_HOSTNAME_VERIFICATION", "true"),
+            ("GRPC_UDS", "/run/ratelimit.sock"),
             ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
             ("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true"),
         ])
@@ -955,6 +959,7 @@ mod tests {
         assert_eq!(arg(a, "--redis-username"), Some("app"));
         assert_eq!(arg(a, "--redis-password"), Some("s3cret"));
         assert_eq!(arg(a, "--grpc-addr"), Some("[::]:8081"));
+        assert_eq!(arg(a, "--grpc-uds"), Some("/run/ratelimit.sock"));
         assert_eq!(arg(a, "--log-format"), Some("json"));
         assert_eq!(arg(a, "--local-cache-size"), Some("10485"));
         for flag in [

@@ -115,7 +115,7 @@ impl TestServer {
                 let _ = stopped.await;
             };
             let listeners = Listeners {
-                grpc,
+                grpc: grpc.into(),
                 http,
                 debug: None,
                 metrics: None,
