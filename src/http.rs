@@ -132,12 +132,23 @@ pub fn metrics_router(handle: PrometheusHandle, path: &str) -> Router {
 }
 
 /// The debug endpoints (`--debug-addr`, the reference's DEBUG_PORT): `/rlconfig`, the loaded
-/// limits as text, and `/` listing it.
-pub fn debug_router<S: Store>(limiter: Arc<Limiter<S>>) -> Router {
+/// limits as text; `/stats`, the metrics (where the reference prints its counters); and `/`
+/// listing them.
+pub fn debug_router<S: Store>(limiter: Arc<Limiter<S>>, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route(
             "/",
-            get(|| async { "/rlconfig: the loaded rate limit configuration\n" }),
+            get(|| async {
+                "/rlconfig: the loaded rate limit configuration\n\
+                 /stats: the metrics, in the Prometheus text format\n"
+            }),
+        )
+        .route(
+            "/stats",
+            get(move || {
+                let metrics = metrics.clone();
+                async move { metrics_text(&metrics) }
+            }),
         )
         .route(
             "/rlconfig",

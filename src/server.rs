@@ -250,7 +250,7 @@ pub async fn run<S: Store>(
         .clone()
         .map(|source| tokio::spawn(watch_config(limiter.clone(), source, stop.clone())));
     let debug = listeners.debug.map(|listener| {
-        let app = http::debug_router(limiter.clone());
+        let app = http::debug_router(limiter.clone(), metrics.clone());
         let stopped = stop.clone().cancelled_owned();
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)

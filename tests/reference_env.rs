@@ -114,6 +114,12 @@ async fn istio_sample_environment_with_a_configmap_swap() {
         dump.contains("ratelimit.PATH: unit=DAY requests_per_unit=10, shadow_mode: false"),
         "{dump}"
     );
+    let (status, _, stats) = http_full(debug, "GET", "/stats", &[], "").await;
+    assert_eq!(status, 200);
+    assert!(
+        stats.contains("floodgate_rate_limit_total_hits{"),
+        "{stats}"
+    );
 }
 
 #[tokio::test]

@@ -61,9 +61,13 @@ pub const VARIABLES: &[Variable] = &[
     honoured(
         "DEBUG_HOST",
         "0.0.0.0",
-        "--debug-addr (/rlconfig; no pprof)",
+        "--debug-addr (/rlconfig, /stats; no pprof)",
     ),
-    honoured("DEBUG_PORT", "6070", "--debug-addr (/rlconfig; no pprof)"),
+    honoured(
+        "DEBUG_PORT",
+        "6070",
+        "--debug-addr (/rlconfig, /stats; no pprof)",
+    ),
     honoured(
         "GRPC_UDS",
         "",
