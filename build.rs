@@ -5,7 +5,11 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["envoy/service/ratelimit/v3/rls.proto"];
+const PROTOS: &[&str] = &[
+    "envoy/service/ratelimit/v3/rls.proto",
+    "envoy/service/discovery/v3/discovery.proto",
+    "ratelimit/config/ratelimit/v3/rls_conf.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
@@ -24,6 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
-        .build(&[".envoy"])?;
+        // proto3 JSON for the RLS messages (`POST /json`); the xDS ones travel as binary only.
+        .build(&[
+            ".envoy.config",
+            ".envoy.extensions",
+            ".envoy.service.ratelimit",
+            ".envoy.type",
+        ])?;
     Ok(())
 }

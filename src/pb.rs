@@ -43,6 +43,11 @@ mod generated {
             }
         }
         pub mod service {
+            pub mod discovery {
+                pub mod v3 {
+                    include!(concat!(env!("OUT_DIR"), "/envoy.service.discovery.v3.rs"));
+                }
+            }
             pub mod ratelimit {
                 pub mod v3 {
                     include!(concat!(env!("OUT_DIR"), "/envoy.service.ratelimit.v3.rs"));
@@ -54,6 +59,37 @@ mod generated {
             }
         }
     }
+    pub mod google {
+        pub mod rpc {
+            include!(concat!(env!("OUT_DIR"), "/google.rpc.rs"));
+        }
+    }
+    pub mod ratelimit {
+        pub mod config {
+            pub mod ratelimit {
+                pub mod v3 {
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/ratelimit.config.ratelimit.v3.rs"
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// The xDS messages and client of Floodgate's config source (`xds`), and the resource it
+/// subscribes to.
+pub mod xds {
+    pub use super::generated::envoy::config::core::v3::Node;
+    pub use super::generated::envoy::service::discovery::v3::{
+        DiscoveryRequest, DiscoveryResponse, aggregated_discovery_service_client,
+        aggregated_discovery_service_server,
+    };
+    pub use super::generated::google::rpc::Status;
+    pub use super::generated::ratelimit::config::ratelimit::v3::{
+        RateLimitConfig, RateLimitDescriptor, RateLimitPolicy, RateLimitReplace, RateLimitUnit,
+    };
 }
 
 pub use generated::envoy::config::core::v3::HeaderValue;
