@@ -31,8 +31,8 @@ pub struct HttpState<S> {
     pub serving: Arc<AtomicBool>,
     /// Renders /metrics.
     pub metrics: PrometheusHandle,
-    /// Healthy only once a config with a domain is loaded.
-    pub health_needs_config: bool,
+    /// What health needs of the config.
+    pub config_health: crate::server::ConfigHealth,
 }
 
 /// The HTTP routes.
@@ -53,19 +53,13 @@ async fn healthcheck<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Respon
     if !state.serving.load(Ordering::Acquire) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "shutting down\n").into_response();
     }
-    if state.health_needs_config && !has_domains(&state.limiter) {
+    if !state.config_health.holds(&state.limiter) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no config loaded\n").into_response();
     }
     match state.limiter.store().ping().await {
         Ok(()) => (StatusCode::OK, "OK\n").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
-}
-
-/// Whether the limiter has a config with at least one domain (the reference's
-/// HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED condition).
-pub fn has_domains<S: Store>(limiter: &Limiter<S>) -> bool {
-    limiter.config_loaded() && !limiter.config().domain_names().is_empty()
 }
 
 /// 200 while the process runs its event loop: restarts help only when this fails.

@@ -81,7 +81,7 @@ mod generated {
 /// The xDS messages and client of Floodgate's config source (`xds`), and the resource it
 /// subscribes to.
 pub mod xds {
-    pub use super::generated::envoy::config::core::v3::Node;
+    pub use super::generated::envoy::config::core::v3::{Node, node};
     pub use super::generated::envoy::service::discovery::v3::{
         DiscoveryRequest, DiscoveryResponse, aggregated_discovery_service_client,
         aggregated_discovery_service_server,

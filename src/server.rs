@@ -29,7 +29,7 @@ use crate::overload::InFlightLimitLayer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::rls::response::LimitHeaderNames;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
-use crate::settings::{ServeSettings, StoreKind};
+use crate::settings::{ConfigSourceKind, ServeSettings, StoreKind};
 use crate::store::{MemoryStore, RedisStore, Store, StoreError};
 use crate::telemetry;
 pub use crate::tls::GrpcTls;
@@ -63,6 +63,9 @@ pub enum ServerError {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Grpc(#[from] tonic::transport::Error),
+    /// Settings that do not go together.
+    #[error("{0}")]
+    Settings(String),
     /// A gRPC TLS file cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
@@ -96,9 +99,19 @@ impl From<TcpListener> for GrpcListener {
     }
 }
 
-/// Where the config comes from, for hot reload.
+/// Where configs come from once the server runs. Either way the source validates each config
+/// and hands the valid ones to the server, which installs them all alike.
 #[derive(Debug, Clone)]
-pub struct ConfigSource {
+pub enum ConfigSource {
+    /// Domain files, polled for changes (and reloaded on SIGHUP).
+    Files(FileSource),
+    /// An xDS control plane, state of the world.
+    Xds(Box<crate::xds::XdsOptions>),
+}
+
+/// Domain files, for hot reload.
+#[derive(Debug, Clone)]
+pub struct FileSource {
     /// The file or directory.
     pub path: PathBuf,
     /// How often to look for changes; zero disables watching (SIGHUP still reloads).
@@ -162,9 +175,34 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// The path of the metrics on [`Listeners::metrics`] (`/metrics` when empty).
     pub metrics_path: String,
-    /// Report healthy only once a config with at least one domain is loaded (the reference's
+    /// What config health waits for.
+    pub config_health: ConfigHealth,
+}
+
+/// What the health checks need of the config, besides the store answering.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConfigHealth {
+    /// Nothing: healthy with or without a config.
+    #[default]
+    Any,
+    /// A config loaded (from xDS: the first one pushed).
+    Loaded,
+    /// A config with at least one domain loaded (the reference's
     /// HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED).
-    pub health_needs_config: bool,
+    WithDomains,
+}
+
+impl ConfigHealth {
+    /// Whether `limiter`'s config is as this asks.
+    pub fn holds<S: Store>(self, limiter: &Limiter<S>) -> bool {
+        match self {
+            ConfigHealth::Any => true,
+            ConfigHealth::Loaded => limiter.config_loaded(),
+            ConfigHealth::WithDomains => {
+                limiter.config_loaded() && !limiter.config().domain_names().is_empty()
+            }
+        }
+    }
 }
 
 /// Serves `limiter` on `listeners` until `shutdown` resolves; then reports NOT_SERVING, stops
@@ -242,13 +280,13 @@ pub async fn run<S: Store>(
         limiter.clone(),
         health_reporter.clone(),
         serving.clone(),
-        options.health_needs_config,
+        options.config_health,
         stop.clone(),
     ));
     let watcher = options
         .config_source
         .clone()
-        .map(|source| tokio::spawn(watch_config(limiter.clone(), source, stop.clone())));
+        .map(|source| tokio::spawn(follow_config(limiter.clone(), source, stop.clone())));
     let debug = listeners.debug.map(|listener| {
         let app = http::debug_router(limiter.clone(), metrics.clone());
         let stopped = stop.clone().cancelled_owned();
@@ -278,7 +316,7 @@ pub async fn run<S: Store>(
         limiter,
         serving: serving.clone(),
         metrics,
-        health_needs_config: options.health_needs_config,
+        config_health: options.config_health,
     });
     let app = http::router(state).merge(admin);
     let http = axum::serve(
@@ -356,7 +394,7 @@ async fn keep_fresh<S: Store>(
     limiter: Arc<Limiter<S>>,
     reporter: HealthReporter,
     serving: Arc<AtomicBool>,
-    health_needs_config: bool,
+    config_health: ConfigHealth,
     stop: CancellationToken,
 ) {
     let period = (limiter.options().cache_ttl / 2).max(Duration::from_millis(50));
@@ -375,7 +413,7 @@ async fn keep_fresh<S: Store>(
                 }
             }
         }
-        let config_ok = !health_needs_config || http::has_domains(&limiter);
+        let config_ok = config_health.holds(&limiter);
         let status = if store_ok && config_ok && serving.load(Ordering::Acquire) {
             ServingStatus::Serving
         } else {
@@ -394,13 +432,37 @@ async fn keep_fresh<S: Store>(
     }
 }
 
-/// Reloads the config when its files change (polled, which also sees Kubernetes ConfigMap
-/// symlink swaps) or when asked (SIGHUP). A valid new config replaces the old one atomically
-/// (requests in flight finish on the old one); an invalid one is logged and counted, and the
-/// old one keeps serving.
-async fn watch_config<S: Store>(
+/// Installs every config `source` hands on, until `stop`.
+async fn follow_config<S: Store>(
     limiter: Arc<Limiter<S>>,
     source: ConfigSource,
+    stop: CancellationToken,
+) {
+    let (configs, mut incoming) = tokio::sync::mpsc::channel::<Config>(1);
+    let producer = match source {
+        ConfigSource::Files(files) => tokio::spawn(watch_files(
+            files,
+            limiter.config().version().to_owned(),
+            configs,
+            stop.clone(),
+        )),
+        ConfigSource::Xds(options) => {
+            tokio::spawn(crate::xds::run(*options, configs, stop.clone()))
+        }
+    };
+    while let Some(config) = incoming.recv().await {
+        install(&limiter, config).await;
+    }
+    producer.abort();
+}
+
+/// Loads the config files when they change (polled, which also sees Kubernetes ConfigMap
+/// symlink swaps) or when asked (SIGHUP), and hands on each new valid config; an invalid one
+/// is logged and counted, and the old one keeps serving.
+async fn watch_files(
+    source: FileSource,
+    mut version: String,
+    configs: tokio::sync::mpsc::Sender<Config>,
     stop: CancellationToken,
 ) {
     let mut seen = fingerprint(&source.path, &source.load);
@@ -421,34 +483,31 @@ async fn watch_config<S: Store>(
             continue;
         }
         seen = now;
-        reload(&limiter, &source.path, &source.load).await;
+        match Config::load_with(&source.path, &source.load) {
+            Ok(config) if config.version() == version => {}
+            Ok(config) => {
+                version = config.version().to_owned();
+                if configs.send(config).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; still serving the previous config");
+                metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "failure").increment(1);
+                record_config_load(false);
+            }
+        }
     }
 }
 
-/// Loads the config at `path` into `limiter`, or keeps the old one and says why.
-pub async fn reload<S: Store>(
-    limiter: &Limiter<S>,
-    path: &std::path::Path,
-    load: &LoadOptions,
-) -> bool {
-    match Config::load_with(path, load) {
-        Ok(config) if config.version() == limiter.config().version() => true,
-        Ok(config) => {
-            tracing::info!(domains = ?config.domain_names(), version = config.version(), "config reloaded");
-            limiter.replace_config(config);
-            metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "success").increment(1);
-            record_config_load(true);
-            if let Err(e) = limiter.seed_registry().await {
-                tracing::warn!(error = %e, "could not seed the reloaded config's API keys");
-            }
-            true
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "config reload refused; still serving the previous config");
-            metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "failure").increment(1);
-            record_config_load(false);
-            false
-        }
+/// Puts a new valid config in force for every request from now on.
+async fn install<S: Store>(limiter: &Limiter<S>, config: Config) {
+    tracing::info!(domains = ?config.domain_names(), version = config.version(), "config reloaded");
+    limiter.replace_config(config);
+    metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "success").increment(1);
+    record_config_load(true);
+    if let Err(e) = limiter.seed_registry().await {
+        tracing::warn!(error = %e, "could not seed the reloaded config's API keys");
     }
 }
 
@@ -495,16 +554,46 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Arc<Notify>,
 ) -> Result<(), ServerError> {
-    let config = match Config::load_with(&settings.config, &settings.load_options()) {
-        Ok(config) => {
-            tracing::info!(domains = ?config.domain_names(), path = %settings.config.display(), version = config.version(), "config loaded");
-            Some(config)
+    let (config, config_source) = match settings.config_source {
+        ConfigSourceKind::Files => {
+            let path = settings.config.clone().ok_or_else(|| {
+                ServerError::Settings("--config is needed with --config-source files".into())
+            })?;
+            let config = match Config::load_with(&path, &settings.load_options()) {
+                Ok(config) => {
+                    tracing::info!(domains = ?config.domain_names(), path = %path.display(), version = config.version(), "config loaded");
+                    Some(config)
+                }
+                Err(e) if settings.start_without_config => {
+                    tracing::error!(error = %e, "no config loaded: starting without one (--start-without-config); ShouldRateLimit answers UNAVAILABLE until a config loads");
+                    None
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let files = FileSource {
+                path,
+                poll_interval: settings.config_poll_interval,
+                reload,
+                load: settings.load_options(),
+            };
+            (config, ConfigSource::Files(files))
         }
-        Err(e) if settings.start_without_config => {
-            tracing::error!(error = %e, "no config loaded: starting without one (--start-without-config); ShouldRateLimit answers UNAVAILABLE until a config loads");
-            None
+        ConfigSourceKind::Xds => {
+            let xds = settings.xds_options().ok_or_else(|| {
+                ServerError::Settings("--xds-server is needed with --config-source xds".into())
+            })?;
+            tracing::info!(server = %xds.server, node = %xds.node_id, tls = xds.tls.is_some(), "config from xDS");
+            (None, ConfigSource::Xds(Box::new(xds)))
         }
-        Err(e) => return Err(e.into()),
+    };
+    // Healthy once the store answers; with xDS, once the first config is in too (unless told
+    // to start without one), as the reference serves only after it.
+    let config_health = if settings.healthy_only_with_config {
+        ConfigHealth::WithDomains
+    } else if settings.config_source == ConfigSourceKind::Xds && !settings.start_without_config {
+        ConfigHealth::Loaded
+    } else {
+        ConfigHealth::Any
     };
     let listeners = Listeners {
         grpc: match &settings.grpc_uds {
@@ -557,15 +646,10 @@ pub async fn serve(
         admin_key: settings.admin_key.clone().filter(|k| !k.is_empty()),
         protection: settings.protection(),
         grpc_tls: settings.grpc_tls(),
-        config_source: Some(ConfigSource {
-            path: settings.config.clone(),
-            poll_interval: settings.config_poll_interval,
-            reload,
-            load: settings.load_options(),
-        }),
+        config_source: Some(config_source),
         shutdown_grace: settings.shutdown_grace,
         metrics_path: settings.reference_metrics_path.clone(),
-        health_needs_config: settings.healthy_only_with_config,
+        config_health,
     };
     tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, tls = options.grpc_tls.is_some(), "serving");
     match settings.store {

@@ -71,6 +71,12 @@ pub const CONFIG_RELOADS: &str = "floodgate_config_reloads_total";
 pub const SECURITY_EVENTS: &str = "floodgate_security_events_total";
 /// Admin changes (label `action`).
 pub const ADMIN_CHANGES: &str = "floodgate_admin_changes_total";
+/// 1 while the xDS config stream is open, 0 otherwise.
+pub const XDS_CONNECTED: &str = "floodgate_xds_connected";
+/// xDS responses handled (label `result`: accepted, rejected — a NACK).
+pub const XDS_UPDATES: &str = "floodgate_xds_updates_total";
+/// When the last xDS config was accepted, Unix seconds.
+pub const XDS_LAST_ACCEPTED: &str = "floodgate_xds_last_accepted_timestamp_seconds";
 /// Memory store counters held.
 pub const MEMORY_KEYS: &str = "floodgate_memory_store_keys";
 

@@ -135,6 +135,23 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the limits come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConfigSourceKind {
+    /// Domain files (--config), polled for changes.
+    Files,
+    /// An xDS control plane (--xds-server), state of the world.
+    Xds,
+}
+
+/// `key=value`.
+fn key_value(pair: &str) -> Result<(String, String), String> {
+    pair.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| format!("'{pair}' is not key=value"))
+}
+
 /// A URL path for an HTTP route: starts with '/'.
 fn metrics_path(path: &str) -> Result<String, String> {
     if path.starts_with('/') && !path.contains(['?', '#', ' ']) {
@@ -147,9 +164,56 @@ fn metrics_path(path: &str) -> Result<String, String> {
 /// Everything `floodgate serve` takes.
 #[derive(Debug, Clone, Parser)]
 pub struct ServeSettings {
-    /// A domain YAML file, or a directory of them.
-    #[arg(long, env = "FLOODGATE_CONFIG")]
-    pub config: PathBuf,
+    /// A domain YAML file, or a directory of them (with --config-source files).
+    #[arg(long, env = "FLOODGATE_CONFIG", required_unless_present = "xds_server")]
+    pub config: Option<PathBuf>,
+    /// Where the limits come from: files (--config) or an xDS control plane (--xds-server).
+    #[arg(long, env = "FLOODGATE_CONFIG_SOURCE", value_enum, default_value_t = ConfigSourceKind::Files)]
+    pub config_source: ConfigSourceKind,
+    /// The xDS control plane (host:port, or an http:// or https:// URL), for
+    /// --config-source xds.
+    #[arg(long, env = "FLOODGATE_XDS_SERVER")]
+    pub xds_server: Option<String>,
+    /// The node id the control plane knows this service by.
+    #[arg(long, env = "FLOODGATE_XDS_NODE_ID", default_value = "floodgate")]
+    pub xds_node_id: String,
+    /// Node metadata: key=value pairs, comma-separated.
+    #[arg(long, env = "FLOODGATE_XDS_NODE_METADATA", value_delimiter = ',', value_parser = key_value)]
+    pub xds_node_metadata: Vec<(String, String)>,
+    /// gRPC metadata sent on the stream: key=value pairs, comma-separated.
+    #[arg(long, env = "FLOODGATE_XDS_HEADERS", value_delimiter = ',', value_parser = key_value, hide_env_values = true)]
+    pub xds_headers: Vec<(String, String)>,
+    /// Connect to the control plane over TLS (implied by the other --xds-tls flags).
+    #[arg(long, env = "FLOODGATE_XDS_TLS")]
+    pub xds_tls: bool,
+    /// CA certificate (PEM) the control plane's certificate must chain to (default: the
+    /// system's roots).
+    #[arg(long, env = "FLOODGATE_XDS_TLS_CA")]
+    pub xds_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    #[arg(long, env = "FLOODGATE_XDS_TLS_CERT", requires = "xds_tls_key")]
+    pub xds_tls_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM: PKCS#1, PKCS#8 or SEC1).
+    #[arg(long, env = "FLOODGATE_XDS_TLS_KEY", requires = "xds_tls_cert")]
+    pub xds_tls_key: Option<PathBuf>,
+    /// The name the control plane's certificate must carry (default: the server's host).
+    #[arg(long, env = "FLOODGATE_XDS_TLS_SERVER_NAME")]
+    pub xds_tls_server_name: Option<String>,
+    /// First delay before reconnecting to the control plane.
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub xds_backoff_initial: Duration,
+    /// Longest delay before reconnecting.
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub xds_backoff_max: Duration,
+    /// Each delay is the previous one times this.
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_FACTOR", default_value_t = 2.0)]
+    pub xds_backoff_factor: f64,
+    /// Draw each delay between half and all of itself.
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_JITTER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub xds_backoff_jitter: bool,
+    /// The largest xDS response accepted, in bytes (default 4 MiB).
+    #[arg(long, env = "FLOODGATE_XDS_MAX_MESSAGE_SIZE")]
+    pub xds_max_message_size: Option<usize>,
     /// gRPC listen address (ShouldRateLimit).
     #[arg(long, env = "FLOODGATE_GRPC_ADDR", default_value = "0.0.0.0:8081")]
     pub grpc_addr: SocketAddr,
@@ -433,6 +497,36 @@ pub struct ServeSettings {
 }
 
 impl ServeSettings {
+    /// The xDS client's settings, for --config-source xds.
+    pub fn xds_options(&self) -> Option<crate::xds::XdsOptions> {
+        let server = self.xds_server.clone()?;
+        let tls = self.xds_tls
+            || self.xds_tls_ca.is_some()
+            || self.xds_tls_cert.is_some()
+            || self.xds_tls_server_name.is_some()
+            || server.starts_with("https://");
+        Some(crate::xds::XdsOptions {
+            server,
+            node_id: self.xds_node_id.clone(),
+            node_metadata: self.xds_node_metadata.clone(),
+            headers: self.xds_headers.clone(),
+            tls: tls.then(|| crate::xds::XdsTls {
+                ca: self.xds_tls_ca.clone(),
+                cert: self.xds_tls_cert.clone(),
+                key: self.xds_tls_key.clone(),
+                server_name: self.xds_tls_server_name.clone(),
+            }),
+            backoff: crate::xds::Backoff {
+                initial: self.xds_backoff_initial,
+                max: self.xds_backoff_max,
+                factor: self.xds_backoff_factor,
+                jitter: self.xds_backoff_jitter,
+            },
+            max_message_size: self.xds_max_message_size,
+            load: self.load_options(),
+        })
+    }
+
     /// How the config files are read.
     pub fn load_options(&self) -> LoadOptions {
         LoadOptions {

@@ -46,7 +46,6 @@ const fn not_applicable(name: &'static str, default: &'static str, why: &'static
     }
 }
 
-const NO_XDS: &str = "config comes from files; an xDS config source is not supported yet";
 const NO_STATSD: &str = "nothing is sent to statsd: metrics are served for Prometheus, at /metrics \
      on the HTTP port (and under the reference's names with USE_PROMETHEUS=true)";
 const NO_MEMCACHE: &str =
@@ -99,32 +98,60 @@ pub const VARIABLES: &[Variable] = &[
     honoured(
         "CONFIG_TYPE",
         "FILE",
-        "--config (FILE; GRPC_XDS_SOTW is refused)",
+        "--config (FILE), --config-source xds (GRPC_XDS_SOTW)",
     ),
     honoured(
         "FORCE_START_WITHOUT_INITIAL_CONFIG",
         "false",
         "--start-without-config",
     ),
-    not_applicable("CONFIG_GRPC_XDS_NODE_ID", "default", NO_XDS),
-    not_applicable("CONFIG_GRPC_XDS_NODE_METADATA", "", NO_XDS),
-    not_applicable("CONFIG_GRPC_XDS_SERVER_URL", "localhost:18000", NO_XDS),
+    honoured("CONFIG_GRPC_XDS_NODE_ID", "default", "--xds-node-id"),
+    honoured("CONFIG_GRPC_XDS_NODE_METADATA", "", "--xds-node-metadata"),
+    honoured(
+        "CONFIG_GRPC_XDS_SERVER_URL",
+        "localhost:18000",
+        "--xds-server",
+    ),
     not_applicable(
         "CONFIG_GRPC_XDS_SERVER_CONNECT_RETRY_INTERVAL",
         "3s",
-        NO_XDS,
+        "connection attempts are spaced as stream reconnections are (XDS_CLIENT_BACKOFF_*)",
     ),
-    not_applicable("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS", "", NO_XDS),
-    not_applicable("CONFIG_GRPC_XDS_SERVER_USE_TLS", "false", NO_XDS),
-    not_applicable("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "", NO_XDS),
-    not_applicable("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "", NO_XDS),
-    not_applicable("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "", NO_XDS),
-    not_applicable("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "", NO_XDS),
-    not_applicable("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "10s", NO_XDS),
-    not_applicable("XDS_CLIENT_BACKOFF_MAX_INTERVAL", "60s", NO_XDS),
-    not_applicable("XDS_CLIENT_BACKOFF_RANDOM_FACTOR", "0.5", NO_XDS),
-    not_applicable("XDS_CLIENT_BACKOFF_JITTER", "true", NO_XDS),
-    not_applicable("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", "", NO_XDS),
+    honoured(
+        "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
+        "",
+        "--xds-headers",
+    ),
+    honoured("CONFIG_GRPC_XDS_SERVER_USE_TLS", "false", "--xds-tls"),
+    honoured("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "", "--xds-tls-cert"),
+    honoured("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "", "--xds-tls-key"),
+    honoured("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "", "--xds-tls-ca"),
+    honoured(
+        "CONFIG_GRPC_XDS_SERVER_TLS_SAN",
+        "",
+        "--xds-tls-server-name",
+    ),
+    honoured(
+        "XDS_CLIENT_BACKOFF_INITIAL_INTERVAL",
+        "10s",
+        "--xds-backoff-initial",
+    ),
+    honoured(
+        "XDS_CLIENT_BACKOFF_MAX_INTERVAL",
+        "60s",
+        "--xds-backoff-max",
+    ),
+    honoured(
+        "XDS_CLIENT_BACKOFF_RANDOM_FACTOR",
+        "0.5",
+        "--xds-backoff-factor (below 1: every delay is the initial one, as in the reference)",
+    ),
+    honoured("XDS_CLIENT_BACKOFF_JITTER", "true", "--xds-backoff-jitter"),
+    honoured(
+        "XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES",
+        "",
+        "--xds-max-message-size",
+    ),
     not_applicable("USE_DOG_STATSD", "false", NO_STATSD),
     not_applicable("USE_DOG_STATSD_MOGRIFIERS", "", NO_STATSD),
     not_applicable("USE_STATSD", "true", NO_STATSD),
@@ -512,23 +539,16 @@ fn push(out: &mut Translation, flag: &str, value: impl Into<String>) {
 /// The config directory: every file under RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY.
 fn config(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
     let kind = env.value("CONFIG_TYPE");
-    if !kind.eq_ignore_ascii_case("FILE") {
-        return Err(TranslationError::Unsupported {
-            name: "CONFIG_TYPE",
-            value: kind,
-            reason: "config comes from files (CONFIG_TYPE=FILE); an xDS source is not supported yet",
-        });
-    }
-    let mut dir = std::path::PathBuf::from(env.value("RUNTIME_ROOT"));
-    if let Some(sub) = env.raw("RUNTIME_SUBDIRECTORY") {
-        dir.push(sub);
-    }
-    dir.push(env.value("RUNTIME_APPDIRECTORY"));
-    push(out, "--config", dir.to_string_lossy());
-    // The reference reads every file of the directory tree, whatever its name.
-    out.args.push("--config-all-files".to_owned());
-    if !env.flag("RUNTIME_IGNOREDOTFILES")? {
-        out.args.push("--config-hidden-files".to_owned());
+    if kind.eq_ignore_ascii_case("GRPC_XDS_SOTW") {
+        xds(env, out)?;
+    } else if kind.eq_ignore_ascii_case("FILE") {
+        files(env, out)?;
+    } else {
+        return Err(invalid(
+            "CONFIG_TYPE",
+            kind,
+            "expected FILE or GRPC_XDS_SOTW",
+        ));
     }
     for (name, flag) in [
         ("MERGE_DOMAIN_CONFIG", "--merge-domain-config"),
@@ -544,6 +564,89 @@ fn config(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> 
         if env.flag(name)? {
             out.args.push(flag.to_owned());
         }
+    }
+    Ok(())
+}
+
+/// The config files: every file under RUNTIME_ROOT/RUNTIME_SUBDIRECTORY/RUNTIME_APPDIRECTORY.
+fn files(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    let mut dir = std::path::PathBuf::from(env.value("RUNTIME_ROOT"));
+    if let Some(sub) = env.raw("RUNTIME_SUBDIRECTORY") {
+        dir.push(sub);
+    }
+    dir.push(env.value("RUNTIME_APPDIRECTORY"));
+    push(out, "--config", dir.to_string_lossy());
+    // The reference reads every file of the directory tree, whatever its name.
+    out.args.push("--config-all-files".to_owned());
+    if !env.flag("RUNTIME_IGNOREDOTFILES")? {
+        out.args.push("--config-hidden-files".to_owned());
+    }
+    Ok(())
+}
+
+/// The xDS config source (CONFIG_TYPE=GRPC_XDS_SOTW) and its client's settings.
+fn xds(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    push(out, "--config-source", "xds");
+    push(out, "--xds-server", env.value("CONFIG_GRPC_XDS_SERVER_URL"));
+    push(out, "--xds-node-id", env.value("CONFIG_GRPC_XDS_NODE_ID"));
+    // "key=value,key=value" (entries without '=' are skipped, as the reference skips them).
+    if let Some(metadata) = env.raw("CONFIG_GRPC_XDS_NODE_METADATA") {
+        let pairs: Vec<&str> = metadata
+            .split(',')
+            .filter(|entry| entry.contains('='))
+            .collect();
+        if !pairs.is_empty() {
+            push(out, "--xds-node-metadata", pairs.join(","));
+        }
+    }
+    // A Go map in envconfig's syntax: "key:value,key:value".
+    if let Some(headers) = env.raw("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS") {
+        let mut pairs = Vec::new();
+        for entry in headers.split(',').filter(|e| !e.is_empty()) {
+            let Some((key, value)) = entry.split_once(':') else {
+                return Err(invalid(
+                    "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
+                    "(set)".to_owned(),
+                    "expected key:value pairs separated by commas",
+                ));
+            };
+            pairs.push(format!("{key}={value}"));
+        }
+        push(out, "--xds-headers", pairs.join(","));
+    }
+    if env.flag("CONFIG_GRPC_XDS_SERVER_USE_TLS")? {
+        out.args.push("--xds-tls".to_owned());
+        for (name, flag) in [
+            ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "--xds-tls-ca"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "--xds-tls-cert"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "--xds-tls-key"),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "--xds-tls-server-name"),
+        ] {
+            if let Some(value) = env.raw(name) {
+                push(out, flag, value);
+            }
+        }
+    }
+    push(
+        out,
+        "--xds-backoff-initial",
+        env.duration("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL")?,
+    );
+    push(
+        out,
+        "--xds-backoff-max",
+        env.duration("XDS_CLIENT_BACKOFF_MAX_INTERVAL")?,
+    );
+    let factor: f64 = env.number("XDS_CLIENT_BACKOFF_RANDOM_FACTOR")?;
+    push(out, "--xds-backoff-factor", factor.to_string());
+    push(
+        out,
+        "--xds-backoff-jitter",
+        env.flag("XDS_CLIENT_BACKOFF_JITTER")?.to_string(),
+    );
+    if env.raw("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES").is_some() {
+        let size: usize = env.number("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES")?;
+        push(out, "--xds-max-message-size", size.to_string());
     }
     Ok(())
 }
@@ -1112,8 +1215,15 @@ mod tests {
                 "BACKEND_TYPE=memcache is not supported",
             ),
             (
-                &[("CONFIG_TYPE", "GRPC_XDS_SOTW")],
-                "CONFIG_TYPE=GRPC_XDS_SOTW is not supported",
+                &[("CONFIG_TYPE", "CONSUL")],
+                "CONFIG_TYPE=CONSUL: expected FILE or GRPC_XDS_SOTW",
+            ),
+            (
+                &[
+                    ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+                    ("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS", "token"),
+                ],
+                "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS=(set): expected key:value",
             ),
             (
                 &[("REDIS_TYPE", "sentinel"), ("REDIS_URL", "mymaster")],
@@ -1144,7 +1254,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        assert_eq!(t.notices.len(), 3, "{:?}", t.notices);
+        assert_eq!(t.notices.len(), 2, "{:?}", t.notices);
         assert!(
             t.notices
                 .iter()
@@ -1155,11 +1265,53 @@ mod tests {
             "{:?}",
             t.notices
         );
-        assert!(
-            t.notices
-                .iter()
-                .any(|n| n.starts_with("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS=(set)"))
-        );
+        assert!(is_secret("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS"));
+        assert!(is_secret("REDIS_PERSECOND_AUTH"));
+    }
+
+    #[test]
+    fn xds_as_envoy_gateway_configures_it() {
+        let t = translate_with(&[
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("CONFIG_GRPC_XDS_SERVER_URL", "envoy-gateway:18001"),
+            ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit"),
+            ("CONFIG_GRPC_XDS_NODE_METADATA", "zone=a,bogus,team=edge"),
+            (
+                "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
+                "x-token:abc,x-env:prod",
+            ),
+            ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", "/certs/tls.crt"),
+            ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", "/certs/tls.key"),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "/certs/ca.crt"),
+            ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true"),
+            ("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES", "8388608"),
+        ])
+        .unwrap();
+        let a = &t.args;
+        assert_eq!(arg(a, "--config-source"), Some("xds"));
+        assert_eq!(arg(a, "--config"), None, "no config directory with xDS");
+        assert_eq!(arg(a, "--xds-server"), Some("envoy-gateway:18001"));
+        assert_eq!(arg(a, "--xds-node-id"), Some("envoy-ratelimit"));
+        assert_eq!(arg(a, "--xds-node-metadata"), Some("zone=a,team=edge"));
+        assert_eq!(arg(a, "--xds-headers"), Some("x-token=abc,x-env=prod"));
+        assert!(a.contains(&"--xds-tls".to_owned()));
+        assert_eq!(arg(a, "--xds-tls-ca"), Some("/certs/ca.crt"));
+        assert_eq!(arg(a, "--xds-tls-cert"), Some("/certs/tls.crt"));
+        assert_eq!(arg(a, "--xds-tls-key"), Some("/certs/tls.key"));
+        assert_eq!(arg(a, "--xds-backoff-initial"), Some("10s"));
+        assert_eq!(arg(a, "--xds-backoff-max"), Some("1m"));
+        assert_eq!(arg(a, "--xds-backoff-factor"), Some("0.5"));
+        assert_eq!(arg(a, "--xds-max-message-size"), Some("8388608"));
+        assert!(a.contains(&"--start-without-config".to_owned()));
+        // Without TLS asked for, the TLS files are not read (as in the reference).
+        let t = translate_with(&[
+            ("CONFIG_TYPE", "GRPC_XDS_SOTW"),
+            ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", "/certs/ca.crt"),
+        ])
+        .unwrap();
+        assert_eq!(arg(&t.args, "--xds-tls-ca"), None);
+        assert_eq!(arg(&t.args, "--xds-server"), Some("localhost:18000"));
     }
 
     #[test]
