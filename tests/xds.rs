@@ -21,8 +21,11 @@ use floodgate::pb::xds::{
     RateLimitUnit,
 };
 use prost::Message;
+use support::gateway::{GatewayCa, NAMESPACE, Secret};
 use support::process::{Ports, start_healthy};
-use support::{ChildGuard, PATIENCE, request, wait_for};
+use support::reference::{Ratelimit, write_volume};
+use support::topology::TempDir;
+use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 
@@ -59,11 +62,28 @@ impl ControlPlane {
 
     /// Serves on a free loopback port; returns the port.
     async fn start(&self) -> u16 {
+        self.serve(None).await
+    }
+
+    /// Serves over mutual TLS, as Envoy Gateway's xDS server: its certificate, and client
+    /// certificates required, signed by `ca`.
+    async fn start_tls(&self, cert: &Secret, ca: &GatewayCa) -> u16 {
+        let tls = tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(&cert.cert, &cert.key))
+            .client_ca_root(tonic::transport::Certificate::from_pem(&ca.pem));
+        self.serve(Some(tls)).await
+    }
+
+    async fn serve(&self, tls: Option<tonic::transport::ServerTlsConfig>) -> u16 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let service = AggregatedDiscoveryServiceServer::new(self.clone());
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).unwrap();
+        }
         tokio::spawn(async move {
-            tonic::transport::Server::builder()
+            builder
                 .add_service(service)
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
@@ -336,4 +356,183 @@ async fn a_node_the_control_plane_does_not_know_gets_nothing() {
         plane.requests().iter().all(|r| r.response_nonce.is_empty()),
         "nothing was sent, so nothing was ACKed"
     );
+}
+
+/// Envoy Gateway's xDS server certificate: its Service's names.
+fn xds_server_cert(ca: &GatewayCa) -> Secret {
+    let names = [
+        "envoy-gateway".to_owned(),
+        format!("envoy-gateway.{NAMESPACE}"),
+        format!("envoy-gateway.{NAMESPACE}.svc"),
+        format!("envoy-gateway.{NAMESPACE}.svc.cluster.local"),
+    ];
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    ca.leaf("xds-server", "envoy-gateway", &names)
+}
+
+#[tokio::test]
+async fn envoy_gateway_s_deployment_follows_its_control_plane_over_mutual_tls() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let root = TempDir::new("xds-envoy-gateway");
+    let ca_dir = root.path.join("ca");
+    std::fs::create_dir_all(&ca_dir).unwrap();
+    let ca = GatewayCa::new(&ca_dir);
+    // The envoy-rate-limit Secret: the service's certificate, also its xDS client certificate
+    // (no extended key usage, PKCS#1 key).
+    let certs = root.path.join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let secret = ca.gateway_leaf("rate-limit");
+    write_volume(
+        &certs,
+        1,
+        &[
+            ("ca.crt", ca.pem.as_str()),
+            ("tls.crt", secret.cert.as_str()),
+            ("tls.key", secret.key.as_str()),
+        ],
+    );
+    let plane = ControlPlane::new("envoy-ratelimit");
+    let port = plane.start_tls(&xds_server_cert(&ca), &ca).await;
+    let file = |name: &str| certs.join(name).to_string_lossy().into_owned();
+    // The environment of Envoy Gateway's ratelimit Deployment (its golden test file
+    // testdata/deployments/default.yaml), with the control plane and Redis on loopback: the
+    // URL's host there is the Service name envoy-gateway, which the certificate is checked
+    // for; here the same name is given as CONFIG_GRPC_XDS_SERVER_TLS_SAN.
+    let env: Vec<(&str, String)> = vec![
+        (
+            "RUNTIME_ROOT",
+            root.path.join("data").to_string_lossy().into_owned(),
+        ),
+        ("RUNTIME_SUBDIRECTORY", "ratelimit".into()),
+        ("RUNTIME_IGNOREDOTFILES", "true".into()),
+        ("RUNTIME_WATCH_ROOT", "false".into()),
+        ("LOG_LEVEL", "info".into()),
+        ("USE_STATSD", "false".into()),
+        ("CONFIG_TYPE", "GRPC_XDS_SOTW".into()),
+        ("CONFIG_GRPC_XDS_SERVER_URL", format!("127.0.0.1:{port}")),
+        ("CONFIG_GRPC_XDS_SERVER_TLS_SAN", "envoy-gateway".into()),
+        ("CONFIG_GRPC_XDS_NODE_ID", "envoy-ratelimit".into()),
+        ("GRPC_SERVER_USE_TLS", "true".into()),
+        ("GRPC_SERVER_TLS_CERT", file("tls.crt")),
+        ("GRPC_SERVER_TLS_KEY", file("tls.key")),
+        ("GRPC_SERVER_TLS_CA_CERT", file("ca.crt")),
+        ("CONFIG_GRPC_XDS_SERVER_USE_TLS", "true".into()),
+        ("CONFIG_GRPC_XDS_CLIENT_TLS_CERT", file("tls.crt")),
+        ("CONFIG_GRPC_XDS_CLIENT_TLS_KEY", file("tls.key")),
+        ("CONFIG_GRPC_XDS_SERVER_TLS_CACERT", file("ca.crt")),
+        ("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()),
+        ("REDIS_SOCKET_TYPE", "tcp".into()),
+        ("REDIS_URL", format!("127.0.0.1:{}", redis.port)),
+        ("USE_PROMETHEUS", "true".into()),
+        ("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "100ms".into()),
+    ];
+    // Started before any config (FORCE_START_WITHOUT_INITIAL_CONFIG).
+    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let grpc = format!("127.0.0.1:{}", ratelimit.grpc).parse().unwrap();
+    let client = ca.client(None);
+    let refused = client.should_rate_limit(grpc, ask("ann")).await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.contains("no rate limit configuration loaded")),
+        "{refused:?}"
+    );
+    // The control plane pushes Envoy Gateway's shape of config; decisions follow it.
+    plane.push("1", vec![edge(2)]);
+    wait_for("the pushed config deciding", PATIENCE, || async {
+        client.should_rate_limit(grpc, ask("ann")).await == Ok(Code::Ok)
+    })
+    .await;
+    assert_eq!(
+        client.should_rate_limit(grpc, ask("ann")).await,
+        Ok(Code::Ok)
+    );
+    assert_eq!(
+        client.should_rate_limit(grpc, ask("ann")).await,
+        Ok(Code::OverLimit)
+    );
+    assert!(
+        plane
+            .requests()
+            .iter()
+            .any(|r| r.version_info == "1" && r.error_detail.is_none()),
+        "ACKed over mutual TLS"
+    );
+    // The reference's metric names count the pushed config's loads.
+    let (_, text) = ratelimit.metrics("/metrics").await;
+    assert!(
+        text.contains("ratelimit_service_config_load_success"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn the_server_is_verified_for_the_url_s_host_and_a_wrong_ca_gets_nothing() {
+    let dir = TempDir::new("xds-tls-host");
+    let ca = GatewayCa::new(&dir.path);
+    // Envoy Gateway's certificate for a control plane outside Kubernetes: DNS localhost, a
+    // single-label name.
+    let server = ca.leaf("xds-localhost", "envoy-gateway", &["localhost"]);
+    let client_cert = ca.gateway_leaf("client");
+    let write = |name: &str, text: &str| {
+        let path = dir.path.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let (ca_file, cert, key) = (
+        write("ca.crt", &ca.pem),
+        write("tls.crt", &client_cert.cert),
+        write("tls.key", &client_cert.key),
+    );
+    let plane = ControlPlane::new("host-check");
+    plane.push("1", vec![edge(4)]);
+    let port = plane.start_tls(&server, &ca).await;
+    let tls = |ca: String| {
+        vec![
+            "--xds-tls-ca".to_owned(),
+            ca,
+            "--xds-tls-cert".to_owned(),
+            cert.clone(),
+            "--xds-tls-key".to_owned(),
+            key.clone(),
+        ]
+    };
+    let start = |server: String, extra: Vec<String>| async move {
+        start_healthy(|ports| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+            command
+                .arg("serve")
+                .args(["--config-source", "xds", "--xds-node-id", "host-check"])
+                .args(["--xds-server", &server])
+                .args([
+                    "--xds-backoff-initial",
+                    "50ms",
+                    "--xds-backoff-max",
+                    "200ms",
+                ])
+                .args(["--grpc-addr", &format!("127.0.0.1:{}", ports.grpc)])
+                .args(["--http-addr", &format!("127.0.0.1:{}", ports.http)])
+                .args(&extra)
+                .env_remove("FLOODGATE_CONFIG");
+            command
+        })
+        .await
+    };
+    // localhost:port: the certificate is checked for localhost, and passes.
+    let (_child, ports) = start(format!("localhost:{port}"), tls(ca_file.clone())).await;
+    assert_eq!(limit_for(&ports, "ann").await, Some(4));
+
+    // A CA that did not sign the server's certificate: no connection, so no config.
+    let other_dir = dir.path.join("other");
+    std::fs::create_dir_all(&other_dir).unwrap();
+    let other = GatewayCa::new(&other_dir);
+    let other_ca = write("other-ca.crt", &other.pem);
+    let mut extra = tls(other_ca);
+    extra.push("--start-without-config".to_owned());
+    let (_other, ports) = start(format!("localhost:{port}"), extra).await;
+    let mut grpc = client(&ports).await;
+    let refused = grpc.should_rate_limit(ask("ann")).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
 }

@@ -4,6 +4,7 @@
 
 pub mod certs;
 pub mod envoy;
+pub mod gateway;
 pub mod http;
 pub mod process;
 pub mod reference;
