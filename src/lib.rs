@@ -21,6 +21,7 @@
 //! - [`server`]: runs both servers on given listeners until a shutdown future resolves;
 //!   [`overload`]: its lock-free limit on calls in flight; [`tls`]: gRPC TLS, its files
 //!   reloaded when they change.
+//! - [`xds`]: config from an xDS control plane (the ADS client; pushed resources → config).
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-descriptor statistics.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
 //!   generated protobuf code.
