@@ -197,14 +197,14 @@ fn edge(per_minute: u32) -> RateLimitConfig {
     }
 }
 
-/// Floodgate following the control plane at `port` as `node`, memory store.
-async fn floodgate(port: u16, node: &str, extra: &[&str]) -> (ChildGuard, Ports) {
+/// Floodgate following the control plane at `server` as `node`, memory store.
+async fn floodgate(server: &str, node: &str, extra: &[String]) -> (ChildGuard, Ports) {
     start_healthy(|ports| {
         let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
         command
             .arg("serve")
             .args(["--config-source", "xds"])
-            .args(["--xds-server", &format!("127.0.0.1:{port}")])
+            .args(["--xds-server", server])
             .args(["--xds-node-id", node])
             .args([
                 "--xds-backoff-initial",
@@ -247,7 +247,7 @@ async fn configs_pushed_replaced_refused_and_kept_across_reconnects() {
     plane.push("1", vec![edge(2)]);
     let port = plane.start().await;
     // Healthy only once the first config is in.
-    let (_child, ports) = floodgate(port, "test-node", &[]).await;
+    let (_child, ports) = floodgate(&format!("127.0.0.1:{port}"), "test-node", &[]).await;
 
     // The first config decides: two a minute.
     let mut grpc = client(&ports).await;
@@ -335,7 +335,8 @@ async fn a_node_the_control_plane_does_not_know_gets_nothing() {
     plane.push("1", vec![edge(2)]);
     let port = plane.start().await;
     // Started without a config, as Envoy Gateway starts the reference.
-    let (_child, ports) = floodgate(port, "stranger", &["--start-without-config"]).await;
+    let server = format!("127.0.0.1:{port}");
+    let (_child, ports) = floodgate(&server, "stranger", &["--start-without-config".into()]).await;
     wait_for("the stranger's subscription", PATIENCE, || async {
         plane
             .requests()
@@ -499,29 +500,9 @@ async fn the_server_is_verified_for_the_url_s_host_and_a_wrong_ca_gets_nothing()
             key.clone(),
         ]
     };
-    let start = |server: String, extra: Vec<String>| async move {
-        start_healthy(|ports| {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
-            command
-                .arg("serve")
-                .args(["--config-source", "xds", "--xds-node-id", "host-check"])
-                .args(["--xds-server", &server])
-                .args([
-                    "--xds-backoff-initial",
-                    "50ms",
-                    "--xds-backoff-max",
-                    "200ms",
-                ])
-                .args(["--grpc-addr", &format!("127.0.0.1:{}", ports.grpc)])
-                .args(["--http-addr", &format!("127.0.0.1:{}", ports.http)])
-                .args(&extra)
-                .env_remove("FLOODGATE_CONFIG");
-            command
-        })
-        .await
-    };
     // localhost:port: the certificate is checked for localhost, and passes.
-    let (_child, ports) = start(format!("localhost:{port}"), tls(ca_file.clone())).await;
+    let server = format!("localhost:{port}");
+    let (_child, ports) = floodgate(&server, "host-check", &tls(ca_file.clone())).await;
     assert_eq!(limit_for(&ports, "ann").await, Some(4));
 
     // A CA that did not sign the server's certificate: no connection, so no config.
@@ -531,7 +512,7 @@ async fn the_server_is_verified_for_the_url_s_host_and_a_wrong_ca_gets_nothing()
     let other_ca = write("other-ca.crt", &other.pem);
     let mut extra = tls(other_ca);
     extra.push("--start-without-config".to_owned());
-    let (_other, ports) = start(format!("localhost:{port}"), extra).await;
+    let (_other, ports) = floodgate(&server, "host-check", &extra).await;
     let mut grpc = client(&ports).await;
     let refused = grpc.should_rate_limit(ask("ann")).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
