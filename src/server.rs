@@ -198,9 +198,7 @@ impl ConfigHealth {
         match self {
             ConfigHealth::Any => true,
             ConfigHealth::Loaded => limiter.config_loaded(),
-            ConfigHealth::WithDomains => {
-                limiter.config_loaded() && !limiter.config().domain_names().is_empty()
-            }
+            ConfigHealth::WithDomains => limiter.config_loaded() && limiter.config().has_domains(),
         }
     }
 }

@@ -131,6 +131,11 @@ impl Config {
         out
     }
 
+    /// Whether any domain is configured.
+    pub fn has_domains(&self) -> bool {
+        !self.domains.is_empty()
+    }
+
     /// Names of the configured domains, sorted.
     pub fn domain_names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self.domains.keys().map(String::as_str).collect();

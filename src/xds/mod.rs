@@ -269,6 +269,11 @@ async fn handle(
         Err(e) => {
             tracing::error!(version = %response.version_info, error = %e, still_serving = %accepted, "xDS config refused (NACK); the running config stays");
             metrics::counter!(telemetry::XDS_UPDATES, "result" => "rejected").increment(1);
+            // A refused load, as a refused file reload counts.
+            metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "failure").increment(1);
+            if let Some(reference) = telemetry::reference::installed() {
+                reference.record_config_load(false);
+            }
             reply.error_detail = Some(Status {
                 // INVALID_ARGUMENT
                 code: 3,
