@@ -14,7 +14,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::limiter::Limiter;
 use crate::pb::{RateLimitRequest, rate_limit_response};
-use crate::rls::{RlsService, ServiceError};
+use crate::rls::RlsService;
 use crate::store::Store;
 
 /// Largest `/json` body accepted; far above any request the input caps allow through.
@@ -106,10 +106,7 @@ async fn json<S: Store>(State(state): State<Arc<HttpState<S>>>, body: Bytes) -> 
                 Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
             }
         }
-        Err(ServiceError::Request(e)) => error(StatusCode::BAD_REQUEST, &e.to_string()),
-        Err(e @ (ServiceError::Store(_) | ServiceError::NoConfig)) => {
-            error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-        }
+        Err(e) => error(e.http_status(), &e.to_string()),
     }
 }
 

@@ -21,6 +21,19 @@ pub enum ServiceError {
     NoConfig,
 }
 
+impl ServiceError {
+    /// The HTTP status that says the same as the gRPC one (for `/json`): 400 for a request to
+    /// fix, 503 for one to retry.
+    pub fn http_status(&self) -> http::StatusCode {
+        match self {
+            ServiceError::Request(_) => http::StatusCode::BAD_REQUEST,
+            ServiceError::Store(_) | ServiceError::NoConfig => {
+                http::StatusCode::SERVICE_UNAVAILABLE
+            }
+        }
+    }
+}
+
 impl From<ServiceError> for Status {
     fn from(error: ServiceError) -> Status {
         match error {

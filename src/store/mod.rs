@@ -159,6 +159,10 @@ pub enum StoreError {
     /// The circuit breaker is open after repeated failures: the store was not called.
     #[error("store circuit open after repeated failures")]
     CircuitOpen,
+    /// The store's settings cannot be used (a malformed URL, an unreadable certificate):
+    /// found when the store is built, at start-up, and never transient.
+    #[error("Redis settings: {0}")]
+    Settings(String),
 }
 
 impl StoreError {
@@ -169,6 +173,7 @@ impl StoreError {
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Protocol(_) => "protocol",
             StoreError::CircuitOpen => "circuit_open",
+            StoreError::Settings(_) => "settings",
         }
     }
 }

@@ -51,8 +51,7 @@ impl Backend {
         tls: &TlsFiles,
         timeout: Duration,
     ) -> Result<Backend, StoreError> {
-        let bad =
-            |e: RedisError| StoreError::Unavailable(format!("bad Redis Cluster settings: {e}"));
+        let bad = |e: RedisError| StoreError::Settings(format!("Redis Cluster: {e}"));
         let info = url.into_connection_info().map_err(bad)?;
         let settings = info.redis_settings();
         let scheme = if url.starts_with("rediss://") {

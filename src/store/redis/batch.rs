@@ -318,6 +318,7 @@ fn clone_error(e: &StoreError) -> StoreError {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Protocol(m) => StoreError::Protocol(m.clone()),
         StoreError::CircuitOpen => StoreError::CircuitOpen,
+        StoreError::Settings(m) => StoreError::Settings(m.clone()),
     }
 }
 

@@ -69,7 +69,7 @@ impl TlsFiles {
     pub fn load(&self) -> Result<TlsCertificates, StoreError> {
         let read = |path: &PathBuf| {
             std::fs::read(path)
-                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))
+                .map_err(|e| StoreError::Settings(format!("{}: {e}", path.display())))
         };
         let client_tls = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
@@ -78,7 +78,7 @@ impl TlsFiles {
             }),
             (None, None) => None,
             _ => {
-                return Err(StoreError::Unavailable(
+                return Err(StoreError::Settings(
                     "a Redis client certificate needs both --redis-tls-cert and --redis-tls-key"
                         .into(),
                 ));
@@ -152,7 +152,7 @@ impl Connector {
         topology: &Topology,
         tls: &TlsFiles,
     ) -> Result<Connector, StoreError> {
-        let bad = |e: RedisError| StoreError::Unavailable(format!("bad Redis settings: {e}"));
+        let bad = |e: RedisError| StoreError::Settings(e.to_string());
         match topology {
             Topology::Standalone | Topology::Cluster { .. } => {
                 let info = url
@@ -274,4 +274,31 @@ pub(crate) fn pool(connector: Connector, size: u32, timeout: Duration) -> bb8::P
         .test_on_check_out(false)
         .retry_connection(false)
         .build_unchecked(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unusable_settings_are_settings_errors_not_outages() {
+        let half = TlsFiles {
+            client_cert: Some(PathBuf::from("/etc/floodgate/cert.pem")),
+            ..TlsFiles::default()
+        };
+        let error = half.load().unwrap_err();
+        assert!(matches!(error, StoreError::Settings(_)), "{error:?}");
+        assert_eq!(error.kind(), "settings");
+        let missing = TlsFiles {
+            ca_cert: Some(PathBuf::from("/nonexistent/ca.pem")),
+            ..TlsFiles::default()
+        };
+        let error = missing.load().unwrap_err().to_string();
+        assert!(
+            error.starts_with("Redis settings: /nonexistent/ca.pem:"),
+            "{error}"
+        );
+        let bad_url = Connector::new("redis://[::1", &Topology::Standalone, &TlsFiles::default());
+        assert!(matches!(bad_url, Err(StoreError::Settings(_))));
+    }
 }
