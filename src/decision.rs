@@ -161,7 +161,7 @@ pub struct PlanContext<'a> {
 /// The checks a query needs, and how to read their results back per descriptor.
 #[derive(Debug)]
 pub struct Plan {
-    slots: Vec<Slot>,
+    slots: Vec<DescriptorPlan>,
     /// The counters to check, for the store.
     pub checks: Vec<Check>,
     /// The check of the address-block gate, when the request carries an address.
@@ -171,13 +171,6 @@ pub struct Plan {
     global_shadow: bool,
     /// Every descriptor with a limit (or none), but unlimited ones, is a quota.
     global_quota: bool,
-}
-
-impl Plan {
-    /// Why the request is denied before any counting, if it is.
-    pub fn denial(&self) -> Option<Denial> {
-        self.denial
-    }
 }
 
 /// What a matched descriptor is checked against.
@@ -212,8 +205,10 @@ impl<'a> Applying<'a> {
     }
 }
 
+/// What one descriptor of the request comes to: nothing to check, unlimited, refused for its
+/// API key, or a check (by its index in the plan's checks).
 #[derive(Debug)]
-enum Slot {
+enum DescriptorPlan {
     NoLimit,
     Unlimited,
     InvalidKey,
@@ -313,7 +308,11 @@ pub fn plan(
     let Some(domain) = config.domain(&query.domain) else {
         // An unknown domain limits nothing, as in the reference.
         return Plan {
-            slots: query.descriptors.iter().map(|_| Slot::NoLimit).collect(),
+            slots: query
+                .descriptors
+                .iter()
+                .map(|_| DescriptorPlan::NoLimit)
+                .collect(),
             checks: Vec::new(),
             gate: None,
             denial: None,
@@ -352,17 +351,17 @@ pub fn plan(
                 tiered: false,
             },
             (None, None, _) => {
-                slots.push(Slot::NoLimit);
+                slots.push(DescriptorPlan::NoLimit);
                 continue;
             }
             (None, Some(_), KeyResolution::Unknown) => {
-                slots.push(Slot::InvalidKey);
+                slots.push(DescriptorPlan::InvalidKey);
                 continue;
             }
             (None, Some(m), KeyResolution::Known(identity)) if m.rule.tiered => {
                 let Some(tier) = domain.tier(&identity.tier) else {
                     // The user's tier was removed from the config: the key grants nothing.
-                    slots.push(Slot::InvalidKey);
+                    slots.push(DescriptorPlan::InvalidKey);
                     continue;
                 };
                 // Counted per user: every key of a user shares this counter.
@@ -377,12 +376,12 @@ pub fn plan(
             // An unlimited rule stays unlimited even when named in a `replaces`, as in the
             // reference.
             (None, Some(m), _) if m.rule.limit.is_some() && is_replaced(m.rule.name.as_deref()) => {
-                slots.push(Slot::NoLimit);
+                slots.push(DescriptorPlan::NoLimit);
                 continue;
             }
             (None, Some(m), _) => {
                 let Some(limit) = m.rule.limit else {
-                    slots.push(Slot::Unlimited);
+                    slots.push(DescriptorPlan::Unlimited);
                     continue;
                 };
                 let metric_values = m.rule.detailed_metric || m.rule.value_to_metric;
@@ -412,7 +411,7 @@ pub fn plan(
         } = applied;
         let quota = quota || options.global_quota;
         let window_secs = limit.window_secs();
-        slots.push(Slot::Checked {
+        slots.push(DescriptorPlan::Checked {
             check: checks.len(),
             applied: AppliedLimit {
                 limit,
@@ -450,7 +449,7 @@ pub fn plan(
     // In the global quota mode a descriptor without a limit is a quota that never runs out
     // (the reference counts it as passed), so the request's quotas can never all be over:
     // none of their checks may deny.
-    if options.global_quota && slots.iter().any(|s| matches!(s, Slot::NoLimit)) {
+    if options.global_quota && slots.iter().any(|s| matches!(s, DescriptorPlan::NoLimit)) {
         for check in checks.iter_mut().filter(|c| c.quota) {
             check.shadow = true;
         }
@@ -488,13 +487,13 @@ pub fn decide(plan: Plan, applied: &Applied) -> Decision {
         .slots
         .into_iter()
         .map(|slot| match slot {
-            Slot::NoLimit => DescriptorStatus {
+            DescriptorPlan::NoLimit => DescriptorStatus {
                 quota: plan.global_quota,
                 ..DescriptorStatus::unchecked(Code::Ok, 0)
             },
-            Slot::Unlimited => DescriptorStatus::unchecked(Code::Ok, u32::MAX),
-            Slot::InvalidKey => DescriptorStatus::unchecked(Code::OverLimit, 0),
-            Slot::Checked {
+            DescriptorPlan::Unlimited => DescriptorStatus::unchecked(Code::Ok, u32::MAX),
+            DescriptorPlan::InvalidKey => DescriptorStatus::unchecked(Code::OverLimit, 0),
+            DescriptorPlan::Checked {
                 check,
                 applied: applied_limit,
                 shadow,

@@ -77,7 +77,7 @@ where
         InFlightCall {
             state: CallState::Admitted {
                 future: self.inner.call(request),
-                _slot: Slot(self.gauge.clone()),
+                _place: PlaceHeld(self.gauge.clone()),
             },
         }
     }
@@ -85,9 +85,9 @@ where
 
 /// Gives its place back when the call ends (or is dropped).
 #[derive(Debug)]
-struct Slot(Arc<InFlight>);
+struct PlaceHeld(Arc<InFlight>);
 
-impl Drop for Slot {
+impl Drop for PlaceHeld {
     fn drop(&mut self) {
         self.0.current.fetch_sub(1, Ordering::AcqRel);
     }
@@ -108,7 +108,7 @@ pin_project_lite::pin_project! {
         Admitted {
             #[pin]
             future: F,
-            _slot: Slot,
+            _place: PlaceHeld,
         },
     }
 }

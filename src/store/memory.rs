@@ -66,14 +66,15 @@ struct Shard {
     /// Keys boxed, not `String`: eight bytes less per slot, over a million slots. A table
     /// rather than a map so that a key is hashed once per check (that hash also picks the
     /// shard), not once per map operation.
-    counters: HashTable<(Box<str>, Slot)>,
+    counters: HashTable<(Box<str>, StoredCounter)>,
     capacity: usize,
     /// No counter expires before this instant, so sweeping earlier finds nothing.
     earliest_expiry_ms: u64,
 }
 
+/// A counter as the store keeps it: its cell and when it expires.
 #[derive(Debug, Clone, Copy)]
-struct Slot {
+struct StoredCounter {
     cell: Cell,
     expires_ms: u64,
 }
@@ -377,7 +378,7 @@ fn record(user_id: &str, entry: &UserEntry) -> UserRecord {
 
 impl Shard {
     /// The counter of `key` (whose hash is `hash`), expired or not.
-    fn get(&self, hash: u64, key: &str) -> Option<&Slot> {
+    fn get(&self, hash: u64, key: &str) -> Option<&StoredCounter> {
         self.counters
             .find(hash, |(k, _)| **k == *key)
             .map(|(_, slot)| slot)
@@ -393,15 +394,15 @@ impl Shard {
         expires_ms: u64,
         now: u64,
     ) {
-        let slot = Slot { cell, expires_ms };
+        let counter = StoredCounter { cell, expires_ms };
         if let Some((_, stored)) = self.counters.find_mut(hash, |(k, _)| **k == *key) {
-            *stored = slot;
+            *stored = counter;
         } else {
             if self.counters.len() >= self.capacity {
                 self.make_room(hasher, now);
             }
             self.counters
-                .insert_unique(hash, (Box::from(key), slot), |(k, _)| hasher.hash_one(k));
+                .insert_unique(hash, (Box::from(key), counter), |(k, _)| hasher.hash_one(k));
         }
         // Last: making room recomputes the earliest expiry of the counters it keeps.
         self.earliest_expiry_ms = self.earliest_expiry_ms.min(expires_ms);
