@@ -119,7 +119,8 @@ impl From<crate::store::StoreError> for Refusal {
 
 type Reply = Result<Response, Refusal>;
 
-/// Byte-for-byte equality whose time does not depend on where the inputs differ.
+/// Byte-for-byte equality whose time does not depend on where the inputs differ. Kept rather
+/// than `subtle`'s slice `ct_eq`, which returns at once when the lengths differ.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();
     for i in 0..a.len().max(b.len()) {

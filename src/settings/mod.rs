@@ -88,16 +88,13 @@ fn with_credentials(url: &str, username: Option<&str>, password: Option<&str>) -
     };
     // Drop credentials already in the URL; the separate settings win.
     let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
-    let encode = |s: &str| -> String {
-        s.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                    (b as char).to_string()
-                }
-                _ => format!("%{b:02X}"),
-            })
-            .collect()
-    };
+    // Everything but RFC 3986's unreserved characters.
+    const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let encode = |s: &str| percent_encoding::utf8_percent_encode(s, USERINFO).to_string();
     let user = username.map(encode).unwrap_or_default();
     let pass = password
         .map(|p| format!(":{}", encode(p)))

@@ -85,19 +85,7 @@ pub fn slot(key: &[u8]) -> u16 {
                 .map(|close| &rest[..close])
         })
         .unwrap_or(key);
-    crc16(tagged) % 16_384
-}
-
-fn crc16(bytes: &[u8]) -> u16 {
-    bytes.iter().fold(0u16, |crc, &b| {
-        (0..8).fold(crc ^ (u16::from(b) << 8), |crc, _| {
-            if crc & 0x8000 != 0 {
-                (crc << 1) ^ 0x1021
-            } else {
-                crc << 1
-            }
-        })
-    })
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16_384
 }
 
 /// 64-bit FNV-1a: a stable, dependency-free hash for hash tags and config versions.
@@ -137,7 +125,7 @@ mod tests {
         assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
         assert_eq!(
             slot(b"{}foo"),
-            crc16(b"{}foo") % 16_384,
+            crc16::State::<crc16::XMODEM>::calculate(b"{}foo") % 16_384,
             "an empty tag hashes the whole key"
         );
     }
