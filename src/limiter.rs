@@ -1,9 +1,10 @@
 //! The service core: the live config, a store, the cached shared state (health, API key
 //! owners), and the one `decide` that gRPC and HTTP share.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -77,7 +78,17 @@ pub struct Limiter<S> {
     stats: DescriptorStats,
     /// Store call latency.
     store_latency: Arc<LatencyHistogram>,
+    /// Addresses this replica blocked, by the instant their block ends: [`Limiter::observe`]
+    /// reports each unblock from its block's own expiry (no task waits per address).
+    blocks: std::sync::Mutex<BinaryHeap<Reverse<BlockEnd>>>,
 }
+
+/// When a block this replica set ends: (instant, domain, address).
+type BlockEnd = (u64, String, String);
+
+/// Blocks whose end is reported at most; past it (an attack from very many addresses) a block
+/// still binds but its end is not reported.
+const MAX_REPORTED_BLOCKS: usize = 100_000;
 
 impl<S> std::fmt::Debug for Limiter<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -105,6 +116,7 @@ impl<S: Store> Limiter<S> {
             breaker: CircuitBreaker::new(options.breaker),
             stats: DescriptorStats::new(options.near_limit_ratio),
             store_latency: LatencyHistogram::get(telemetry::STORE_DURATION, "op", "decide"),
+            blocks: std::sync::Mutex::default(),
             over_limit: (options.over_limit_cache > 0)
                 .then(|| TtlCache::new(options.over_limit_cache)),
             options,
@@ -175,6 +187,7 @@ impl<S: Store> Limiter<S> {
     /// Publishes the gauges (circuit, health state, caches, the store's own); called
     /// periodically.
     pub fn observe(&self) {
+        self.report_unblocks(self.clock.now_ms());
         metrics::gauge!(telemetry::CIRCUIT_STATE).set(self.breaker_state().gauge());
         let degraded = self.health_status() == HealthStatus::Degraded;
         metrics::gauge!(telemetry::HEALTH_STATE).set(if degraded { 1.0 } else { 0.0 });
@@ -414,22 +427,48 @@ impl<S: Store> Limiter<S> {
                             Some(address),
                         );
                         decision.retry_after_secs = Some(policy.block_for_secs);
-                        let (domain, address) = (domain.name().to_owned(), address.to_owned());
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_millis(block_ms)).await;
-                            crate::audit::security_event(
-                                "address_unblocked",
-                                &domain,
-                                &address,
-                                Some(&address),
-                            );
-                        });
+                        let ends = self.clock.now_ms() + block_ms;
+                        let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+                        if blocks.len() < MAX_REPORTED_BLOCKS {
+                            blocks.push(Reverse((
+                                ends,
+                                domain.name().to_owned(),
+                                address.to_owned(),
+                            )));
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "could not block an address"),
                 }
             }
             Err(e) => tracing::warn!(error = %e, "could not count an invalid API key"),
         }
+    }
+
+    /// Reports the end of every block this replica set that has ended by `now`.
+    fn report_unblocks(&self, now: u64) {
+        let mut ended = Vec::new();
+        {
+            let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+            while blocks
+                .peek()
+                .is_some_and(|Reverse((ends, _, _))| *ends <= now)
+            {
+                if let Some(Reverse(block)) = blocks.pop() {
+                    ended.push(block);
+                }
+            }
+        }
+        for (_, domain, address) in ended {
+            crate::audit::security_event("address_unblocked", &domain, &address, Some(&address));
+        }
+    }
+
+    /// Blocks set by this replica whose end is still to be reported.
+    pub fn blocks_pending(&self) -> usize {
+        self.blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
     }
 
     /// The health state in force now, as last read from the store (at most the cache TTL ago,
@@ -779,5 +818,43 @@ descriptors:
             codes(&limiter, &query(vec![heavy])).await.0,
             Code::OverLimit
         );
+    }
+
+    #[tokio::test]
+    async fn a_block_s_end_is_reported_from_its_expiry() {
+        let config = r#"
+domain: api
+tiers:
+  free: { unit: minute, base: 10, burst: 20, degraded: 2 }
+invalid_keys: { max_attempts: 1, window: 1m, block_for: 30s }
+descriptors:
+  - key: api_key
+    tiered: true
+"#;
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let limiter = Limiter::new(
+            Config::from_yaml(config).unwrap(),
+            MemoryStore::new(clock.clone(), 1000),
+            LimiterOptions::default(),
+            clock.clone(),
+        );
+        let q = RateLimitQuery {
+            domain: "api".into(),
+            descriptors: vec![
+                descriptor("remote_address", "192.0.2.9"),
+                descriptor("api_key", "made-up"),
+            ],
+        };
+        // One strike is allowed; the second blocks the address.
+        for _ in 0..2 {
+            let decision = limiter.decide(&q).await.unwrap();
+            assert_eq!(decision.overall, Code::OverLimit);
+        }
+        assert_eq!(limiter.blocks_pending(), 1);
+        limiter.observe();
+        assert_eq!(limiter.blocks_pending(), 1, "the block has not ended yet");
+        clock.advance(30_000);
+        limiter.observe();
+        assert_eq!(limiter.blocks_pending(), 0, "its end reported");
     }
 }
