@@ -522,16 +522,17 @@ impl<S: Store> Limiter<S> {
                     Err(RegistryError::Store(e)) => return Err(e),
                     // The user exists, or one of its keys does: add what is missing, one by one.
                     Err(_) => {
-                        let _ = self
-                            .store
-                            .create_user(
-                                name,
-                                &UserRecord {
-                                    api_keys: Vec::new(),
-                                    ..user.clone()
-                                },
-                            )
-                            .await;
+                        let bare = UserRecord {
+                            api_keys: Vec::new(),
+                            ..user.clone()
+                        };
+                        match self.store.create_user(name, &bare).await {
+                            Err(RegistryError::Store(e)) => return Err(e),
+                            Ok(()) | Err(RegistryError::UserExists(_)) => {}
+                            Err(e) => {
+                                tracing::warn!(domain = name, error = %e, "seeding a user")
+                            }
+                        }
                         for key in &user.api_keys {
                             match self.store.add_key(name, &user.user_id, key).await {
                                 Err(RegistryError::Store(e)) => return Err(e),
