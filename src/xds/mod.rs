@@ -185,17 +185,8 @@ async fn stream(
     }
     let node = node(options);
     let (requests, outgoing) = mpsc::channel::<DiscoveryRequest>(4);
-    // The subscription: every RateLimitConfig for this node (a wildcard), from the version
-    // already accepted.
-    let subscribe = DiscoveryRequest {
-        version_info: accepted.clone(),
-        node: Some(node.clone()),
-        resource_names: Vec::new(),
-        type_url: RATE_LIMIT_CONFIG_TYPE.to_owned(),
-        response_nonce: String::new(),
-        error_detail: None,
-    };
-    let _ = requests.send(subscribe).await;
+    // The subscription, from the version already accepted.
+    let _ = requests.send(discovery_request(&node, accepted, "")).await;
     let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
     for (name, value) in &options.headers {
         let name = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())
@@ -245,14 +236,7 @@ async fn handle(
     configs: &mpsc::Sender<Config>,
     accepted: &mut String,
 ) -> DiscoveryRequest {
-    let mut reply = DiscoveryRequest {
-        version_info: accepted.clone(),
-        node: Some(node.clone()),
-        resource_names: Vec::new(),
-        type_url: RATE_LIMIT_CONFIG_TYPE.to_owned(),
-        response_nonce: response.nonce.clone(),
-        error_detail: None,
-    };
+    let mut reply = discovery_request(node, accepted, &response.nonce);
     if response.type_url != RATE_LIMIT_CONFIG_TYPE {
         tracing::debug!(type_url = %response.type_url, "xDS response of another type ignored");
         return reply;
@@ -283,6 +267,19 @@ async fn handle(
         }
     }
     reply
+}
+
+/// A request for every RateLimitConfig (a wildcard: no names), saying the version held and the
+/// nonce answered (none for a subscription).
+fn discovery_request(node: &Node, version: &str, nonce: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        version_info: version.to_owned(),
+        node: Some(node.clone()),
+        resource_names: Vec::new(),
+        type_url: RATE_LIMIT_CONFIG_TYPE.to_owned(),
+        response_nonce: nonce.to_owned(),
+        error_detail: None,
+    }
 }
 
 /// The node we present: the id, the metadata as string values, and who we are.
