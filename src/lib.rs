@@ -18,6 +18,8 @@
 //! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin.
 //! - [`audit`]: one log line and one metric per admin change or security event;
 //!   [`cache`]: the bounded TTL cache for shared state read on the hot path.
+//! - [`service`]: `floodgate serve` assembled from the settings (config source, store, limiter,
+//!   listeners), the only reader of the command line besides [`settings`] itself.
 //! - [`server`]: runs both servers on given listeners until a shutdown future resolves;
 //!   [`overload`]: its lock-free limit on calls in flight; [`tls`]: gRPC TLS, its files
 //!   reloaded when they change.
@@ -43,6 +45,7 @@ pub mod pb;
 pub mod query;
 pub mod rls;
 pub mod server;
+pub mod service;
 pub mod settings;
 pub mod store;
 pub mod telemetry;

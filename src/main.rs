@@ -73,7 +73,7 @@ fn main() -> anyhow::Result<ExitCode> {
             runtime.block_on(async {
                 let reload = Arc::new(Notify::new());
                 tokio::spawn(reload_on_sighup(reload.clone()));
-                floodgate::server::serve(&settings, shutdown_signal(), reload).await
+                floodgate::service::serve(&settings, shutdown_signal(), reload).await
             })?;
             drop(telemetry);
             Ok(ExitCode::SUCCESS)
