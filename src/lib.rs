@@ -7,7 +7,8 @@
 //! - [`query`]: a request in the service's own terms.
 //! - [`algorithm`]: window arithmetic and the over-limit rule.
 //! - [`decision`]: a query → the checks it needs → a decision per descriptor.
-//! - [`store::key`]: collision-free counter keys.
+//! - [`store::key`]: collision-free counter keys; [`hash`]: the stable hash they and config
+//!   versions use.
 //! - [`health`]: the NORMAL/DEGRADED state that tiered limits follow.
 //!
 //! I/O at the edges:
@@ -36,6 +37,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod hash;
 pub mod health;
 pub mod http;
 pub mod limiter;

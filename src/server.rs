@@ -522,5 +522,5 @@ fn fingerprint(path: &std::path::Path, load: &LoadOptions) -> u64 {
             bytes.extend_from_slice(&content);
         }
     }
-    crate::store::key::fnv1a(&bytes)
+    crate::hash::fnv1a(&bytes)
 }

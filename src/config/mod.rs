@@ -99,7 +99,7 @@ impl Config {
                 })?;
             domains.insert(domain.name().to_owned(), domain);
         }
-        let version = format!("{:016x}", crate::store::key::fnv1a(&digest));
+        let version = format!("{:016x}", crate::hash::fnv1a(&digest));
         Ok(Config { domains, version })
     }
 

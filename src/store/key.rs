@@ -53,7 +53,11 @@ pub fn counter_key(
 pub fn registry_prefix(prefix: &str, domain: &str) -> String {
     let mut key = String::with_capacity(prefix.len() + domain.len() + 32);
     key.push_str(prefix);
-    let _ = write!(key, "reg{{{:016x}}}|", fnv1a(domain.as_bytes()));
+    let _ = write!(
+        key,
+        "reg{{{:016x}}}|",
+        crate::hash::fnv1a(domain.as_bytes())
+    );
     push_part(&mut key, domain);
     key.push('|');
     key
@@ -86,13 +90,6 @@ pub fn slot(key: &[u8]) -> u16 {
         })
         .unwrap_or(key);
     crc16::State::<crc16::XMODEM>::calculate(tagged) % 16_384
-}
-
-/// 64-bit FNV-1a: a stable, dependency-free hash for hash tags and config versions.
-pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &b| {
-        (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// `part` prefixed with its length, so that no two lists of parts make the same key. (itoa, not
