@@ -19,11 +19,9 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::audit;
-use crate::config::{Domain, mask_secret};
-use crate::health::{HealthRecord, HealthStatus};
+use crate::config::{Domain, TierMode, mask_secret};
 use crate::limiter::Limiter;
-use crate::query::Entry;
-use crate::store::{Check, RegistryError, Store, UserRecord, counter_key};
+use crate::store::{RegistryError, TierModeRecord, UserRecord};
 
 /// Header carrying the admin key.
 pub const ADMIN_KEY_HEADER: &str = "x-admin-key";
@@ -38,29 +36,23 @@ pub const PAGE_SIZE: (usize, usize) = (50, 500);
 
 /// What the admin handlers share.
 #[derive(Debug)]
-pub struct AdminState<S> {
-    /// The limiter whose store and caches the API changes.
-    pub limiter: Arc<Limiter<S>>,
+pub struct AdminState {
+    /// The limiter whose tiers (users, keys, the tier mode) the API reads and changes.
+    pub limiter: Arc<Limiter>,
     /// The admin key; `None` closes the API.
     pub admin_key: Option<String>,
 }
 
 /// The `/admin` routes.
-pub fn router<S: Store>(state: Arc<AdminState<S>>) -> Router {
+pub fn router(state: Arc<AdminState>) -> Router {
     Router::new()
-        .route("/admin/health", get(get_health::<S>).post(post_health::<S>))
-        .route("/admin/users", get(list_users::<S>).post(create_user::<S>))
-        .route("/admin/users/{user_id}", get(get_user::<S>))
-        .route("/admin/users/{user_id}/keys", post(add_key::<S>))
-        .route(
-            "/admin/users/{user_id}/keys/{api_key}",
-            delete(revoke_key::<S>),
-        )
-        .route("/admin/users/{user_id}/tier", put(set_tier::<S>))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            authenticate::<S>,
-        ))
+        .route("/admin/health", get(get_health).post(post_health))
+        .route("/admin/users", get(list_users).post(create_user))
+        .route("/admin/users/{user_id}", get(get_user))
+        .route("/admin/users/{user_id}/keys", post(add_key))
+        .route("/admin/users/{user_id}/keys/{api_key}", delete(revoke_key))
+        .route("/admin/users/{user_id}/tier", put(set_tier))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .with_state(state)
 }
 
@@ -131,8 +123,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-async fn authenticate<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn authenticate(
+    State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
@@ -172,16 +164,8 @@ fn actor(headers: &HeaderMap, peer: SocketAddr) -> (String, String) {
     (actor, peer.ip().to_string())
 }
 
-/// After a registry change: forgets cached key owners here (other replicas follow within the
-/// cache TTL) and writes the audit record.
-fn record_change<S: Store>(
-    state: &AdminState<S>,
-    headers: &HeaderMap,
-    peer: SocketAddr,
-    action: &'static str,
-    target: &str,
-) {
-    state.limiter.forget_identities();
+/// After a registry change: writes the audit record.
+fn record_change(headers: &HeaderMap, peer: SocketAddr, action: &'static str, target: &str) {
     let (actor, source) = actor(headers, peer);
     audit::admin_change(action, &actor, target, &source);
 }
@@ -328,21 +312,21 @@ fn check_tier(domain: &Domain, tier: &str) -> Result<(), Refusal> {
     Ok(())
 }
 
-async fn get_health<S: Store>(State(state): State<Arc<AdminState<S>>>) -> Reply {
+async fn get_health(State(state): State<Arc<AdminState>>) -> Reply {
     let limiter = &state.limiter;
-    let store = limiter.store().health().await;
-    let (record, store_status) = match store {
+    let tiers = limiter.tiers();
+    let (record, store_status) = match tiers.stored_mode().await {
         Ok(record) => (record.unwrap_or_default(), json!({ "reachable": true })),
         Err(e) => (
-            limiter.health_record(),
+            tiers.mode_record(),
             json!({ "reachable": false, "error": e.to_string() }),
         ),
     };
-    let now = limiter.now_ms();
+    let now = tiers.now_ms();
     let status = record.at(now);
     let ttl_seconds = record
         .expires_ms
-        .filter(|_| status == record.status)
+        .filter(|_| status == record.mode)
         .map(|expires| expires.saturating_sub(now).div_ceil(1000));
     let config = limiter.config();
     Ok(axum::Json(json!({
@@ -360,16 +344,16 @@ async fn get_health<S: Store>(State(state): State<Arc<AdminState<S>>>) -> Reply 
     .into_response())
 }
 
-async fn post_health<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn post_health(
+    State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Reply {
     let body = Body::parse(&bytes, &["status", "ttl_seconds", "updated_by", "reason"])?;
     let status = match body.str("status")?.to_ascii_uppercase().as_str() {
-        "NORMAL" => HealthStatus::Normal,
-        "DEGRADED" => HealthStatus::Degraded,
+        "NORMAL" => TierMode::Normal,
+        "DEGRADED" => TierMode::Degraded,
         other => {
             return Err(Refusal::bad(
                 "status",
@@ -389,21 +373,22 @@ async fn post_health<S: Store>(
     let (actor, source) = actor(&headers, peer);
     let updated_by = body.opt_str("updated_by")?.unwrap_or_else(|| actor.clone());
     let reason = body.opt_str("reason")?;
-    let now = state.limiter.now_ms();
-    let record = HealthRecord {
-        status,
+    let tiers = state.limiter.tiers();
+    let now = tiers.now_ms();
+    let record = TierModeRecord {
+        mode: status,
         since: now / 1000,
         expires_ms: ttl_seconds.map(|ttl| now + ttl * 1000),
         updated_by: Some(updated_by.clone()),
         reason,
     };
-    state.limiter.set_health(record).await?;
+    tiers.set_mode(record).await?;
     audit::admin_change("set_health", &updated_by, status.name(), &source);
     get_health(State(state)).await
 }
 
-async fn list_users<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn list_users(
+    State(state): State<Arc<AdminState>>,
     Query(params): Query<PageParams>,
 ) -> Reply {
     let config = state.limiter.config();
@@ -418,7 +403,7 @@ async fn list_users<S: Store>(
     let after = params.after.unwrap_or_default();
     let users = state
         .limiter
-        .store()
+        .tiers()
         .users(domain.name(), &after, limit)
         .await?;
     let next = (users.len() == limit)
@@ -430,8 +415,8 @@ async fn list_users<S: Store>(
     )
 }
 
-async fn get_user<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn get_user(
+    State(state): State<Arc<AdminState>>,
     Path(user_id): Path<String>,
     Query(params): Query<DomainParam>,
 ) -> Reply {
@@ -439,7 +424,7 @@ async fn get_user<S: Store>(
     let domain = tiered_domain(&config, params.domain.as_deref())?;
     let user = state
         .limiter
-        .store()
+        .tiers()
         .user(domain.name(), &user_id)
         .await?
         .ok_or_else(|| {
@@ -457,65 +442,29 @@ async fn get_user<S: Store>(
 }
 
 /// The user's counter under each top-level tiered descriptor, read without counting.
-async fn usage<S: Store>(
-    limiter: &Limiter<S>,
-    domain: &Domain,
-    user: &UserRecord,
-) -> Result<Value, Refusal> {
-    let Some(tier) = domain.tier(&user.tier) else {
+async fn usage(limiter: &Limiter, domain: &Domain, user: &UserRecord) -> Result<Value, Refusal> {
+    if domain.tier(&user.tier).is_none() {
         return Ok(Value::Null);
-    };
-    let limit = tier.limit(limiter.health_status());
-    let prefix = &limiter.options().plan.key_prefix;
+    }
     let mut usage = Map::new();
-    for (key, branch) in &domain.root().children {
-        let Some(node) = branch.any else { continue };
-        if !domain.node(node).rule.as_ref().is_some_and(|r| r.tiered) {
-            continue;
-        }
-        let entries = [Entry {
-            key: key.clone(),
-            value: format!("user:{}", user.user_id),
-        }];
-        let window_secs = limit.window_secs();
-        let check = Check {
-            key: counter_key(
-                prefix,
-                domain.name(),
-                &entries,
-                &[],
-                window_secs,
-                limit.algorithm,
-            ),
-            limit: u64::from(limit.requests_per_unit),
-            window_secs,
-            hits: 0,
-            shadow: true,
-            gate: false,
-            quota: false,
-            count_denied: false,
-            algorithm: limit.algorithm,
-        };
-        let applied = limiter.store().apply(std::slice::from_ref(&check)).await?;
-        let remaining = applied.counters.first().map_or(0, |c| c.remaining);
-        let reset_ms = applied.counters.first().map_or(0, |c| c.reset_ms);
+    for counter in limiter.tiers().usage(domain, user).await? {
         usage.insert(
-            key.clone(),
+            counter.key,
             json!({
-                "used": u64::from(limit.requests_per_unit).saturating_sub(remaining),
-                "limit": limit.requests_per_unit,
-                "remaining": remaining,
-                "unit": limit.unit.name(),
-                "reset_seconds": reset_ms.div_ceil(1000),
-                "health": limiter.health_status().name(),
+                "used": counter.used,
+                "limit": counter.limit,
+                "remaining": counter.remaining,
+                "unit": counter.unit.name(),
+                "reset_seconds": counter.reset_seconds,
+                "health": counter.mode.name(),
             }),
         );
     }
     Ok(Value::Object(usage))
 }
 
-async fn create_user<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn create_user(
+    State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(params): Query<DomainParam>,
     headers: HeaderMap,
@@ -540,10 +489,10 @@ async fn create_user<S: Store>(
     };
     state
         .limiter
-        .store()
+        .tiers()
         .create_user(domain.name(), &user)
         .await?;
-    record_change(&state, &headers, peer, "create_user", &user.user_id);
+    record_change(&headers, peer, "create_user", &user.user_id);
     Ok((
         StatusCode::CREATED,
         axum::Json(json!({
@@ -556,8 +505,8 @@ async fn create_user<S: Store>(
         .into_response())
 }
 
-async fn add_key<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn add_key(
+    State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(user_id): Path<String>,
     Query(params): Query<DomainParam>,
@@ -571,11 +520,10 @@ async fn add_key<S: Store>(
     let domain = tiered_domain(&config, params.domain.as_deref())?;
     state
         .limiter
-        .store()
+        .tiers()
         .add_key(domain.name(), &user_id, &api_key)
         .await?;
     record_change(
-        &state,
         &headers,
         peer,
         "add_api_key",
@@ -588,8 +536,8 @@ async fn add_key<S: Store>(
         .into_response())
 }
 
-async fn revoke_key<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn revoke_key(
+    State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((user_id, api_key)): Path<(String, String)>,
     Query(params): Query<DomainParam>,
@@ -601,12 +549,11 @@ async fn revoke_key<S: Store>(
     let domain = tiered_domain(&config, params.domain.as_deref())?;
     state
         .limiter
-        .store()
+        .tiers()
         .revoke_key(domain.name(), &user_id, &api_key)
         .await?;
     let masked = mask_secret(&api_key);
     record_change(
-        &state,
         &headers,
         peer,
         "revoke_api_key",
@@ -615,8 +562,8 @@ async fn revoke_key<S: Store>(
     Ok(axum::Json(json!({ "user_id": user_id, "revoked": masked })).into_response())
 }
 
-async fn set_tier<S: Store>(
-    State(state): State<Arc<AdminState<S>>>,
+async fn set_tier(
+    State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(user_id): Path<String>,
     Query(params): Query<DomainParam>,
@@ -631,16 +578,10 @@ async fn set_tier<S: Store>(
     check_tier(domain, &tier)?;
     state
         .limiter
-        .store()
+        .tiers()
         .set_tier(domain.name(), &user_id, &tier)
         .await?;
-    record_change(
-        &state,
-        &headers,
-        peer,
-        "set_tier",
-        &format!("{user_id} -> {tier}"),
-    );
+    record_change(&headers, peer, "set_tier", &format!("{user_id} -> {tier}"));
     Ok(axum::Json(json!({ "user_id": user_id, "tier": tier })).into_response())
 }
 

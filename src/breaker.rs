@@ -108,11 +108,17 @@ impl CircuitBreaker {
 
     /// May a call be made at `now_ms`?
     pub fn permit(&self, now_ms: u64) -> Permit {
+        self.permit_with(|| now_ms)
+    }
+
+    /// May a call be made now? `now_ms` is asked only while the circuit is open: a closed
+    /// circuit, every call's case, reads no clock.
+    pub fn permit_with(&self, now_ms: impl FnOnce() -> u64) -> Permit {
         let opened_at = self.opened_at.load(Ordering::Acquire);
         if opened_at == 0 {
             return Permit::Call;
         }
-        if now_ms < opened_at.saturating_add(self.settings.cooldown_ms) {
+        if now_ms() < opened_at.saturating_add(self.settings.cooldown_ms) {
             return Permit::Reject;
         }
         // Cool-down over: exactly one caller gets to probe.

@@ -1,19 +1,14 @@
 //! From a query to a decision, purely: which rule each descriptor matches (`match_query`),
-//! which checks the query needs given what the limiter resolved (`plan`), and what the store's
+//! which checks the query needs given what the tiers resolved (`plan`), and what the store's
 //! answer means for each descriptor and for the request (`decide`).
 
 use std::sync::Arc;
 
-use crate::config::{Config, Domain, Limit, Metadata};
-use crate::health::HealthStatus;
+use crate::config::{Domain, Limit, Metadata};
 use crate::matcher::{RuleMatch, find_rule};
-use crate::query::RateLimitQuery;
-use crate::store::key::state_key;
-use crate::store::{Applied, Check, Identity, counter_key};
-use crate::telemetry::MetricKey;
-
-/// The entry key whose value identifies the client's address (Envoy's remote_address action).
-pub const REMOTE_ADDRESS: &str = "remote_address";
+use crate::query::{DescriptorQuery, RateLimitQuery};
+use crate::store::{Check, Counted, counter_key};
+use crate::telemetry::{DescriptorOutcome, MetricKey};
 
 /// Outcome for a descriptor or a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,6 +101,28 @@ pub struct Decision {
     pub degraded: bool,
 }
 
+impl Decision {
+    /// The limited descriptors' outcomes, for the per-descriptor statistics.
+    pub fn outcomes(&self) -> impl Iterator<Item = DescriptorOutcome<'_>> {
+        self.statuses.iter().filter_map(|status| {
+            let limit = status.limit.as_ref()?;
+            Some(DescriptorOutcome {
+                metric_key: &limit.metric_key,
+                metric_values: limit.metric_values,
+                limit: limit.limit.requests_per_unit,
+                hits: status.hits,
+                over: status.over,
+                shadow: status.shadow,
+                remaining: status.remaining,
+                tier: limit
+                    .tiered
+                    .then(|| limit.name.as_deref().unwrap_or_default()),
+                denied: status.code == Code::OverLimit,
+            })
+        })
+    }
+}
+
 /// What to answer when the store cannot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailureMode {
@@ -138,30 +155,45 @@ pub fn fallback(descriptors: usize, mode: FailureMode) -> Option<Decision> {
     })
 }
 
-/// How the limiter resolved a tiered descriptor's API key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// How the tiers resolved a tiered descriptor's API key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum KeyResolution {
     /// The descriptor is not tiered.
+    #[default]
     NotTiered,
-    /// The key's owner.
-    Known(Identity),
-    /// Nobody owns the key.
+    /// The key's owner has a tier: what it grants.
+    Granted(TierGrant),
+    /// Nobody owns the key: the request is denied for it.
     Unknown,
+    /// The owner's tier is no longer in the config: the key grants nothing.
+    TierGone,
+}
+
+/// What a known API key grants: its owner's tier, the tier's limit in the current mode, and
+/// the owner's counter (every key of a user shares it; see [`crate::tiers`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TierGrant {
+    /// The tier's name, reported as the limit's name.
+    pub tier: String,
+    /// The tier's limit now.
+    pub limit: Limit,
+    /// The user's counter key.
+    pub key: String,
 }
 
 /// What the limiter knows beyond the config when it plans a query.
-#[derive(Debug, Clone, Copy)]
-pub struct PlanContext<'a> {
-    /// One resolution per descriptor.
-    pub keys: &'a [KeyResolution],
-    /// The health state in force.
-    pub health: HealthStatus,
+#[derive(Debug, Clone, Default)]
+pub struct PlanContext {
+    /// One resolution per descriptor, or none when no descriptor is tiered.
+    pub keys: Vec<KeyResolution>,
+    /// The flag key of the request's address block, for domains with API keys.
+    pub gate: Option<String>,
 }
 
 /// The checks a query needs, and how to read their results back per descriptor.
 #[derive(Debug)]
 pub struct Plan {
-    slots: Vec<DescriptorPlan>,
+    descriptors: Vec<DescriptorPlan>,
     /// The counters to check, for the store.
     pub checks: Vec<Check>,
     /// The check of the address-block gate, when the request carries an address.
@@ -173,32 +205,52 @@ pub struct Plan {
     global_quota: bool,
 }
 
-/// What a matched descriptor is checked against.
-struct Applying<'a> {
+/// The limit a descriptor is checked against, and how it is reported.
+struct DescriptorLimit<'a> {
     limit: Limit,
-    name: Option<&'a str>,
+    name: Option<String>,
     shadow: bool,
     quota: bool,
     count_denied: bool,
     metadata: Option<Arc<Metadata>>,
+    /// The counter: a key already made (a user's), or made here with these shared values.
+    key: Option<String>,
     shared: Vec<(usize, &'a str)>,
     metric_key: Arc<MetricKey>,
     metric_values: bool,
     tiered: bool,
 }
 
-impl<'a> Applying<'a> {
+impl<'a> DescriptorLimit<'a> {
     /// What the rule `rule` applies with `limit`.
-    fn rule(rule: &'a crate::config::Rule, limit: Limit) -> Applying<'a> {
-        Applying {
+    fn rule(rule: &'a crate::config::Rule, limit: Limit) -> DescriptorLimit<'a> {
+        DescriptorLimit {
             limit,
-            name: rule.name.as_deref(),
+            name: rule.name.clone(),
             shadow: rule.shadow_mode,
             quota: rule.quota_mode,
             count_denied: rule.count_denied_hits,
             metadata: rule.metadata.clone(),
+            key: None,
             shared: Vec::new(),
             metric_key: rule.metric_key.clone(),
+            metric_values: false,
+            tiered: false,
+        }
+    }
+
+    /// A limit Envoy sent with the descriptor: no rule, nothing but the limit.
+    fn sent(limit: Limit, descriptor: &DescriptorQuery) -> DescriptorLimit<'a> {
+        DescriptorLimit {
+            limit,
+            name: None,
+            shadow: false,
+            quota: false,
+            count_denied: false,
+            metadata: None,
+            key: None,
+            shared: Vec::new(),
+            metric_key: key_path(descriptor, false),
             metric_values: false,
             tiered: false,
         }
@@ -214,7 +266,7 @@ enum DescriptorPlan {
     InvalidKey,
     Checked {
         check: usize,
-        applied: AppliedLimit,
+        limit: AppliedLimit,
         shadow: bool,
         quota: bool,
     },
@@ -233,8 +285,15 @@ pub struct PlanOptions {
     pub count_denied_hits: bool,
 }
 
-/// The rule each descriptor of `query` matches in `domain` (overrides skip matching).
-pub fn match_query<'c>(domain: &'c Domain, query: &RateLimitQuery) -> Vec<Option<RuleMatch<'c>>> {
+/// The rule each descriptor of `query` matches in `domain` (overrides skip matching; an
+/// unknown domain matches nothing).
+pub fn match_query<'c>(
+    domain: Option<&'c Domain>,
+    query: &RateLimitQuery,
+) -> Vec<Option<RuleMatch<'c>>> {
+    let Some(domain) = domain else {
+        return Vec::new();
+    };
     query
         .descriptors
         .iter()
@@ -245,33 +304,9 @@ pub fn match_query<'c>(domain: &'c Domain, query: &RateLimitQuery) -> Vec<Option
         .collect()
 }
 
-/// The API key of each tiered descriptor (its last entry's value), by descriptor index.
-pub fn api_keys<'q>(
-    query: &'q RateLimitQuery,
-    matches: &[Option<RuleMatch<'_>>],
-) -> impl Iterator<Item = (usize, &'q str)> {
-    query
-        .descriptors
-        .iter()
-        .zip(matches.iter())
-        .enumerate()
-        .filter(|(_, (_, m))| m.as_ref().is_some_and(|m| m.rule.tiered))
-        .filter_map(|(i, (d, _))| d.entries.last().map(|e| (i, e.value.as_str())))
-}
-
-/// The first `remote_address` value in any descriptor of `query`.
-pub fn remote_address(query: &RateLimitQuery) -> Option<&str> {
-    query
-        .descriptors
-        .iter()
-        .flat_map(|d| &d.entries)
-        .find(|e| e.key == REMOTE_ADDRESS)
-        .map(|e| e.value.as_str())
-}
-
 /// A metric label from a descriptor's entries: the keys joined with '.', or with `values`,
 /// `key_value` levels (bounded later by the metrics' cardinality cap).
-fn key_path(descriptor: &crate::query::DescriptorQuery, values: bool) -> Arc<MetricKey> {
+fn key_path(descriptor: &DescriptorQuery, values: bool) -> Arc<MetricKey> {
     let mut path = String::new();
     for (i, entry) in descriptor.entries.iter().enumerate() {
         if i > 0 {
@@ -286,267 +321,259 @@ fn key_path(descriptor: &crate::query::DescriptorQuery, values: bool) -> Arc<Met
     Arc::new(MetricKey::new(path))
 }
 
-/// Key of the flag that blocks `address` in `domain`.
-pub fn block_key(prefix: &str, domain: &str, address: &str) -> String {
-    state_key(prefix, "block", domain, address)
-}
-
-/// Key of the counter of invalid API keys sent from `address` in `domain`.
-pub fn strike_key(prefix: &str, domain: &str, address: &str) -> String {
-    state_key(prefix, "strike", domain, address)
-}
-
-/// Lists the checks `query` needs, given its matches in `config` and the limiter's context.
+/// Lists the checks `query` needs, given its matches in `domain` and the limiter's context.
+/// An unknown domain (`None`) limits nothing, as in the reference.
 pub fn plan(
-    config: &Config,
+    domain: Option<&Domain>,
     query: &RateLimitQuery,
     matches: &[Option<RuleMatch<'_>>],
-    context: PlanContext<'_>,
+    mut context: PlanContext,
     options: &PlanOptions,
 ) -> Plan {
-    let global_shadow = options.global_shadow;
-    let Some(domain) = config.domain(&query.domain) else {
-        // An unknown domain limits nothing, as in the reference.
-        return Plan {
-            slots: query
-                .descriptors
-                .iter()
-                .map(|_| DescriptorPlan::NoLimit)
-                .collect(),
-            checks: Vec::new(),
-            gate: None,
-            denial: None,
-            global_shadow,
-            global_quota: options.global_quota,
-        };
+    let denial = context
+        .keys
+        .contains(&KeyResolution::Unknown)
+        .then_some(Denial::InvalidApiKey);
+    let mut plan = Plan {
+        descriptors: Vec::with_capacity(query.descriptors.len()),
+        checks: Vec::with_capacity(query.descriptors.len() + 1),
+        gate: None,
+        denial,
+        global_shadow: options.global_shadow,
+        global_quota: options.global_quota,
     };
-    // A matched rule's `replaces` removes the named limits from this request.
-    let is_replaced = |name: Option<&str>| {
-        name.is_some_and(|name| {
-            matches
-                .iter()
-                .flatten()
-                .any(|m| m.rule.replaces.iter().any(|r| r == name))
-        })
-    };
-    let invalid_key = context.keys.contains(&KeyResolution::Unknown);
-    let denial = invalid_key.then_some(Denial::InvalidApiKey);
+    if domain.is_none() {
+        plan.descriptors
+            .resize_with(query.descriptors.len(), || DescriptorPlan::NoLimit);
+        return plan;
+    }
+    for (i, descriptor) in query.descriptors.iter().enumerate() {
+        let resolution = context.keys.get_mut(i).map(std::mem::take);
+        let matched = matches.get(i).and_then(Option::as_ref);
+        match descriptor_limit(descriptor, matched, resolution.unwrap_or_default(), matches) {
+            Ok(limit) => plan.add_check(limit, descriptor, &query.domain, options),
+            Err(outcome) => plan.descriptors.push(outcome),
+        }
+    }
+    plan.quotas_never_all_over();
+    if let Some(gate) = context.gate {
+        plan.checks.push(Check::gate(gate));
+        plan.gate = Some(plan.checks.len() - 1);
+    }
+    plan
+}
 
-    let mut slots = Vec::with_capacity(query.descriptors.len());
-    let mut checks = Vec::with_capacity(query.descriptors.len() + 1);
-    for (i, (descriptor, matched)) in query.descriptors.iter().zip(matches).enumerate() {
-        let resolution = context.keys.get(i).unwrap_or(&KeyResolution::NotTiered);
-        let user_value;
-        let applied = match (descriptor.limit_override, matched, resolution) {
-            (Some(limit), _, _) => Applying {
-                limit,
-                name: None,
-                shadow: false,
-                quota: false,
-                count_denied: false,
-                metadata: None,
-                shared: Vec::new(),
-                metric_key: key_path(descriptor, false),
-                metric_values: false,
-                tiered: false,
-            },
-            (None, None, _) => {
-                slots.push(DescriptorPlan::NoLimit);
-                continue;
-            }
-            (None, Some(_), KeyResolution::Unknown) => {
-                slots.push(DescriptorPlan::InvalidKey);
-                continue;
-            }
-            (None, Some(m), KeyResolution::Known(identity)) if m.rule.tiered => {
-                let Some(tier) = domain.tier(&identity.tier) else {
-                    // The user's tier was removed from the config: the key grants nothing.
-                    slots.push(DescriptorPlan::InvalidKey);
-                    continue;
-                };
-                // Counted per user: every key of a user shares this counter.
-                user_value = format!("user:{}", identity.user_id);
-                Applying {
-                    name: Some(tier.name.as_str()),
-                    shared: vec![(descriptor.entries.len() - 1, user_value.as_str())],
-                    tiered: true,
-                    ..Applying::rule(m.rule, tier.limit(context.health))
-                }
-            }
-            // An unlimited rule stays unlimited even when named in a `replaces`, as in the
-            // reference.
-            (None, Some(m), _) if m.rule.limit.is_some() && is_replaced(m.rule.name.as_deref()) => {
-                slots.push(DescriptorPlan::NoLimit);
-                continue;
-            }
-            (None, Some(m), _) => {
-                let Some(limit) = m.rule.limit else {
-                    slots.push(DescriptorPlan::Unlimited);
-                    continue;
-                };
-                let metric_values = m.rule.detailed_metric || m.rule.value_to_metric;
-                Applying {
-                    shared: m.shared_values.clone(),
-                    metric_key: if metric_values {
-                        key_path(descriptor, true)
-                    } else {
-                        m.rule.metric_key.clone()
-                    },
-                    metric_values,
-                    ..Applying::rule(m.rule, limit)
-                }
-            }
-        };
-        let Applying {
-            limit,
-            name,
-            shadow,
-            quota,
-            count_denied,
-            metadata,
-            shared,
-            metric_key,
-            metric_values,
-            tiered,
-        } = applied;
-        let quota = quota || options.global_quota;
-        let window_secs = limit.window_secs();
-        slots.push(DescriptorPlan::Checked {
-            check: checks.len(),
-            applied: AppliedLimit {
-                limit,
-                name: name.map(str::to_owned),
-                metric_values,
-                metric_key,
-                tiered,
-                metadata,
-            },
-            shadow,
-            quota,
-        });
-        checks.push(Check {
-            key: counter_key(
+/// The limit `descriptor` is checked against, or what it comes to without a check.
+fn descriptor_limit<'a>(
+    descriptor: &DescriptorQuery,
+    matched: Option<&RuleMatch<'a>>,
+    resolution: KeyResolution,
+    matches: &[Option<RuleMatch<'_>>],
+) -> Result<DescriptorLimit<'a>, DescriptorPlan> {
+    if let Some(limit) = descriptor.limit_override {
+        return Ok(DescriptorLimit::sent(limit, descriptor));
+    }
+    let Some(m) = matched else {
+        return Err(DescriptorPlan::NoLimit);
+    };
+    match resolution {
+        KeyResolution::Unknown | KeyResolution::TierGone => Err(DescriptorPlan::InvalidKey),
+        KeyResolution::Granted(grant) if m.rule.tiered => Ok(DescriptorLimit {
+            name: Some(grant.tier),
+            key: Some(grant.key),
+            tiered: true,
+            ..DescriptorLimit::rule(m.rule, grant.limit)
+        }),
+        _ => rule_limit(descriptor, m, matches),
+    }
+}
+
+/// The limit of a matched, untiered rule: none when another matched rule `replaces` it (an
+/// unlimited rule stays unlimited even then, as in the reference).
+fn rule_limit<'a>(
+    descriptor: &DescriptorQuery,
+    m: &RuleMatch<'a>,
+    matches: &[Option<RuleMatch<'_>>],
+) -> Result<DescriptorLimit<'a>, DescriptorPlan> {
+    let Some(limit) = m.rule.limit else {
+        return Err(DescriptorPlan::Unlimited);
+    };
+    let replaced = m.rule.name.as_deref().is_some_and(|name| {
+        matches
+            .iter()
+            .flatten()
+            .any(|other| other.rule.replaces.iter().any(|r| r == name))
+    });
+    if replaced {
+        return Err(DescriptorPlan::NoLimit);
+    }
+    let metric_values = m.rule.detailed_metric || m.rule.value_to_metric;
+    Ok(DescriptorLimit {
+        shared: m.shared_values.clone(),
+        metric_key: if metric_values {
+            key_path(descriptor, true)
+        } else {
+            m.rule.metric_key.clone()
+        },
+        metric_values,
+        ..DescriptorLimit::rule(m.rule, limit)
+    })
+}
+
+impl Plan {
+    /// Adds the check of one descriptor's `limit`.
+    fn add_check(
+        &mut self,
+        limit: DescriptorLimit<'_>,
+        descriptor: &DescriptorQuery,
+        domain: &str,
+        options: &PlanOptions,
+    ) {
+        let quota = limit.quota || options.global_quota;
+        let window_secs = limit.limit.window_secs();
+        let key = limit.key.unwrap_or_else(|| {
+            counter_key(
                 &options.key_prefix,
-                &query.domain,
+                domain,
                 &descriptor.entries,
-                &shared,
+                &limit.shared,
                 window_secs,
-                limit.algorithm,
-            ),
-            limit: u64::from(limit.requests_per_unit),
+                limit.limit.algorithm,
+            )
+        });
+        self.checks.push(Check {
+            key,
+            limit: u64::from(limit.limit.requests_per_unit),
             window_secs,
             // A request already denied for its key only looks at its counters.
-            hits: if denial.is_some() { 0 } else { descriptor.hits },
-            shadow: shadow || global_shadow,
+            hits: if self.denial.is_some() {
+                0
+            } else {
+                descriptor.hits
+            },
+            shadow: limit.shadow || self.global_shadow,
             gate: false,
             quota,
             // A quota is debited after the fact (look with 0 hits, then report what was used):
             // its hits count even when the request is denied, or it would never run out.
-            count_denied: count_denied || quota || options.count_denied_hits,
-            algorithm: limit.algorithm,
+            count_denied: limit.count_denied || quota || options.count_denied_hits,
+            algorithm: limit.limit.algorithm,
+        });
+        self.descriptors.push(DescriptorPlan::Checked {
+            check: self.checks.len() - 1,
+            limit: AppliedLimit {
+                limit: limit.limit,
+                name: limit.name,
+                metric_values: limit.metric_values,
+                metric_key: limit.metric_key,
+                tiered: limit.tiered,
+                metadata: limit.metadata,
+            },
+            shadow: limit.shadow,
+            quota,
         });
     }
-    // In the global quota mode a descriptor without a limit is a quota that never runs out
-    // (the reference counts it as passed), so the request's quotas can never all be over:
-    // none of their checks may deny.
-    if options.global_quota && slots.iter().any(|s| matches!(s, DescriptorPlan::NoLimit)) {
-        for check in checks.iter_mut().filter(|c| c.quota) {
-            check.shadow = true;
+
+    /// In the global quota mode a descriptor without a limit is a quota that never runs out
+    /// (the reference counts it as passed), so the request's quotas can never all be over:
+    /// none of their checks may deny.
+    fn quotas_never_all_over(&mut self) {
+        let unlimited_quota = self
+            .descriptors
+            .iter()
+            .any(|d| matches!(d, DescriptorPlan::NoLimit));
+        if self.global_quota && unlimited_quota {
+            for check in self.checks.iter_mut().filter(|c| c.quota) {
+                check.shadow = true;
+            }
         }
-    }
-    // In domains with API keys, an address blocked for invalid keys is denied outright.
-    let gate = match remote_address(query) {
-        Some(address) if domain.has_tiered() => {
-            checks.push(Check::gate(block_key(
-                &options.key_prefix,
-                &query.domain,
-                address,
-            )));
-            Some(checks.len() - 1)
-        }
-        _ => None,
-    };
-    Plan {
-        slots,
-        checks,
-        gate,
-        denial,
-        global_shadow,
-        global_quota: options.global_quota,
     }
 }
 
-/// Reads the store's answer for `plan` into a decision; `applied` holds one counter per check
+/// One descriptor's status from its plan and the store's answer.
+fn status(
+    descriptor: DescriptorPlan,
+    checks: &[Check],
+    counted: &Counted,
+    global_quota: bool,
+) -> DescriptorStatus {
+    match descriptor {
+        DescriptorPlan::NoLimit => DescriptorStatus {
+            quota: global_quota,
+            ..DescriptorStatus::unchecked(Code::Ok, 0)
+        },
+        DescriptorPlan::Unlimited => DescriptorStatus::unchecked(Code::Ok, u32::MAX),
+        DescriptorPlan::InvalidKey => DescriptorStatus::unchecked(Code::OverLimit, 0),
+        DescriptorPlan::Checked {
+            check,
+            limit,
+            shadow,
+            quota,
+        } => {
+            let counter = counted.counters[check];
+            DescriptorStatus {
+                code: if counter.over && !shadow {
+                    Code::OverLimit
+                } else {
+                    Code::Ok
+                },
+                limit: Some(limit),
+                remaining: if counter.over {
+                    0
+                } else {
+                    u32::try_from(counter.remaining).unwrap_or(u32::MAX)
+                },
+                reset_ms: Some(counter.reset_ms),
+                hits: checks[check].hits,
+                shadow,
+                quota,
+                over: counter.over,
+            }
+        }
+    }
+}
+
+/// Reads the store's answer for `plan` into a decision; `counted` holds one counter per check
 /// of the plan (the caller checks the store kept to that).
 ///
 /// The request is OVER_LIMIT, as in the reference, when a descriptor that is not a quota is
 /// over its limit, or when it has quotas and every one of them is over; global shadow mode
 /// turns that into OK, a [`Denial`] into OVER_LIMIT whatever the counters say.
-pub fn decide(plan: Plan, applied: &Applied) -> Decision {
-    let statuses: Vec<DescriptorStatus> = plan
-        .slots
+pub fn decide(plan: Plan, counted: &Counted) -> Decision {
+    let Plan {
+        descriptors,
+        checks,
+        gate,
+        mut denial,
+        global_shadow,
+        global_quota,
+    } = plan;
+    let statuses: Vec<DescriptorStatus> = descriptors
         .into_iter()
-        .map(|slot| match slot {
-            DescriptorPlan::NoLimit => DescriptorStatus {
-                quota: plan.global_quota,
-                ..DescriptorStatus::unchecked(Code::Ok, 0)
-            },
-            DescriptorPlan::Unlimited => DescriptorStatus::unchecked(Code::Ok, u32::MAX),
-            DescriptorPlan::InvalidKey => DescriptorStatus::unchecked(Code::OverLimit, 0),
-            DescriptorPlan::Checked {
-                check,
-                applied: applied_limit,
-                shadow,
-                quota,
-            } => {
-                let counter = applied.counters[check];
-                DescriptorStatus {
-                    code: if counter.over && !shadow {
-                        Code::OverLimit
-                    } else {
-                        Code::Ok
-                    },
-                    limit: Some(applied_limit),
-                    remaining: if counter.over {
-                        0
-                    } else {
-                        u32::try_from(counter.remaining).unwrap_or(u32::MAX)
-                    },
-                    reset_ms: Some(counter.reset_ms),
-                    hits: plan.checks[check].hits,
-                    shadow,
-                    quota,
-                    over: counter.over,
-                }
-            }
-        })
+        .map(|d| status(d, &checks, counted, global_quota))
         .collect();
     let passed = crate::store::passes(
         statuses
             .iter()
             .map(|s| (s.quota, s.code == Code::OverLimit)),
     );
-    let mut overall = if passed || plan.global_shadow {
-        Code::Ok
-    } else {
-        Code::OverLimit
-    };
     let mut retry_after_ms = statuses
         .iter()
         .filter(|s| s.code == Code::OverLimit)
         .filter_map(|s| s.reset_ms)
         .max()
         .unwrap_or(0);
-    let mut denial = plan.denial;
-    if let Some(gate) = plan.gate
-        && applied.counters[gate].over
+    if let Some(gate) = gate
+        && counted.counters[gate].over
     {
         denial = Some(Denial::AddressBlocked);
-        retry_after_ms = retry_after_ms.max(applied.counters[gate].reset_ms);
+        retry_after_ms = retry_after_ms.max(counted.counters[gate].reset_ms);
     }
-    if denial.is_some() {
-        overall = Code::OverLimit;
-    }
+    let overall = if denial.is_some() || !(passed || global_shadow) {
+        Code::OverLimit
+    } else {
+        Code::Ok
+    };
     Decision {
         overall,
         statuses,

@@ -15,48 +15,47 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::limiter::Limiter;
 use crate::pb::{RateLimitRequest, rate_limit_response};
 use crate::rls::RlsService;
-use crate::store::Store;
 
 /// Largest `/json` body accepted; far above any request the input caps allow through.
 pub const MAX_JSON_BODY: usize = 1 << 20;
 
 /// What the HTTP handlers share.
 #[derive(Debug)]
-pub struct HttpState<S> {
+pub struct HttpState {
     /// The RLS service, for `/json`.
-    pub rls: RlsService<S>,
+    pub rls: RlsService,
     /// The limiter, for health checks of its store.
-    pub limiter: Arc<Limiter<S>>,
+    pub limiter: Arc<Limiter>,
     /// False once shutdown has begun.
     pub serving: Arc<AtomicBool>,
     /// Renders /metrics.
     pub metrics: PrometheusHandle,
     /// What health needs of the config.
-    pub config_health: crate::server::ConfigHealth,
+    pub config_health: crate::health::ConfigHealth,
 }
 
 /// The HTTP routes.
-pub fn router<S: Store>(state: Arc<HttpState<S>>) -> Router {
+pub fn router(state: Arc<HttpState>) -> Router {
     Router::new()
-        .route("/healthcheck", get(healthcheck::<S>))
-        .route("/readyz", get(healthcheck::<S>))
+        .route("/healthcheck", get(healthcheck))
+        .route("/readyz", get(healthcheck))
         .route("/livez", get(livez))
-        .route("/metrics", get(metrics::<S>))
-        .route("/json", post(json::<S>))
+        .route("/metrics", get(metrics))
+        .route("/json", post(json))
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
         .with_state(state)
 }
 
 /// 200 `OK` while serving and the store answers (and, when asked, a config with a domain is
 /// loaded); 500 otherwise, with the reason.
-async fn healthcheck<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
+async fn healthcheck(State(state): State<Arc<HttpState>>) -> Response {
     if !state.serving.load(Ordering::Acquire) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "shutting down\n").into_response();
     }
     if !state.config_health.holds(&state.limiter) {
         return (StatusCode::INTERNAL_SERVER_ERROR, "no config loaded\n").into_response();
     }
-    match state.limiter.store().ping().await {
+    match state.limiter.ping().await {
         Ok(()) => (StatusCode::OK, "OK\n").into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
@@ -68,7 +67,7 @@ async fn livez() -> &'static str {
 }
 
 /// The Prometheus text exposition of every metric.
-async fn metrics<S: Store>(State(state): State<Arc<HttpState<S>>>) -> Response {
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
     metrics_text(&state.metrics)
 }
 
@@ -82,7 +81,7 @@ fn metrics_text(handle: &PrometheusHandle) -> Response {
 
 /// A RateLimitRequest as proto3 JSON in; the response as JSON out, with 200 for OK, 429 for
 /// OVER_LIMIT, 400 for a bad request and 503 when the store cannot answer.
-async fn json<S: Store>(State(state): State<Arc<HttpState<S>>>, body: Bytes) -> Response {
+async fn json(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
     let request: RateLimitRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -125,7 +124,7 @@ pub fn metrics_router(handle: PrometheusHandle, path: &str) -> Router {
 /// The debug endpoints (`--debug-addr`, the reference's DEBUG_PORT): `/rlconfig`, the loaded
 /// limits as text; `/stats`, the metrics (where the reference prints its counters); and `/`
 /// listing them.
-pub fn debug_router<S: Store>(limiter: Arc<Limiter<S>>, metrics: PrometheusHandle) -> Router {
+pub fn debug_router(limiter: Arc<Limiter>, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route(
             "/",

@@ -2,21 +2,27 @@
 //!
 //! # Layout
 //! Pure logic, no I/O:
-//! - [`config`]: the YAML domains (envoyproxy/ratelimit's format), validated and compiled.
+//! - [`config`]: the YAML domains (envoyproxy/ratelimit's format), validated and compiled, and
+//!   the tiers' plans with the [`config::TierMode`] that picks their limits.
 //! - [`matcher`]: a request descriptor's entries → the configured rule.
 //! - [`query`]: a request in the service's own terms.
 //! - [`algorithm`]: window arithmetic and the over-limit rule.
-//! - [`decision`]: a query → the checks it needs → a decision per descriptor.
+//! - [`decision`]: a query → the checks it needs (`plan`) → a decision per descriptor
+//!   (`decide`).
 //! - [`store::key`]: collision-free counter keys; [`hash`]: the stable hash they and config
-//!   versions use.
-//! - [`health`]: the NORMAL/DEGRADED state that tiered limits follow.
+//!   versions use; [`breaker`]: the circuit breaker's state machine.
 //!
 //! I/O at the edges:
-//! - [`store`]: the `Store` trait with the in-memory and Redis stores.
-//! - [`limiter`]: config + store; the one `decide` that gRPC and HTTP share, behind the
-//!   [`breaker`] and the failure mode.
+//! - [`store`]: three traits by job (counters, shared state, the user registry), the memory and
+//!   Redis stores, [`store::Backend`] (the one the process runs on), and the wrappers around
+//!   the counters ([`store::Guarded`]: the circuit breaker; [`store::OverLimitCache`]).
+//! - [`tiers`]: API keys → users → tier limits, the tier mode, invalid-key strikes and blocks,
+//!   and every write to the user registry.
+//! - [`limiter`]: the decision pipeline (match → resolve keys → plan → apply → decide) over the
+//!   live config; gRPC and HTTP share it.
 //! - [`rls`]: the gRPC service (wire request → query, decision → wire response, errors → Status).
-//! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin.
+//! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin; [`health`]: what
+//!   both health checks ask of the config.
 //! - [`audit`]: one log line and one metric per admin change or security event;
 //!   [`cache`]: the bounded TTL cache for shared state read on the hot path.
 //! - [`service`]: `floodgate serve` assembled from the settings (config source, store, limiter,
@@ -28,6 +34,8 @@
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-descriptor statistics.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
 //!   generated protobuf code.
+//!
+//! Modules depend downward only: no import cycles (`tests/layout.rs` keeps it so).
 
 pub mod admin;
 pub mod algorithm;
@@ -51,5 +59,6 @@ pub mod service;
 pub mod settings;
 pub mod store;
 pub mod telemetry;
+pub mod tiers;
 pub mod tls;
 pub mod xds;

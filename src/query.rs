@@ -32,3 +32,17 @@ pub struct RateLimitQuery {
     /// The descriptors, in request order.
     pub descriptors: Vec<DescriptorQuery>,
 }
+
+/// The entry key whose value identifies the client's address (Envoy's remote_address action).
+pub const REMOTE_ADDRESS: &str = "remote_address";
+
+impl RateLimitQuery {
+    /// The first `remote_address` value in any descriptor.
+    pub fn remote_address(&self) -> Option<&str> {
+        self.descriptors
+            .iter()
+            .flat_map(|d| &d.entries)
+            .find(|e| e.key == REMOTE_ADDRESS)
+            .map(|e| e.value.as_str())
+    }
+}

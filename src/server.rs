@@ -21,12 +21,13 @@ use tonic_health::server::HealthReporter;
 
 use crate::admin::{self, AdminState};
 use crate::config::{Config, ConfigError, LoadOptions};
+use crate::health::ConfigHealth;
 use crate::http::{self, HttpState};
 use crate::limiter::Limiter;
 use crate::overload::InFlightLimitLayer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::telemetry;
 pub use crate::tls::GrpcTls;
 use crate::tls::{ServerTls, TlsError};
@@ -175,34 +176,10 @@ pub struct ServerOptions {
     pub config_health: ConfigHealth,
 }
 
-/// What the health checks need of the config, besides the store answering.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum ConfigHealth {
-    /// Nothing: healthy with or without a config.
-    #[default]
-    Any,
-    /// A config loaded (from xDS: the first one pushed).
-    Loaded,
-    /// A config with at least one domain loaded (the reference's
-    /// HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED).
-    WithDomains,
-}
-
-impl ConfigHealth {
-    /// Whether `limiter`'s config is as this asks.
-    pub fn holds<S: Store>(self, limiter: &Limiter<S>) -> bool {
-        match self {
-            ConfigHealth::Any => true,
-            ConfigHealth::Loaded => limiter.config_loaded(),
-            ConfigHealth::WithDomains => limiter.config_loaded() && limiter.config().has_domains(),
-        }
-    }
-}
-
 /// Serves `limiter` on `listeners` until `shutdown` resolves; then reports NOT_SERVING, stops
 /// accepting, lets in-flight calls finish (within the grace period) and returns.
-pub async fn run<S: Store>(
-    limiter: Arc<Limiter<S>>,
+pub async fn run(
+    limiter: Arc<Limiter>,
     options: ServerOptions,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
@@ -384,8 +361,8 @@ async fn set_health(reporter: &HealthReporter, status: ServingStatus) {
 /// Every half cache TTL: re-reads the shared health state (so no replica's view is older than
 /// the TTL), seeds the config's API keys until that has worked once, reports gRPC health
 /// (SERVING only while the store answers) and publishes the gauges.
-async fn keep_fresh<S: Store>(
-    limiter: Arc<Limiter<S>>,
+async fn keep_fresh(
+    limiter: Arc<Limiter>,
     reporter: HealthReporter,
     serving: Arc<AtomicBool>,
     config_health: ConfigHealth,
@@ -395,10 +372,10 @@ async fn keep_fresh<S: Store>(
     let mut seeded = false;
     let mut last = None;
     loop {
-        let store_ok = limiter.store().ping().await.is_ok();
+        let store_ok = limiter.ping().await.is_ok();
         if store_ok {
-            if let Err(e) = limiter.refresh_health().await {
-                tracing::debug!(error = %e, "could not refresh the health state");
+            if let Err(e) = limiter.tiers().refresh_mode().await {
+                tracing::debug!(error = %e, "could not refresh the tier mode");
             }
             if !seeded {
                 match limiter.seed_registry().await {
@@ -427,11 +404,7 @@ async fn keep_fresh<S: Store>(
 }
 
 /// Installs every config `source` hands on, until `stop`.
-async fn follow_config<S: Store>(
-    limiter: Arc<Limiter<S>>,
-    source: ConfigSource,
-    stop: CancellationToken,
-) {
+async fn follow_config(limiter: Arc<Limiter>, source: ConfigSource, stop: CancellationToken) {
     let (configs, mut incoming) = tokio::sync::mpsc::channel::<Config>(1);
     let producer = match source {
         ConfigSource::Files(files) => tokio::spawn(watch_files(
@@ -495,7 +468,7 @@ async fn watch_files(
 }
 
 /// Puts a new valid config in force for every request from now on.
-async fn install<S: Store>(limiter: &Limiter<S>, config: Config) {
+async fn install(limiter: &Limiter, config: Config) {
     tracing::info!(domains = ?config.domain_names(), version = config.version(), "config reloaded");
     limiter.replace_config(config);
     metrics::counter!(telemetry::CONFIG_RELOADS, "result" => "success").increment(1);

@@ -10,17 +10,18 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::decision::PlanOptions;
+use crate::health::ConfigHealth;
 use crate::limiter::{Limiter, LimiterOptions};
 use crate::rls::response::{LimitHeaderNames, ResponseOptions};
 use crate::server::{
-    ConfigHealth, ConfigSource, FileSource, GrpcListener, Listeners, ServerError, ServerOptions,
+    ConfigSource, FileSource, GrpcListener, Listeners, ServerError, ServerOptions,
     record_config_load, run,
 };
 use crate::settings::{ConfigSourceKind, ServeSettings, StoreKind};
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{Backend, MemoryStore, RedisStore};
 use crate::telemetry;
 
 /// Loads the config, builds the store, binds the addresses and runs until `shutdown` resolves;
@@ -38,20 +39,16 @@ pub async fn serve(
     }
     let options = server_options(settings, config_source);
     let limiter_options = limiter_options(settings);
-    let clock = Arc::new(SystemClock);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, tls = options.grpc_tls.is_some(), "serving");
-    match settings.store {
+    let store = match settings.store {
         StoreKind::Memory => {
-            let store = MemoryStore::new(clock.clone(), settings.memory_max_keys);
-            let limiter = Arc::new(limiter(config, store, limiter_options, clock));
-            run(limiter, options, listeners, shutdown).await
+            Backend::Memory(MemoryStore::new(clock.clone(), settings.memory_max_keys))
         }
-        StoreKind::Redis => {
-            let store = redis_store(settings)?;
-            let limiter = Arc::new(limiter(config, store, limiter_options, clock));
-            run(limiter, options, listeners, shutdown).await
-        }
-    }
+        StoreKind::Redis => Backend::Redis(redis_store(settings)?),
+    };
+    let limiter = Arc::new(limiter(config, store, limiter_options, clock));
+    run(limiter, options, listeners, shutdown).await
 }
 
 /// The config to start with (none: from xDS, or files that do not load and
@@ -183,12 +180,12 @@ fn redis_store(settings: &ServeSettings) -> Result<RedisStore, ServerError> {
 }
 
 /// A limiter with `config`, or awaiting one.
-fn limiter<S: Store>(
+fn limiter(
     config: Option<Config>,
-    store: S,
+    store: Backend,
     options: LimiterOptions,
-    clock: Arc<SystemClock>,
-) -> Limiter<S> {
+    clock: Arc<dyn Clock>,
+) -> Limiter {
     match config {
         Some(config) => Limiter::new(config, store, options, clock),
         None => Limiter::awaiting_config(store, options, clock),

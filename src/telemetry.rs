@@ -21,8 +21,6 @@ use arc_swap::ArcSwap;
 use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use crate::decision::{AppliedLimit, Code, Decision, DescriptorStatus};
-
 mod latency;
 pub mod reference;
 
@@ -63,8 +61,8 @@ pub const LOCAL_CACHE_HITS: &str = "floodgate_local_cache_hits_total";
 pub const LOCAL_CACHE_ENTRIES: &str = "floodgate_local_cache_entries";
 /// Circuit breaker state: 0 closed, 1 open, 2 half-open.
 pub const CIRCUIT_STATE: &str = "floodgate_circuit_state";
-/// Health state: 0 NORMAL, 1 DEGRADED.
-pub const HEALTH_STATE: &str = "floodgate_health_state";
+/// Tier mode (the admin API's health state): 0 NORMAL, 1 DEGRADED.
+pub const TIER_MODE: &str = "floodgate_health_state";
 /// Config reloads (label `result`: success, failure).
 pub const CONFIG_RELOADS: &str = "floodgate_config_reloads_total";
 /// Security events (label `event`).
@@ -287,7 +285,31 @@ fn with_pair<R>(domain: &str, key: &str, f: impl FnOnce(&str) -> R) -> R {
     })
 }
 
-/// Records the per-descriptor statistics of one decision.
+/// One limited descriptor's outcome, as the per-descriptor statistics count it (made from a
+/// decision by [`crate::decision::Decision::outcomes`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DescriptorOutcome<'a> {
+    /// The rule's metric key.
+    pub metric_key: &'a Arc<MetricKey>,
+    /// The key holds request values (so its cardinality is capped).
+    pub metric_values: bool,
+    /// Requests allowed per window.
+    pub limit: u32,
+    /// Hits the descriptor asked for.
+    pub hits: u64,
+    /// The counter went over its limit.
+    pub over: bool,
+    /// The rule is in shadow mode.
+    pub shadow: bool,
+    /// Requests left in the window.
+    pub remaining: u32,
+    /// The tier, for a limit a tier granted.
+    pub tier: Option<&'a str>,
+    /// The descriptor's code is OVER_LIMIT.
+    pub denied: bool,
+}
+
+/// Records the per-descriptor statistics of each decision.
 #[derive(Debug)]
 pub struct DescriptorStats {
     /// A descriptor within the limit is "near" once it has used this share of it.
@@ -311,60 +333,47 @@ impl DescriptorStats {
         }
     }
 
-    /// Counts `decision`'s descriptors for `domain`.
-    pub fn record(&self, domain: &str, decision: &Decision) {
-        for status in &decision.statuses {
-            let Some(applied) = &status.limit else {
-                continue;
-            };
+    /// Counts a decision's limited descriptors for `domain`.
+    pub fn record<'a>(&self, domain: &str, outcomes: impl Iterator<Item = DescriptorOutcome<'a>>) {
+        for outcome in outcomes {
             // A rule's key remembers its counters (a key with request values is new every time,
             // and must go through the label cap).
-            let remembered = &applied.metric_key.counters;
-            if !applied.metric_values
+            let remembered = &outcome.metric_key.counters;
+            if !outcome.metric_values
                 && let Some(counters) = remembered.get()
             {
-                self.count(counters, domain, status, applied);
+                self.count(counters, domain, &outcome);
                 continue;
             }
-            let counters = self.counters(domain, applied.metric_key.label(), applied.metric_values);
-            self.count(&counters, domain, status, applied);
-            if !applied.metric_values {
+            let key = outcome.metric_key.label();
+            let counters = self.counters(domain, key, outcome.metric_values);
+            self.count(&counters, domain, &outcome);
+            if !outcome.metric_values {
                 let _ = remembered.set(counters);
             }
         }
     }
 
     /// Counts one descriptor's hits on its counters.
-    fn count(
-        &self,
-        counters: &DescriptorCounters,
-        domain: &str,
-        status: &DescriptorStatus,
-        applied: &AppliedLimit,
-    ) {
-        let hits = status.hits;
+    fn count(&self, counters: &DescriptorCounters, domain: &str, outcome: &DescriptorOutcome<'_>) {
+        let hits = outcome.hits;
         counters.add(Stat::Total, hits);
-        let limit = u64::from(applied.limit.requests_per_unit);
-        if status.over {
+        let limit = u64::from(outcome.limit);
+        if outcome.over {
             counters.add(Stat::Over, hits);
-            if status.shadow {
+            if outcome.shadow {
                 counters.add(Stat::Shadow, hits);
             }
         } else {
-            let used = limit.saturating_sub(u64::from(status.remaining));
+            let used = limit.saturating_sub(u64::from(outcome.remaining));
             if limit > 0 && used as f64 >= self.near_limit_ratio * limit as f64 {
                 counters.add(Stat::Near, hits);
             }
             counters.add(Stat::Within, hits);
         }
-        if applied.tiered {
-            let code = if status.code == Code::OverLimit {
-                "over_limit"
-            } else {
-                "ok"
-            };
-            let tier = applied.name.clone().unwrap_or_default();
-            metrics::counter!(TIER_DECISIONS, "domain" => domain.to_owned(), "tier" => tier, "code" => code).increment(1);
+        if let Some(tier) = outcome.tier {
+            let code = if outcome.denied { "over_limit" } else { "ok" };
+            metrics::counter!(TIER_DECISIONS, "domain" => domain.to_owned(), "tier" => tier.to_owned(), "code" => code).increment(1);
         }
     }
 
@@ -460,42 +469,25 @@ mod tests {
         assert_eq!(key_of(&stats, "another_rule", false), "another_rule");
     }
 
-    fn decision_on(key: &Arc<MetricKey>, values: bool) -> Decision {
-        Decision {
-            overall: Code::Ok,
-            statuses: vec![DescriptorStatus {
-                code: Code::Ok,
-                limit: Some(AppliedLimit {
-                    limit: crate::config::Limit {
-                        requests_per_unit: 10,
-                        unit: crate::config::Unit::Minute,
-                        unit_multiplier: 1,
-                        algorithm: crate::algorithm::Algorithm::FixedWindow,
-                    },
-                    name: None,
-                    metric_key: key.clone(),
-                    tiered: false,
-                    metric_values: values,
-                    metadata: None,
-                }),
-                remaining: 9,
-                reset_ms: Some(1000),
-                hits: 1,
-                shadow: false,
-                quota: false,
-                over: false,
-            }],
-            denial: None,
-            retry_after_secs: None,
-            degraded: false,
-        }
+    fn outcome_on(key: &Arc<MetricKey>, values: bool) -> std::iter::Once<DescriptorOutcome<'_>> {
+        std::iter::once(DescriptorOutcome {
+            metric_key: key,
+            metric_values: values,
+            limit: 10,
+            hits: 1,
+            over: false,
+            shadow: false,
+            remaining: 9,
+            tier: None,
+            denied: false,
+        })
     }
 
     #[test]
     fn a_rule_key_remembers_its_counters_and_a_value_key_does_not() {
         let stats = DescriptorStats::new(0.8);
         let rule = Arc::new(MetricKey::new("path"));
-        stats.record("d", &decision_on(&rule, false));
+        stats.record("d", outcome_on(&rule, false));
         let remembered = rule
             .counters
             .get()
@@ -503,11 +495,11 @@ mod tests {
         assert!(Arc::ptr_eq(remembered, &stats.counters("d", "path", false)));
         // After a reload the new rule's key finds the same counters (the same series).
         let reloaded = Arc::new(MetricKey::new("path"));
-        stats.record("d", &decision_on(&reloaded, false));
+        stats.record("d", outcome_on(&reloaded, false));
         assert!(Arc::ptr_eq(remembered, reloaded.counters.get().unwrap()));
         // Request values go through the label cap every time.
         let values = Arc::new(MetricKey::new("ip_1"));
-        stats.record("d", &decision_on(&values, true));
+        stats.record("d", outcome_on(&values, true));
         assert!(values.counters.get().is_none());
     }
 }

@@ -13,7 +13,7 @@ use floodgate::limiter::LimiterOptions;
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::server::ServerOptions;
 use floodgate::store::redis::RedisOptions;
-use floodgate::store::{RedisStore, Store};
+use floodgate::store::{CounterStore, RedisStore};
 use support::http::http;
 use support::{PATIENCE, RedisServer, TestServer, free_port, request, signal, wait_for};
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::server::ServerOptions;
 use floodgate::store::redis::RedisOptions;
-use floodgate::store::{Check, RedisStore, Store};
+use floodgate::store::{Check, CounterStore, RedisStore};
 use redis::Commands;
 use support::http::http;
 use support::{RedisServer, TestServer, free_port, request};
@@ -197,7 +197,8 @@ async fn the_local_cache_keeps_redis_flat_under_attack() {
             &format!("fg{cache}:"),
         ))
         .unwrap();
-        let (server, limiter) = TestServer::with_limiter(
+        let pipeline = store.pipeline_stats();
+        let (server, _limiter) = TestServer::with_limiter(
             CONFIG,
             store,
             limiter_options(cache),
@@ -209,7 +210,7 @@ async fn the_local_cache_keeps_redis_flat_under_attack() {
         for _ in 0..5 {
             client.should_rate_limit(req.clone()).await.unwrap();
         }
-        let (_, before) = limiter.store().pipeline_stats();
+        let (_, before) = pipeline.counts();
         for _ in 0..50 {
             let response = client
                 .should_rate_limit(req.clone())
@@ -220,7 +221,7 @@ async fn the_local_cache_keeps_redis_flat_under_attack() {
             assert_eq!(response.statuses[0].code(), Code::OverLimit);
             assert!(response.statuses[0].duration_until_reset.is_some());
         }
-        let (_, after) = limiter.store().pipeline_stats();
+        let (_, after) = pipeline.counts();
         assert_eq!(
             after - before,
             attack_calls_reaching_redis,
@@ -261,7 +262,7 @@ async fn concurrent_decisions_share_round_trips() {
         .apply(&[daily("rt:warm".into(), 1000, 1)])
         .await
         .unwrap();
-    let (trips_before, calls_before) = store.pipeline_stats();
+    let (trips_before, calls_before) = store.pipeline_stats().counts();
     let calls: Vec<_> = (0..256)
         .map(|i| {
             let store = store.clone();
@@ -274,7 +275,7 @@ async fn concurrent_decisions_share_round_trips() {
     for call in calls {
         assert!(call.await.unwrap());
     }
-    let (round_trips, script_calls) = store.pipeline_stats();
+    let (round_trips, script_calls) = store.pipeline_stats().counts();
     let (round_trips, script_calls) = (round_trips - trips_before, script_calls - calls_before);
     eprintln!("256 decisions in {script_calls} script calls and {round_trips} round trips");
     assert!(

@@ -14,7 +14,7 @@ use floodgate::pb::rate_limit_response::Code;
 use floodgate::server::ServerOptions;
 use floodgate::store::key::slot;
 use floodgate::store::redis::{RedisOptions, TlsFiles, Topology};
-use floodgate::store::{RedisStore, Store};
+use floodgate::store::{CounterStore, RedisStore};
 use support::topology::{ClusterTopology, SENTINEL_MASTER_NAME, SentinelTopology, TlsRedis};
 use support::{TestServer, request};
 
@@ -264,7 +264,7 @@ async fn cluster_decides_across_slots() {
         keys_per_node(&cluster)
     );
     // Registry and health state work on a cluster too.
-    limiter.store().ping().await.unwrap();
+    limiter.ping().await.unwrap();
 }
 
 #[tokio::test]
@@ -367,7 +367,7 @@ async fn reports_and_quotas_hold(store: &RedisStore, keys: [&str; 6]) {
         quota: true,
         ..daily(key, limit, hits)
     };
-    let remaining = |applied: &floodgate::store::Applied| -> Vec<u64> {
+    let remaining = |applied: &floodgate::store::Counted| -> Vec<u64> {
         applied.counters.iter().map(|c| c.remaining).collect()
     };
     let denied = [

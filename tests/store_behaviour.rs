@@ -10,7 +10,7 @@ use std::time::Duration;
 use floodgate::algorithm::Algorithm;
 use floodgate::clock::ManualClock;
 use floodgate::store::redis::RedisOptions;
-use floodgate::store::{Check, MemoryStore, RedisStore, Store};
+use floodgate::store::{Check, CounterStore, MemoryStore, RedisStore, SharedState};
 use support::RedisServer;
 
 const MINUTE: u64 = 60_000;
@@ -30,7 +30,7 @@ fn with(algorithm: Algorithm, c: Check) -> Check {
 }
 
 /// (admitted, remaining per check).
-async fn run(store: &impl Store, checks: &[Check]) -> (bool, Vec<u64>) {
+async fn run(store: &(impl CounterStore + SharedState), checks: &[Check]) -> (bool, Vec<u64>) {
     let applied = store.apply(checks).await.unwrap();
     (
         applied.admitted,
@@ -38,7 +38,7 @@ async fn run(store: &impl Store, checks: &[Check]) -> (bool, Vec<u64>) {
     )
 }
 
-async fn admitted(store: &impl Store, c: &Check, tries: usize) -> usize {
+async fn admitted(store: &(impl CounterStore + SharedState), c: &Check, tries: usize) -> usize {
     let mut n = 0;
     for _ in 0..tries {
         if store.apply(std::slice::from_ref(c)).await.unwrap().admitted {
@@ -48,7 +48,7 @@ async fn admitted(store: &impl Store, c: &Check, tries: usize) -> usize {
     n
 }
 
-async fn counts_then_denies(store: &impl Store, _: &ManualClock) {
+async fn counts_then_denies(store: &(impl CounterStore + SharedState), _: &ManualClock) {
     assert_eq!(run(store, &[check("a", 2, 1)]).await, (true, vec![1]));
     assert_eq!(run(store, &[check("a", 2, 1)]).await, (true, vec![0]));
     assert_eq!(run(store, &[check("a", 2, 1)]).await, (false, vec![0]));
@@ -59,7 +59,7 @@ async fn counts_then_denies(store: &impl Store, _: &ManualClock) {
     );
 }
 
-async fn all_or_nothing(store: &impl Store, _: &ManualClock) {
+async fn all_or_nothing(store: &(impl CounterStore + SharedState), _: &ManualClock) {
     let denied = [check("b", 5, 1), check("c", 0, 1)];
     assert_eq!(run(store, &denied).await, (false, vec![5, 0]));
     assert_eq!(
@@ -69,7 +69,7 @@ async fn all_or_nothing(store: &impl Store, _: &ManualClock) {
     );
 }
 
-async fn shadow_never_denies(store: &impl Store, _: &ManualClock) {
+async fn shadow_never_denies(store: &(impl CounterStore + SharedState), _: &ManualClock) {
     let shadow = Check {
         shadow: true,
         ..check("d", 0, 1)
@@ -95,7 +95,7 @@ async fn shadow_never_denies(store: &impl Store, _: &ManualClock) {
     );
 }
 
-async fn same_key_twice(store: &impl Store, _: &ManualClock) {
+async fn same_key_twice(store: &(impl CounterStore + SharedState), _: &ManualClock) {
     assert_eq!(
         run(store, &[check("f", 3, 1), check("f", 3, 2)]).await,
         (true, vec![2, 0])
@@ -103,7 +103,7 @@ async fn same_key_twice(store: &impl Store, _: &ManualClock) {
     assert_eq!(run(store, &[check("f", 3, 1)]).await, (false, vec![0]));
 }
 
-async fn gates(store: &impl Store, clock: &ManualClock) {
+async fn gates(store: &(impl CounterStore + SharedState), clock: &ManualClock) {
     let gate = Check::gate("flag".into());
     assert!(
         store
@@ -127,7 +127,7 @@ async fn gates(store: &impl Store, clock: &ManualClock) {
     assert!(store.apply(&[gate]).await.unwrap().admitted, "flag expired");
 }
 
-async fn fixed_window_edges(store: &impl Store, clock: &ManualClock) {
+async fn fixed_window_edges(store: &(impl CounterStore + SharedState), clock: &ManualClock) {
     clock.set(T0 + MINUTE - 1);
     let c = check("fw", 10, 1);
     assert_eq!(admitted(store, &c, 15).await, 10);
@@ -152,7 +152,7 @@ async fn fixed_window_edges(store: &impl Store, clock: &ManualClock) {
     );
 }
 
-async fn sliding_window_edges(store: &impl Store, clock: &ManualClock) {
+async fn sliding_window_edges(store: &(impl CounterStore + SharedState), clock: &ManualClock) {
     let c = with(Algorithm::SlidingWindow, check("sw", 10, 1));
     clock.set(T0 + MINUTE - 1);
     assert_eq!(admitted(store, &c, 15).await, 10);
@@ -170,7 +170,7 @@ async fn sliding_window_edges(store: &impl Store, clock: &ManualClock) {
     assert_eq!(admitted(store, &c, 15).await, 10);
 }
 
-async fn token_bucket_edges(store: &impl Store, clock: &ManualClock) {
+async fn token_bucket_edges(store: &(impl CounterStore + SharedState), clock: &ManualClock) {
     let c = with(Algorithm::TokenBucket { burst: 5 }, check("tb", 60, 1));
     clock.set(T0 + 123);
     assert_eq!(admitted(store, &c, 10).await, 5, "a burst of 5");
@@ -198,7 +198,10 @@ fn metered(c: Check) -> Check {
 /// For every algorithm: a usage report past the limit is counted, so every later check is
 /// over until the window moves on (the bucket until its debt is paid); a plain check beside
 /// it in the denied request still counts nothing.
-async fn denied_hits_count_where_asked(store: &impl Store, clock: &ManualClock) {
+async fn denied_hits_count_where_asked(
+    store: &(impl CounterStore + SharedState),
+    clock: &ManualClock,
+) {
     clock.set(T0 + 1_000);
     for algorithm in [
         Algorithm::FixedWindow,
@@ -249,7 +252,7 @@ async fn denied_hits_count_where_asked(store: &impl Store, clock: &ManualClock) 
 }
 
 /// A bucket counted far past its limit owes one window, not its whole report.
-async fn bucket_debt_is_bounded(store: &impl Store, clock: &ManualClock) {
+async fn bucket_debt_is_bounded(store: &(impl CounterStore + SharedState), clock: &ManualClock) {
     clock.set(T0 + 500);
     let bucket = |hits| {
         metered(with(
@@ -268,7 +271,7 @@ async fn bucket_debt_is_bounded(store: &impl Store, clock: &ManualClock) {
 
 /// Quotas deny only together; an admitted request counts every check, the quota over its
 /// limit included; a plain check over its limit denies whatever the quotas say.
-async fn quotas_deny_only_together(store: &impl Store, _: &ManualClock) {
+async fn quotas_deny_only_together(store: &(impl CounterStore + SharedState), _: &ManualClock) {
     let quota = |key: &str, limit, hits| Check {
         quota: true,
         ..check(key, limit, hits)

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 pub use compile::{Domain, KeyBranch, Node, NodeId};
 pub use error::{ConfigError, Problem};
 pub use glob::glob_match;
-pub use rule::{InvalidKeys, Limit, Metadata, Rule, SeedKey, Tier, Unit, mask_secret};
+pub use rule::{InvalidKeys, Limit, Metadata, Rule, SeedKey, Tier, TierMode, Unit, mask_secret};
 
 /// Every loaded domain, immutable once built; a reload builds a new one and swaps it in whole.
 #[derive(Debug, Default)]
@@ -494,9 +494,8 @@ mod tests {
         let domain = config.domain("api").unwrap();
         assert!(domain.has_tiered());
         let free = domain.tier("free").unwrap();
-        use crate::health::HealthStatus;
-        assert_eq!(free.limit(HealthStatus::Normal).requests_per_unit, 20);
-        assert_eq!(free.limit(HealthStatus::Degraded).requests_per_unit, 2);
+        assert_eq!(free.limit(TierMode::Normal).requests_per_unit, 20);
+        assert_eq!(free.limit(TierMode::Degraded).requests_per_unit, 2);
         assert_eq!(domain.seed_keys().len(), 3);
         assert_eq!(domain.invalid_keys().block_for_secs, 300);
     }

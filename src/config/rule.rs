@@ -154,13 +154,35 @@ pub struct Tier {
 }
 
 impl Tier {
-    /// The limit that applies in `status`.
-    pub fn limit(&self, status: crate::health::HealthStatus) -> Limit {
-        let requests_per_unit = match status {
-            crate::health::HealthStatus::Normal => self.burst,
-            crate::health::HealthStatus::Degraded => self.degraded,
+    /// The limit that applies in `mode`.
+    pub fn limit(&self, mode: TierMode) -> Limit {
+        let requests_per_unit = match mode {
+            TierMode::Normal => self.burst,
+            TierMode::Degraded => self.degraded,
         };
         Limit::per(requests_per_unit, self.unit)
+    }
+}
+
+/// Which of its limits every tier applies: set service-wide through the admin API (which
+/// calls it the health state), so operators can shed load from all plans at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TierMode {
+    /// The service copes: tiers get their burst limits.
+    #[default]
+    Normal,
+    /// The service is under stress: tiers fall back to their degraded limits.
+    Degraded,
+}
+
+impl TierMode {
+    /// The name used in the admin API, logs and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TierMode::Normal => "NORMAL",
+            TierMode::Degraded => "DEGRADED",
+        }
     }
 }
 

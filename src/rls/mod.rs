@@ -12,7 +12,6 @@ use tonic::{Request, Response, Status};
 use crate::limiter::Limiter;
 use crate::pb::rate_limit_service_server::RateLimitService;
 use crate::pb::{RateLimitRequest, RateLimitResponse};
-use crate::store::Store;
 use crate::telemetry::{RequestMetrics, RequestResult};
 
 pub use error::ServiceError;
@@ -20,33 +19,22 @@ pub use request::InputLimits;
 pub use response::ResponseOptions;
 
 /// `envoy.service.ratelimit.v3.RateLimitService` over a [`Limiter`].
-#[derive(Debug)]
-pub struct RlsService<S> {
-    limiter: Arc<Limiter<S>>,
+#[derive(Debug, Clone)]
+pub struct RlsService {
+    limiter: Arc<Limiter>,
     input_limits: InputLimits,
     response_options: ResponseOptions,
     metrics: RequestMetrics,
 }
 
-impl<S> Clone for RlsService<S> {
-    fn clone(&self) -> Self {
-        RlsService {
-            limiter: self.limiter.clone(),
-            input_limits: self.input_limits,
-            response_options: self.response_options.clone(),
-            metrics: self.metrics.clone(),
-        }
-    }
-}
-
-impl<S: Store> RlsService<S> {
+impl RlsService {
     /// A service deciding with `limiter`. Its metrics go to the recorder installed by then
     /// ([`crate::telemetry::prometheus`]).
     pub fn new(
-        limiter: Arc<Limiter<S>>,
+        limiter: Arc<Limiter>,
         input_limits: InputLimits,
         response_options: ResponseOptions,
-    ) -> RlsService<S> {
+    ) -> RlsService {
         RlsService {
             limiter,
             input_limits,
@@ -100,7 +88,7 @@ impl<S: Store> RlsService<S> {
 }
 
 #[tonic::async_trait]
-impl<S: Store> RateLimitService for RlsService<S> {
+impl RateLimitService for RlsService {
     async fn should_rate_limit(
         &self,
         request: Request<RateLimitRequest>,

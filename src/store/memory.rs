@@ -9,12 +9,11 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 use super::{
-    Applied, Check, Counter, Counters, Identity, RegistryError, Store, StoreError, UserRecord,
-    admits,
+    Check, Counted, Counter, CounterStore, Counters, Identity, RegistryError, SharedState,
+    StoreError, TierModeRecord, UserRecord, UserRegistry, admits,
 };
 use crate::algorithm::{Cell, Verdict, evaluate};
 use crate::clock::Clock;
-use crate::health::HealthRecord;
 
 /// Default bound on live counters: about 150 MB at the worst.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
@@ -27,14 +26,14 @@ const EVICTION_SAMPLE: usize = 8;
 
 /// Counters in process memory; the default store, and the reference for the Redis one.
 #[derive(Debug)]
-pub struct MemoryStore<C> {
+pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
-    clock: Arc<C>,
+    clock: Arc<dyn Clock>,
     /// Users and keys. Read-mostly (the limiter caches identities in front of it) and changed
     /// only by the admin API, so one RwLock serves.
     registry: RwLock<Registry>,
-    health: Mutex<Option<HealthRecord>>,
+    tier_mode: Mutex<Option<TierModeRecord>>,
 }
 
 /// Users and API keys per domain.
@@ -79,9 +78,9 @@ struct StoredCounter {
     expires_ms: u64,
 }
 
-impl<C: Clock> MemoryStore<C> {
+impl MemoryStore {
     /// A store holding at most about `max_keys` counters, reading time from `clock`.
-    pub fn new(clock: Arc<C>, max_keys: usize) -> MemoryStore<C> {
+    pub fn new(clock: Arc<dyn Clock>, max_keys: usize) -> MemoryStore {
         let capacity = max_keys.div_ceil(SHARDS).max(1);
         let shards = (0..SHARDS)
             .map(|_| {
@@ -96,7 +95,7 @@ impl<C: Clock> MemoryStore<C> {
             hasher: RandomState::new(),
             clock,
             registry: RwLock::default(),
-            health: Mutex::default(),
+            tier_mode: Mutex::default(),
         }
     }
 
@@ -117,7 +116,7 @@ impl<C: Clock> MemoryStore<C> {
         (hash, ((hash >> 32) as usize) % SHARDS)
     }
 
-    fn apply_now(&self, checks: &[Check]) -> Applied {
+    fn apply_now(&self, checks: &[Check]) -> Counted {
         let now = self.clock.now_ms();
         // On the stack for the usual few checks: no allocation but the answer's.
         let located: Few<(u64, usize)> = checks.iter().map(|c| self.locate(&c.key)).collect();
@@ -197,12 +196,12 @@ impl<C: Clock> MemoryStore<C> {
                 reset_ms: verdict.reset_ms,
             });
         }
-        Applied { admitted, counters }
+        Counted { admitted, counters }
     }
 }
 
-impl<C: Clock> Store for MemoryStore<C> {
-    async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
+impl CounterStore for MemoryStore {
+    async fn apply(&self, checks: &[Check]) -> Result<Counted, StoreError> {
         Ok(self.apply_now(checks))
     }
 
@@ -213,7 +212,9 @@ impl<C: Clock> Store for MemoryStore<C> {
     fn observe(&self) {
         metrics::gauge!(crate::telemetry::MEMORY_KEYS).set(self.len() as f64);
     }
+}
 
+impl SharedState for MemoryStore {
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let now = self.clock.now_ms();
         let (hash, shard) = self.locate(key);
@@ -227,19 +228,27 @@ impl<C: Clock> Store for MemoryStore<C> {
         Ok(())
     }
 
-    async fn health(&self) -> Result<Option<HealthRecord>, StoreError> {
+    async fn tier_mode(&self) -> Result<Option<TierModeRecord>, StoreError> {
         let now = self.clock.now_ms();
-        let health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
-        Ok(health
+        let mode = self
+            .tier_mode
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(mode
             .clone()
-            .filter(|h| h.expires_ms.is_none_or(|expires| now < expires)))
+            .filter(|m| m.expires_ms.is_none_or(|expires| now < expires)))
     }
 
-    async fn set_health(&self, record: &HealthRecord) -> Result<(), StoreError> {
-        *self.health.lock().unwrap_or_else(PoisonError::into_inner) = Some(record.clone());
+    async fn set_tier_mode(&self, record: &TierModeRecord) -> Result<(), StoreError> {
+        *self
+            .tier_mode
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(record.clone());
         Ok(())
     }
+}
 
+impl UserRegistry for MemoryStore {
     async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
         let registry = self.registry.read().unwrap_or_else(PoisonError::into_inner);
         let Some(user_id) = registry.keys.get(&(domain.to_owned(), api_key.to_owned())) else {
@@ -451,7 +460,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
 
-    fn store(now_ms: u64, max_keys: usize) -> (Arc<ManualClock>, MemoryStore<ManualClock>) {
+    fn store(now_ms: u64, max_keys: usize) -> (Arc<ManualClock>, MemoryStore) {
         let clock = Arc::new(ManualClock::new(now_ms));
         (clock.clone(), MemoryStore::new(clock, max_keys))
     }

@@ -1,11 +1,17 @@
-//! Counter stores behind one trait: the embedded in-memory store and Redis.
+//! The stores: the embedded in-memory store and Redis, each doing three jobs behind three
+//! traits ([`CounterStore`], [`SharedState`], [`UserRegistry`]), and [`Backend`], the one type
+//! the rest of the service holds. Around the counters, [`Guarded`] (the circuit breaker) and
+//! [`OverLimitCache`] implement [`CounterStore`] too, assembled once at start-up.
 //!
 //! A store applies all checks of one request as one atomic step: either every counter takes its
 //! hits, or (when any non-shadow check would go over its limit) none does. That is what makes a
 //! denied request consume nothing.
 
+mod backend;
+pub mod guard;
 pub mod key;
 pub mod memory;
+pub mod over_limit;
 pub mod redis;
 
 use std::future::Future;
@@ -13,10 +19,13 @@ use std::future::Future;
 use thiserror::Error;
 
 use crate::algorithm::Algorithm;
-use crate::health::HealthRecord;
+use crate::config::TierMode;
 
+pub use backend::Backend;
+pub use guard::Guarded;
 pub use key::counter_key;
 pub use memory::MemoryStore;
+pub use over_limit::OverLimitCache;
 pub use redis::RedisStore;
 
 /// One counter to check and, if the request is admitted, to increment.
@@ -32,7 +41,7 @@ pub struct Check {
     pub hits: u64,
     /// A shadow check never denies the request.
     pub shadow: bool,
-    /// A gate (e.g. a blocked address): over while its flag is set (see [`Store::set_flag`]),
+    /// A gate (e.g. a blocked address): over while its flag is set (see [`SharedState::set_flag`]),
     /// and never written.
     pub gate: bool,
     /// A quota (the reference's `quota_mode`): over it, the request is denied only when every
@@ -76,46 +85,6 @@ impl Check {
     }
 }
 
-/// Who an API key belongs to, as the registry says now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    /// The user; all of a user's keys share the user's counters.
-    pub user_id: String,
-    /// The user's tier.
-    pub tier: String,
-}
-
-/// A user of a tiered domain.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct UserRecord {
-    /// The user's id.
-    pub user_id: String,
-    /// The user's tier.
-    pub tier: String,
-    /// The user's API keys, sorted.
-    pub api_keys: Vec<String>,
-}
-
-/// Why a registry change was refused.
-#[derive(Debug, Error)]
-pub enum RegistryError {
-    /// The user already exists.
-    #[error("user '{0}' already exists")]
-    UserExists(String),
-    /// No such user.
-    #[error("unknown user '{0}'")]
-    UnknownUser(String),
-    /// The API key already belongs to a user.
-    #[error("API key {0} is already in use")]
-    KeyTaken(String),
-    /// No such API key.
-    #[error("unknown API key {0}")]
-    UnknownKey(String),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
 /// A counter as the request leaves it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Counter {
@@ -129,9 +98,9 @@ pub struct Counter {
     pub reset_ms: u64,
 }
 
-/// What a store did with one request's checks.
+/// What a store did with one request's checks: admitted or not, and each counter as left.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
+pub struct Counted {
     /// Whether the request was admitted (see [`admits`]), and so its hits recorded; a denied
     /// request's hits are recorded only on its `count_denied` checks.
     pub admitted: bool,
@@ -178,17 +147,61 @@ impl StoreError {
     }
 }
 
-/// Where counters live.
-pub trait Store: Send + Sync + 'static {
+/// Who an API key belongs to, as the registry says now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user; all of a user's keys share the user's counters.
+    pub user_id: String,
+    /// The user's tier.
+    pub tier: String,
+}
+
+/// A user of a tiered domain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UserRecord {
+    /// The user's id.
+    pub user_id: String,
+    /// The user's tier.
+    pub tier: String,
+    /// The user's API keys, sorted.
+    pub api_keys: Vec<String>,
+}
+
+/// Why a registry change was refused.
+#[derive(Debug, Error)]
+pub enum RegistryError {
+    /// The user already exists.
+    #[error("user '{0}' already exists")]
+    UserExists(String),
+    /// No such user.
+    #[error("unknown user '{0}'")]
+    UnknownUser(String),
+    /// The API key already belongs to a user.
+    #[error("API key {0} is already in use")]
+    KeyTaken(String),
+    /// No such API key.
+    #[error("unknown API key {0}")]
+    UnknownKey(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Where counters live: the one job on every request's path. Wrappers that add behaviour to
+/// a counter store (the circuit breaker, the over-limit cache) implement it too.
+pub trait CounterStore: Send + Sync + 'static {
     /// Checks and (if admitted) increments every counter of one request, atomically.
-    fn apply(&self, checks: &[Check]) -> impl Future<Output = Result<Applied, StoreError>> + Send;
+    fn apply(&self, checks: &[Check]) -> impl Future<Output = Result<Counted, StoreError>> + Send;
 
     /// Answers when the store is reachable.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Publishes the store's own gauges (pool connections, keys held); called periodically.
     fn observe(&self) {}
+}
 
+/// State every replica shares besides counters: flags (an address block) and the tier mode.
+pub trait SharedState: Send + Sync + 'static {
     /// Sets the flag at `key` for `ttl_ms` (read by gate checks).
     fn set_flag(
         &self,
@@ -196,15 +209,19 @@ pub trait Store: Send + Sync + 'static {
         ttl_ms: u64,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// The recorded health state; `None` when never set or expired.
-    fn health(&self) -> impl Future<Output = Result<Option<HealthRecord>, StoreError>> + Send;
+    /// The recorded tier mode; `None` when never set or expired.
+    fn tier_mode(&self) -> impl Future<Output = Result<Option<TierModeRecord>, StoreError>> + Send;
 
-    /// Records the health state; it expires at `record.expires_ms` if set.
-    fn set_health(
+    /// Records the tier mode; it expires at `record.expires_ms` if set.
+    fn set_tier_mode(
         &self,
-        record: &HealthRecord,
+        record: &TierModeRecord,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
 
+/// The users of tiered domains and their API keys. Read through [`crate::tiers`], which
+/// caches owners and is the one writer (so its cache stays right).
+pub trait UserRegistry: Send + Sync + 'static {
     /// The owner of `api_key` in `domain` and the owner's tier.
     fn identity(
         &self,
@@ -257,6 +274,46 @@ pub trait Store: Send + Sync + 'static {
         user_id: &str,
         tier: &str,
     ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+}
+
+impl<S: CounterStore> CounterStore for std::sync::Arc<S> {
+    fn apply(&self, checks: &[Check]) -> impl Future<Output = Result<Counted, StoreError>> + Send {
+        S::apply(self, checks)
+    }
+
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send {
+        S::ping(self)
+    }
+
+    fn observe(&self) {
+        S::observe(self);
+    }
+}
+
+/// The tier mode as recorded in the store, with who set it and why.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct TierModeRecord {
+    /// The mode (named `status` in the stored JSON, as the admin API calls it).
+    #[serde(rename = "status")]
+    pub mode: TierMode,
+    /// Unix seconds when it was set (0 for the default mode).
+    pub since: u64,
+    /// Unix milliseconds when it reverts to NORMAL, if it has a TTL.
+    pub expires_ms: Option<u64>,
+    /// Who set it.
+    pub updated_by: Option<String>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+impl TierModeRecord {
+    /// The mode in force at `now_ms`: an expired record has reverted to NORMAL.
+    pub fn at(&self, now_ms: u64) -> TierMode {
+        match self.expires_ms {
+            Some(expires) if now_ms >= expires => TierMode::Normal,
+            _ => self.mode,
+        }
+    }
 }
 
 /// The admission rule every store follows: the request passes unless a non-shadow check is

@@ -26,7 +26,7 @@ use floodgate::pb::{
 };
 use floodgate::server::{Listeners, ServerOptions, run};
 use floodgate::store::redis::RedisOptions;
-use floodgate::store::{MemoryStore, RedisStore, Store};
+use floodgate::store::{Backend, MemoryStore, RedisStore};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tonic::transport::Channel;
@@ -77,9 +77,9 @@ impl TestServer {
         TestServer::start(config, store, plan, options).await
     }
 
-    pub async fn start<S: Store>(
+    pub async fn start(
         config: &str,
-        store: S,
+        store: impl Into<Backend>,
         plan: PlanOptions,
         options: ServerOptions,
     ) -> TestServer {
@@ -93,12 +93,12 @@ impl TestServer {
     }
 
     /// A server on `store` with `limiter_options`; also returns its limiter, for inspection.
-    pub async fn with_limiter<S: Store>(
+    pub async fn with_limiter(
         config: &str,
-        store: S,
+        store: impl Into<Backend>,
         limiter_options: LimiterOptions,
         options: ServerOptions,
-    ) -> (TestServer, Arc<Limiter<S>>) {
+    ) -> (TestServer, Arc<Limiter>) {
         let config = Config::from_yaml(config).expect("test config is valid");
         let limiter = Arc::new(Limiter::new(
             config,

@@ -442,7 +442,7 @@ fn per_request(
 async fn store(args: StoreArgs) -> anyhow::Result<Report> {
     use floodgate::algorithm::Algorithm;
     use floodgate::store::redis::RedisOptions;
-    use floodgate::store::{Check, RedisStore, Store};
+    use floodgate::store::{Check, CounterStore, RedisStore};
 
     let store = Arc::new(RedisStore::new(&RedisOptions {
         pool_size: args.pool_size,
@@ -498,7 +498,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<Report> {
         worker.await?;
     }
     let mut report = report(&load, "store", None, &tally, phase).await;
-    let (round_trips, calls) = store.pipeline_stats();
+    let (round_trips, calls) = store.pipeline_stats().counts();
     eprintln!(
         "{calls} script calls in {round_trips} round trips ({:.3} per call)",
         round_trips as f64 / calls.max(1) as f64
@@ -510,7 +510,7 @@ async fn store(args: StoreArgs) -> anyhow::Result<Report> {
 fn memory(args: MemoryArgs) -> anyhow::Result<()> {
     use floodgate::algorithm::Algorithm;
     use floodgate::clock::SystemClock;
-    use floodgate::store::{Check, MemoryStore, Store};
+    use floodgate::store::{Check, CounterStore, MemoryStore};
 
     let rss = || -> u64 {
         // Resident pages × page size, from /proc (Linux).

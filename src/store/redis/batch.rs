@@ -23,9 +23,9 @@ use redis::{Cmd, RedisError, Value};
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::backend::Backend;
+use super::connections::Connections;
 use super::{ScriptPart, decode, reply_values, script_call};
-use crate::store::{Applied, StoreError};
+use crate::store::{Counted, StoreError};
 
 /// Most requests in one round trip: bounds its size and that of a retry.
 pub(crate) const MAX_BATCH: usize = 128;
@@ -46,7 +46,7 @@ struct Job {
     dry_run: bool,
     /// When the request stops waiting: it gets a timeout error then at the latest.
     deadline: Instant,
-    reply: oneshot::Sender<Result<Applied, StoreError>>,
+    reply: oneshot::Sender<Result<Counted, StoreError>>,
 }
 
 /// Counters of what the dispatchers sent, for metrics and tests.
@@ -66,7 +66,7 @@ pub(crate) struct Batcher {
 impl Batcher {
     /// Starts `dispatchers` tasks sending `script` calls over `backend`.
     pub(crate) fn start(
-        backend: Backend,
+        backend: Connections,
         script: Arc<redis::Script>,
         dispatchers: u32,
         timeout: Duration,
@@ -98,7 +98,7 @@ impl Batcher {
         part: ScriptPart,
         now: Option<u64>,
         dry_run: bool,
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Counted, StoreError> {
         let (reply, answer) = oneshot::channel();
         self.queue
             .try_send(Job {
@@ -116,7 +116,7 @@ impl Batcher {
 }
 
 struct Dispatcher {
-    backend: Backend,
+    backend: Connections,
     script: Arc<redis::Script>,
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
     stats: Arc<BatchStats>,
@@ -168,7 +168,7 @@ impl Dispatcher {
         }
     }
 
-    /// The batch's round trip, answered by `deadline` (see [`Backend::within`]).
+    /// The batch's round trip, answered by `deadline` (see [`Connections::within`]).
     async fn send(
         &self,
         batch: &[Job],
@@ -185,7 +185,7 @@ impl Dispatcher {
         &self,
         batch: &[Job],
         calls: &[Range<usize>],
-        conn: &mut super::backend::Conn,
+        conn: &mut super::connections::Conn,
     ) -> Result<Vec<Value>, StoreError> {
         let hash = self.script.get_hash();
         let mut pipe = redis::pipe();
@@ -220,7 +220,7 @@ impl Dispatcher {
 
     async fn pipeline(
         &self,
-        conn: &mut super::backend::Conn,
+        conn: &mut super::connections::Conn,
         pipe: &mut redis::Pipeline,
     ) -> Result<Vec<Value>, StoreError> {
         let n = pipe.len() as u64;

@@ -2,12 +2,12 @@
 //! script on NOSCRIPT) whatever the number of descriptors, over a pool of connections to one
 //! master (standalone or found through Sentinels) or a Redis Cluster.
 //!
-//! Concurrent requests share script calls and round trips (see `batch`); other calls (health
+//! Concurrent requests share script calls and round trips (see `batch`); other calls (tier
 //! state, registry, flags) go straight over a pooled connection. Every call has a deadline.
 
-mod backend;
 mod batch;
 pub mod connect;
+mod connections;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,17 +17,17 @@ use redis::aio::ConnectionLike;
 use redis::{Cmd, Script, Value};
 use smallvec::SmallVec;
 
-use self::backend::{Backend, Conn};
 use self::batch::Batcher;
 pub use self::connect::{TlsFiles, Topology};
+use self::connections::{Conn, Connections};
 use super::key::{registry_prefix, slot};
 use super::{
-    Applied, Check, Counter, Identity, RegistryError, Store, StoreError, UserRecord, admits,
+    Check, Counted, Counter, CounterStore, Identity, RegistryError, SharedState, StoreError,
+    TierModeRecord, UserRecord, UserRegistry, admits,
 };
 use crate::algorithm::Algorithm;
 use crate::clock::Clock;
 use crate::config::mask_secret;
-use crate::health::HealthRecord;
 
 /// The Lua source of the decision script, with its KEYS/ARGV contract at the top.
 pub const DECIDE_SCRIPT: &str = include_str!("decide.lua");
@@ -36,9 +36,25 @@ pub const FLAG_SCRIPT: &str = include_str!("flag.lua");
 /// The Lua source of the user/API-key registry script.
 pub const REGISTRY_SCRIPT: &str = include_str!("registry.lua");
 
+/// What the pipeline dispatchers of a [`RedisStore`] did (none with a Cluster).
+#[derive(Debug, Clone, Default)]
+pub struct PipelineStats(Option<std::sync::Arc<batch::BatchStats>>);
+
+impl PipelineStats {
+    /// Round trips the dispatchers made, and script calls they carried.
+    pub fn counts(&self) -> (u64, u64) {
+        self.0.as_ref().map_or((0, 0), |stats| {
+            (
+                stats.round_trips.load(Ordering::Relaxed),
+                stats.script_calls.load(Ordering::Relaxed),
+            )
+        })
+    }
+}
+
 /// Counters in Redis, shared by every Floodgate replica that points at it.
 pub struct RedisStore {
-    backend: Backend,
+    backend: Connections,
     /// Queues decision calls for pipelining (not used with a cluster, whose connection routes
     /// each call to its slot's node).
     batcher: Option<Batcher>,
@@ -68,7 +84,7 @@ pub struct RedisOptions {
     pub pool_size: u32,
     /// Deadline of one call, connection checkout included.
     pub timeout: Duration,
-    /// Prefix of every key Floodgate writes (registry and health state included).
+    /// Prefix of every key Floodgate writes (registry and tier mode included).
     pub key_prefix: String,
     /// Time for the decision script instead of the Redis server's clock: for tests that
     /// inject time. Production leaves it `None`.
@@ -120,12 +136,12 @@ impl RedisStore {
         let script = Arc::new(Script::new(DECIDE_SCRIPT));
         let (backend, batcher) = match &options.topology {
             Topology::Cluster { nodes } => (
-                Backend::cluster(nodes, &options.url, &options.tls, options.timeout)?,
+                Connections::cluster(nodes, &options.url, &options.tls, options.timeout)?,
                 None,
             ),
             topology => {
                 let connector = connect::Connector::new(&options.url, topology, &options.tls)?;
-                let backend = Backend::pooled(connector, options.pool_size, options.timeout);
+                let backend = Connections::pooled(connector, options.pool_size, options.timeout);
                 let batcher = Batcher::start(
                     backend.clone(),
                     script.clone(),
@@ -150,7 +166,7 @@ impl RedisStore {
 
     /// This store, with the counters of per-second limits in `per_second` instead (the
     /// reference's REDIS_PERSECOND: a second Redis takes the busiest, shortest-lived keys).
-    /// Everything else (other counters, flags, health state, registry) stays here. A request
+    /// Everything else (other counters, flags, tier mode, registry) stays here. A request
     /// with counters in both is decided as a request across cluster slots is: both evaluated,
     /// then, if admitted, both counted.
     pub fn with_per_second(mut self, per_second: RedisStore) -> RedisStore {
@@ -158,17 +174,13 @@ impl RedisStore {
         self
     }
 
-    /// Round trips the pipeline dispatchers made, and script calls they carried.
-    pub fn pipeline_stats(&self) -> (u64, u64) {
-        self.batcher.as_ref().map_or((0, 0), |b| {
-            (
-                b.stats.round_trips.load(Ordering::Relaxed),
-                b.stats.script_calls.load(Ordering::Relaxed),
-            )
-        })
+    /// The pipeline dispatchers' counts, as a handle that stays valid once the store is
+    /// handed to a limiter.
+    pub fn pipeline_stats(&self) -> PipelineStats {
+        PipelineStats(self.batcher.as_ref().map(|b| b.stats.clone()))
     }
 
-    /// Runs `work` on a connection within the store's timeout (see [`Backend::within`]).
+    /// Runs `work` on a connection within the store's timeout (see [`Connections::within`]).
     async fn call<T, F>(&self, work: impl FnOnce(Conn) -> F) -> Result<T, StoreError>
     where
         F: Future<Output = Result<T, StoreError>>,
@@ -205,7 +217,7 @@ impl RedisStore {
     }
 
     /// One decision script call for checks that share a slot (or any checks off-cluster).
-    async fn decide_call(&self, checks: &[Check], dry_run: bool) -> Result<Applied, StoreError> {
+    async fn decide_call(&self, checks: &[Check], dry_run: bool) -> Result<Counted, StoreError> {
         let part = ScriptPart::new(checks);
         let now = self.clock.as_ref().map(|clock| clock.now_ms());
         match &self.batcher {
@@ -269,7 +281,7 @@ impl RedisStore {
     async fn apply_across(
         checks: &[Check],
         groups: &[(&RedisStore, Vec<usize>)],
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Counted, StoreError> {
         let unknown = Counter {
             over: false,
             remaining: 0,
@@ -313,13 +325,14 @@ impl RedisStore {
                 counters[i] = counter;
             }
         }
-        Ok(Applied {
+        Ok(Counted {
             admitted,
             counters: counters.into_iter().collect(),
         })
     }
 
-    fn health_key(&self) -> String {
+    /// The tier mode's key; "health", the admin API's name for it (kept across versions).
+    fn tier_mode_key(&self) -> String {
         format!("{}health", self.key_prefix)
     }
 
@@ -379,7 +392,7 @@ fn per_second(check: &Check) -> bool {
 
 impl RedisStore {
     /// Checks and counts `checks`, all in this Redis.
-    async fn apply_here(&self, checks: &[Check]) -> Result<Applied, StoreError> {
+    async fn apply_here(&self, checks: &[Check]) -> Result<Counted, StoreError> {
         if self.batcher.is_some() {
             return self.decide_call(checks, false).await;
         }
@@ -406,7 +419,7 @@ impl RedisStore {
         &self,
         per_second_store: &RedisStore,
         checks: &[Check],
-    ) -> Result<Applied, StoreError> {
+    ) -> Result<Counted, StoreError> {
         let (fast, rest): (Vec<usize>, Vec<usize>) =
             (0..checks.len()).partition(|&i| per_second(&checks[i]));
         if rest.is_empty() {
@@ -420,8 +433,8 @@ impl RedisStore {
     }
 }
 
-impl Store for RedisStore {
-    async fn apply(&self, checks: &[Check]) -> Result<Applied, StoreError> {
+impl CounterStore for RedisStore {
+    async fn apply(&self, checks: &[Check]) -> Result<Counted, StoreError> {
         if let Some(store) = &self.per_second
             && checks.iter().any(per_second)
         {
@@ -447,7 +460,9 @@ impl Store for RedisStore {
         }
         Ok(())
     }
+}
 
+impl SharedState for RedisStore {
     async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
         let mut invocation = self.flag.prepare_invoke();
         invocation.key(key);
@@ -459,30 +474,32 @@ impl Store for RedisStore {
         self.invoke::<i64>(invocation).await.map(drop)
     }
 
-    async fn health(&self) -> Result<Option<HealthRecord>, StoreError> {
+    async fn tier_mode(&self) -> Result<Option<TierModeRecord>, StoreError> {
         let mut cmd = redis::cmd("GET");
-        cmd.arg(self.health_key());
+        cmd.arg(self.tier_mode_key());
         let stored: Option<String> = self.command(cmd).await?;
         stored
             .map(|json| {
                 serde_json::from_str(&json)
-                    .map_err(|e| StoreError::Protocol(format!("health record: {e}")))
+                    .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))
             })
             .transpose()
     }
 
-    async fn set_health(&self, record: &HealthRecord) -> Result<(), StoreError> {
+    async fn set_tier_mode(&self, record: &TierModeRecord) -> Result<(), StoreError> {
         let json = serde_json::to_string(record)
-            .map_err(|e| StoreError::Protocol(format!("health record: {e}")))?;
+            .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))?;
         let mut cmd = redis::cmd("SET");
-        cmd.arg(self.health_key()).arg(json);
+        cmd.arg(self.tier_mode_key()).arg(json);
         if let Some(expires_ms) = record.expires_ms {
             // Redis drops the record when its TTL ends: the state reverts to NORMAL everywhere.
             cmd.arg("PXAT").arg(expires_ms);
         }
         self.command::<()>(cmd).await
     }
+}
 
+impl UserRegistry for RedisStore {
     async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
         let reply: Vec<String> = self.registry(domain, "identity", &[api_key]).await?;
         Ok(match <[String; 2]>::try_from(reply) {
@@ -704,7 +721,7 @@ fn reply_values(reply: &Value) -> Result<&[Value], StoreError> {
 }
 
 /// One request's answers (admitted, then three values per check) from a decision reply.
-fn decode(values: &[Value], checks: usize) -> Result<Applied, StoreError> {
+fn decode(values: &[Value], checks: usize) -> Result<Counted, StoreError> {
     let number = |v: &Value| match v {
         Value::Int(n) => Ok(*n),
         other => Err(StoreError::Protocol(format!(
@@ -730,7 +747,7 @@ fn decode(values: &[Value], checks: usize) -> Result<Applied, StoreError> {
             })
         })
         .collect::<Result<_, StoreError>>()?;
-    Ok(Applied {
+    Ok(Counted {
         admitted: number(admitted)? == 1,
         counters,
     })

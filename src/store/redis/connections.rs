@@ -17,7 +17,7 @@ use crate::store::StoreError;
 
 /// Where connections come from.
 #[derive(Clone)]
-pub(crate) enum Backend {
+pub(crate) enum Connections {
     /// The pool, and why its connector last failed to connect.
     Pool(bb8::Pool<Connector>, LastError),
     /// Connected on first use, so that Floodgate starts while the cluster is down.
@@ -37,10 +37,10 @@ pub(crate) enum Conn {
     Cluster(ClusterConnection),
 }
 
-impl Backend {
-    pub(crate) fn pooled(connector: Connector, size: u32, timeout: Duration) -> Backend {
+impl Connections {
+    pub(crate) fn pooled(connector: Connector, size: u32, timeout: Duration) -> Connections {
         let last_error = connector.last_error.clone();
-        Backend::Pool(pool(connector, size, timeout), last_error)
+        Connections::Pool(pool(connector, size, timeout), last_error)
     }
 
     /// A Redis Cluster reached through `nodes` (`host:port`), with the credentials and scheme
@@ -50,7 +50,7 @@ impl Backend {
         url: &str,
         tls: &TlsFiles,
         timeout: Duration,
-    ) -> Result<Backend, StoreError> {
+    ) -> Result<Connections, StoreError> {
         let bad = |e: RedisError| StoreError::Settings(format!("Redis Cluster: {e}"));
         let info = url.into_connection_info().map_err(bad)?;
         let settings = info.redis_settings();
@@ -77,7 +77,7 @@ impl Backend {
             builder = builder.danger_accept_invalid_hostnames(true);
         }
         let client = builder.build().map_err(bad)?;
-        Ok(Backend::Cluster(Arc::new(LazyCluster {
+        Ok(Connections::Cluster(Arc::new(LazyCluster {
             client,
             connection: OnceCell::new(),
         })))
@@ -86,21 +86,21 @@ impl Backend {
     /// (in use, idle) connections of the pool; `None` for a cluster.
     pub(crate) fn pool_state(&self) -> Option<(u32, u32)> {
         match self {
-            Backend::Pool(pool, _) => {
+            Connections::Pool(pool, _) => {
                 let state = pool.state();
                 Some((
                     state.connections - state.idle_connections,
                     state.idle_connections,
                 ))
             }
-            Backend::Cluster(_) => None,
+            Connections::Cluster(_) => None,
         }
     }
 
     /// A connection, skipping pooled ones already seen broken (bb8 drops those on return).
     pub(crate) async fn connection(&self) -> Result<Conn, StoreError> {
         match self {
-            Backend::Cluster(lazy) => {
+            Connections::Cluster(lazy) => {
                 let connection = lazy
                     .connection
                     .get_or_try_init(|| lazy.client.get_async_connection())
@@ -108,7 +108,7 @@ impl Backend {
                     .map_err(StoreError::from)?;
                 Ok(Conn::Cluster(connection.clone()))
             }
-            Backend::Pool(pool, _) => {
+            Connections::Pool(pool, _) => {
                 for _ in 0..=pool.state().connections {
                     let pooled = pool
                         .get()
@@ -131,8 +131,8 @@ impl Backend {
     /// came.
     fn no_connection(&self, error: StoreError) -> StoreError {
         let why = match self {
-            Backend::Pool(_, last_error) => last_error.lock().ok().and_then(|why| why.clone()),
-            Backend::Cluster(_) => None,
+            Connections::Pool(_, last_error) => last_error.lock().ok().and_then(|why| why.clone()),
+            Connections::Cluster(_) => None,
         };
         match why {
             Some(why) => StoreError::Unavailable(format!("no Redis connection: {why}")),
