@@ -54,10 +54,12 @@ RUN set -eu; \
     fi; \
     echo "$triple" >/target-triple
 WORKDIR /src
-# Only what the build reads (build.rs compiles proto/ with protox: no protoc needed).
+# Only what the build reads (build.rs compiles proto/ with protox: no protoc needed). The load
+# generator is not built, but Cargo loads every workspace member's manifest and targets.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto/ proto/
 COPY src/ src/
+COPY bench/floodgate-bench/ bench/floodgate-bench/
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
     set -eu; \

@@ -16,7 +16,8 @@ out=bench/results
 mkdir -p "$out"
 rm -f "$out"/*.json "$out"/*.server
 
-cargo build --release --quiet --bin floodgate --bin floodgate-bench --example noop_rls
+# The generator is a workspace member of its own (bench/floodgate-bench); all three share target/.
+cargo build --release --quiet --workspace --bin floodgate --bin floodgate-bench --example noop_rls
 bin=target/release
 bench="$bin/floodgate-bench"
 

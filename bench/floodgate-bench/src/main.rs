@@ -14,8 +14,13 @@
 //! server it measures.
 //!
 //! Results print as a table line, and as JSON with `--json FILE`.
+//!
+//! A package of its own in the workspace, so its client's dependencies stay out of the
+//! service's. Of Floodgate's library it uses the protobuf types (`wire`, to read answers) and,
+//! for `store` and `memory`, the stores, all through `stores`.
 
 mod pace;
+mod stores;
 mod wire;
 
 use std::sync::Arc;
@@ -440,14 +445,7 @@ fn per_request(
 }
 
 async fn store(args: StoreArgs) -> anyhow::Result<Report> {
-    use floodgate::algorithm::Algorithm;
-    use floodgate::store::redis::RedisOptions;
-    use floodgate::store::{Check, CounterStore, RedisStore};
-
-    let store = Arc::new(RedisStore::new(&RedisOptions {
-        pool_size: args.pool_size,
-        ..RedisOptions::standalone(&args.redis_url, "bench-ceiling:")
-    })?);
+    let store = Arc::new(stores::redis(&args.redis_url, args.pool_size)?);
     let load = args.load.clone();
     let tally = Tally::new();
     let next = Arc::new(AtomicU64::new(0));
@@ -459,30 +457,18 @@ async fn store(args: StoreArgs) -> anyhow::Result<Report> {
             while !tally.stop.load(Ordering::Relaxed) {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let value = value_for(i, &load);
-                let checks: Vec<Check> = (0..load.descriptors)
-                    .map(|d| Check {
-                        key: match value {
-                            Value::Hot => "bench-ceiling:hot".to_owned(),
-                            Value::Key(n) => format!("bench-ceiling:k{d}:v{n}"),
-                        },
-                        limit: if matches!(value, Value::Hot) {
-                            1
-                        } else {
-                            u64::from(u32::MAX)
-                        },
-                        window_secs: 3600,
-                        hits: 1,
-                        shadow: false,
-                        gate: false,
-                        quota: false,
-                        count_denied: false,
-                        algorithm: Algorithm::FixedWindow,
+                let checks: Vec<stores::Check> = (0..load.descriptors)
+                    .map(|d| match value {
+                        Value::Hot => stores::check("bench-ceiling:hot".to_owned(), 1),
+                        Value::Key(n) => {
+                            stores::check(format!("bench-ceiling:k{d}:v{n}"), u64::from(u32::MAX))
+                        }
                     })
                     .collect();
                 let sent = Instant::now();
-                let outcome = match store.apply(&checks).await {
-                    Ok(applied) if applied.admitted => Outcome::Ok,
-                    Ok(_) => Outcome::OverLimit,
+                let outcome = match stores::admitted(store.as_ref(), &checks).await {
+                    Ok(true) => Outcome::Ok,
+                    Ok(false) => Outcome::OverLimit,
                     Err(_) => Outcome::Error,
                 };
                 if tally.measuring.load(Ordering::Relaxed) {
@@ -508,10 +494,6 @@ async fn store(args: StoreArgs) -> anyhow::Result<Report> {
 }
 
 fn memory(args: MemoryArgs) -> anyhow::Result<()> {
-    use floodgate::algorithm::Algorithm;
-    use floodgate::clock::SystemClock;
-    use floodgate::store::{Check, CounterStore, MemoryStore};
-
     let rss = || -> u64 {
         // Resident pages × page size, from /proc (Linux).
         std::fs::read_to_string("/proc/self/statm")
@@ -524,33 +506,13 @@ fn memory(args: MemoryArgs) -> anyhow::Result<()> {
             .map_or(0, |pages| pages * 4096)
     };
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
-    let store = MemoryStore::new(Arc::new(SystemClock), args.keys as usize + 1024);
+    let store = stores::memory(args.keys as usize + 1024);
     let before = rss();
     runtime.block_on(async {
         for i in 0..args.keys {
-            // Keys shaped like real ones: prefix, domain, one entry, window.
-            let check = Check {
-                key: floodgate::store::counter_key(
-                    "floodgate:",
-                    "bench",
-                    &[floodgate::query::Entry {
-                        key: "remote_address".into(),
-                        value: format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255),
-                    }],
-                    &[],
-                    3600,
-                    Algorithm::FixedWindow,
-                ),
-                limit: 100,
-                window_secs: 3600,
-                hits: 1,
-                shadow: false,
-                gate: false,
-                quota: false,
-                count_denied: false,
-                algorithm: Algorithm::FixedWindow,
-            };
-            let _ = store.apply(std::slice::from_ref(&check)).await;
+            let address = format!("10.{}.{}.{}", i >> 16 & 255, i >> 8 & 255, i & 255);
+            let check = stores::check(stores::address_key(address), 100);
+            let _ = stores::admitted(&store, std::slice::from_ref(&check)).await;
         }
     });
     let after = rss();
