@@ -52,6 +52,9 @@ pub(crate) fn address_key(address: String) -> String {
 }
 
 /// Applies `checks` as one request's: whether it was admitted.
-pub(crate) async fn admitted<S: CounterStore>(store: &S, checks: &[Check]) -> Result<bool, StoreError> {
+pub(crate) async fn admitted<S: CounterStore>(
+    store: &S,
+    checks: &[Check],
+) -> Result<bool, StoreError> {
     Ok(store.apply(checks).await?.admitted)
 }
