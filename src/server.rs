@@ -11,9 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -184,22 +186,115 @@ pub async fn run(
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let metrics = telemetry::prometheus();
-    let serving = Arc::new(AtomicBool::new(true));
-    let stop = CancellationToken::new();
+    let shared = Shared {
+        limiter,
+        metrics: telemetry::prometheus(),
+        serving: Arc::new(AtomicBool::new(true)),
+        stop: CancellationToken::new(),
+    };
     let rls = RlsService::new(
-        limiter.clone(),
+        shared.limiter.clone(),
         options.input_limits,
         options.response_options.clone(),
     );
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     set_health(&health_reporter, ServingStatus::NotServing).await;
+    let router = grpc_router(options.protection)
+        .add_service(health_service)
+        .add_service(RateLimitServiceServer::new(rls.clone()));
+    let (grpc, tls_watcher) = serve_grpc(router, listeners.grpc, &options, &shared.stop)?;
+    let mut tasks = side_tasks(&shared, &options, listeners.debug, listeners.metrics);
+    tasks.push(tls_watcher);
+    tasks.push(Some(tokio::spawn(keep_fresh(
+        shared.limiter.clone(),
+        health_reporter.clone(),
+        shared.serving.clone(),
+        options.config_health,
+        shared.stop.clone(),
+    ))));
+    let http = serve_http(listeners.http, rls, &shared, &options);
+    tasks.push(Some(tokio::spawn(begin_shutdown(
+        shutdown,
+        shared.serving.clone(),
+        health_reporter,
+        shared.stop.clone(),
+    ))));
+    let result = serve_until_done(grpc, http, &shared.stop, options.shutdown_grace).await;
+    for task in tasks.into_iter().flatten() {
+        task.abort();
+    }
+    result
+}
 
-    let tls = match options.grpc_tls.clone() {
-        Some(settings) => Some(Arc::new(ServerTls::load(settings)?)),
-        None => None,
-    };
-    let protection = options.protection;
+/// What the servers and their tasks share.
+struct Shared {
+    limiter: Arc<Limiter>,
+    metrics: PrometheusHandle,
+    /// False once shutdown has begun.
+    serving: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+/// The tasks beside the two servers: config reloads, the debug and second metrics listeners.
+fn side_tasks(
+    shared: &Shared,
+    options: &ServerOptions,
+    debug: Option<TcpListener>,
+    metrics: Option<TcpListener>,
+) -> Vec<Option<JoinHandle<()>>> {
+    let (limiter, stop) = (&shared.limiter, &shared.stop);
+    vec![
+        options
+            .config_source
+            .clone()
+            .map(|source| tokio::spawn(follow_config(limiter.clone(), source, stop.clone()))),
+        debug.map(|listener| {
+            let app = http::debug_router(limiter.clone(), shared.metrics.clone());
+            serve_side(listener, app, "debug", stop)
+        }),
+        metrics.map(|listener| {
+            let app = http::metrics_router(shared.metrics.clone(), &options.metrics_path);
+            serve_side(listener, app, "metrics", stop)
+        }),
+    ]
+}
+
+/// The HTTP server (/healthcheck, /json, /metrics, /admin) until `stop`.
+fn serve_http(
+    listener: TcpListener,
+    rls: RlsService,
+    shared: &Shared,
+    options: &ServerOptions,
+) -> impl Future<Output = Result<(), ServerError>> + use<> {
+    let admin = admin::router(Arc::new(AdminState {
+        limiter: shared.limiter.clone(),
+        admin_key: options.admin_key.clone(),
+    }));
+    let app = http::router(Arc::new(HttpState {
+        rls,
+        limiter: shared.limiter.clone(),
+        serving: shared.serving.clone(),
+        metrics: shared.metrics.clone(),
+        config_health: options.config_health,
+    }))
+    .merge(admin);
+    let stopped = shared.stop.clone().cancelled_owned();
+    async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped)
+        .await
+        .map_err(|source| ServerError::Io {
+            what: "HTTP server".into(),
+            source,
+        })
+    }
+}
+
+/// The gRPC server with its overload protection and connection management.
+fn grpc_router(protection: Protection) -> tonic::transport::Server<Protected> {
     let mut builder = tonic::transport::Server::builder()
         .timeout(protection.request_timeout)
         .http2_keepalive_interval(protection.keepalive_interval)
@@ -211,128 +306,108 @@ pub async fn run(
                 .unwrap_or(protection.request_timeout),
         );
     }
-    let router = builder
-        .layer(InFlightLimitLayer::new(protection.max_concurrent))
-        .add_service(health_service)
-        .add_service(RateLimitServiceServer::new(rls.clone()));
+    builder.layer(InFlightLimitLayer::new(protection.max_concurrent))
+}
+
+/// The gRPC server running on `listener` until `stop`; with TLS, Floodgate accepts and does
+/// the handshakes itself (and reloads the files: the second value is that task).
+fn serve_grpc(
+    router: tonic::transport::server::Router<Protected>,
+    listener: GrpcListener,
+    options: &ServerOptions,
+    stop: &CancellationToken,
+) -> Result<(GrpcFuture, Option<JoinHandle<()>>), ServerError> {
+    let tls = match options.grpc_tls.clone() {
+        Some(settings) => Some(Arc::new(ServerTls::load(settings)?)),
+        None => None,
+    };
     let stopped = stop.clone().cancelled_owned();
-    // With TLS, Floodgate accepts and does the handshakes itself (and reloads the files).
-    let (grpc, tls_watcher): (Pin<Box<dyn Future<Output = _> + Send>>, _) =
-        match (listeners.grpc, tls) {
-            (GrpcListener::Tcp(listener), Some(tls)) => (
-                Box::pin(router.serve_with_incoming_shutdown(
-                    crate::tls::incoming(listener, tls.clone(), stop.clone()),
-                    stopped,
-                )),
-                Some(tokio::spawn(tls.watch(stop.clone()))),
-            ),
-            (GrpcListener::Tcp(listener), None) => (
+    Ok(match (listener, tls) {
+        (GrpcListener::Tcp(listener), Some(tls)) => (
+            Box::pin(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(listener, tls.clone(), stop.clone()),
+                stopped,
+            )),
+            Some(tokio::spawn(tls.watch(stop.clone()))),
+        ),
+        (GrpcListener::Tcp(listener), None) => {
+            (
                 Box::pin(router.serve_with_incoming_shutdown(
                     no_delay(TcpListenerStream::new(listener)),
                     stopped,
                 )),
                 None,
-            ),
-            (GrpcListener::Unix(listener), None) => (
-                Box::pin(router.serve_with_incoming_shutdown(
-                    tokio_stream::wrappers::UnixListenerStream::new(listener),
-                    stopped,
-                )),
-                None,
-            ),
-            (GrpcListener::Unix(_), Some(_)) => return Err(ServerError::UnixWithTls),
-        };
+            )
+        }
+        (GrpcListener::Unix(listener), None) => (
+            Box::pin(router.serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                stopped,
+            )),
+            None,
+        ),
+        (GrpcListener::Unix(_), Some(_)) => return Err(ServerError::UnixWithTls),
+    })
+}
 
-    let admin = admin::router(Arc::new(AdminState {
-        limiter: limiter.clone(),
-        admin_key: options.admin_key.clone(),
-    }));
-    let background = tokio::spawn(keep_fresh(
-        limiter.clone(),
-        health_reporter.clone(),
-        serving.clone(),
-        options.config_health,
-        stop.clone(),
-    ));
-    let watcher = options
-        .config_source
-        .clone()
-        .map(|source| tokio::spawn(follow_config(limiter.clone(), source, stop.clone())));
-    let debug = listeners.debug.map(|listener| {
-        let app = http::debug_router(limiter.clone(), metrics.clone());
-        let stopped = stop.clone().cancelled_owned();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::warn!(error = %e, "the debug listener stopped");
-            }
-        })
-    });
-    let second_metrics = listeners.metrics.map(|listener| {
-        let app = http::metrics_router(metrics.clone(), &options.metrics_path);
-        let stopped = stop.clone().cancelled_owned();
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(stopped)
-                .await
-            {
-                tracing::warn!(error = %e, "the metrics listener stopped");
-            }
-        })
-    });
-    let state = Arc::new(HttpState {
-        rls,
-        limiter,
-        serving: serving.clone(),
-        metrics,
-        config_health: options.config_health,
-    });
-    let app = http::router(state).merge(admin);
-    let http = axum::serve(
-        listeners.http,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.clone().cancelled_owned());
+/// The layers around every gRPC service: the limit on calls in flight.
+type Protected = tower::layer::util::Stack<InFlightLimitLayer, tower::layer::util::Identity>;
 
-    let grace = options.shutdown_grace;
-    let stopping = stop.clone();
-    let trigger = tokio::spawn(async move {
-        shutdown.await;
-        tracing::info!("shutting down: not serving, finishing in-flight calls");
-        serving.store(false, Ordering::Release);
-        set_health(&health_reporter, ServingStatus::NotServing).await;
-        stop.cancel();
-    });
-    let servers = async {
-        tokio::join!(grpc, async {
-            http.await.map_err(|source| ServerError::Io {
-                what: "HTTP server".into(),
-                source,
-            })
-        })
-    };
+/// The running gRPC server.
+type GrpcFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Serves `app` on a side listener (debug, metrics) until `stop`.
+fn serve_side(
+    listener: TcpListener,
+    app: axum::Router,
+    what: &'static str,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let stopped = stop.clone().cancelled_owned();
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stopped)
+            .await
+        {
+            tracing::warn!(error = %e, "the {what} listener stopped");
+        }
+    })
+}
+
+/// Once `shutdown` resolves: not serving, NOT_SERVING on gRPC health, then `stop`.
+async fn begin_shutdown(
+    shutdown: impl Future<Output = ()>,
+    serving: Arc<AtomicBool>,
+    reporter: HealthReporter,
+    stop: CancellationToken,
+) {
+    shutdown.await;
+    tracing::info!("shutting down: not serving, finishing in-flight calls");
+    serving.store(false, Ordering::Release);
+    set_health(&reporter, ServingStatus::NotServing).await;
+    stop.cancel();
+}
+
+/// Runs both servers until they finish, or until the grace period after `stop` is over.
+async fn serve_until_done(
+    grpc: GrpcFuture,
+    http: impl Future<Output = Result<(), ServerError>>,
+    stop: &CancellationToken,
+    grace: Duration,
+) -> Result<(), ServerError> {
+    let servers = async { tokio::join!(grpc, http) };
     tokio::pin!(servers);
     let (grpc, http) = tokio::select! {
         results = &mut servers => results,
         () = async {
             // Once shutdown has begun, in-flight calls get the grace period and no more.
-            stopping.cancelled().await;
+            stop.cancelled().await;
             tokio::time::sleep(grace).await;
         } => {
             tracing::warn!(?grace, "grace period over: stopping with calls still in flight");
             (Ok(()), Ok(()))
         }
     };
-    trigger.abort();
-    background.abort();
-    for task in [watcher, debug, second_metrics, tls_watcher]
-        .into_iter()
-        .flatten()
-    {
-        task.abort();
-    }
     grpc?;
     http
 }

@@ -120,65 +120,16 @@ impl MemoryStore {
         let now = self.clock.now_ms();
         // On the stack for the usual few checks: no allocation but the answer's.
         let located: Few<(u64, usize)> = checks.iter().map(|c| self.locate(&c.key)).collect();
-        let shard_ids: Few<usize> = located.iter().map(|&(_, shard)| shard).collect();
-        // Lock every shard involved, in index order so two requests can never deadlock. The
-        // locks are std mutexes: held for a few map operations, never across an await.
-        let mut order = shard_ids.clone();
-        order.sort_unstable();
-        order.dedup();
-        let mut guards: Few<(usize, MutexGuard<'_, Shard>)> =
-            order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
-        let positions: Few<usize> = shard_ids
-            .iter()
-            .map(|&s| {
-                guards
-                    .binary_search_by_key(&s, |(i, _)| *i)
-                    .unwrap_or_default()
-            })
-            .collect();
-
+        let mut held = self.lock_shards(&located);
         // First look at every counter (a key checked twice sees its first check's hits)...
-        let mut verdicts: Few<Verdict> = Few::with_capacity(checks.len());
-        for (i, check) in checks.iter().enumerate() {
-            let stored = guards[positions[i]]
-                .1
-                .get(located[i].0, &check.key)
-                .filter(|slot| slot.expires_ms > now);
-            if check.gate {
-                verdicts.push(Verdict {
-                    over: stored.is_some(),
-                    remaining_after: 0,
-                    remaining_before: 0,
-                    reset_ms: stored.map_or(0, |slot| slot.expires_ms - now),
-                    next: Cell::default(),
-                    expires_ms: 0,
-                });
-                continue;
-            }
-            let earlier = (0..i)
-                .rev()
-                .find(|&j| checks[j].key == check.key && !checks[j].gate);
-            let cell = match earlier {
-                Some(j) => Some(verdicts[j].next),
-                None => stored.map(|slot| slot.cell),
-            };
-            let window_ms = check.window_secs.saturating_mul(1000);
-            verdicts.push(evaluate(
-                check.algorithm,
-                cell,
-                now,
-                check.limit,
-                window_ms,
-                check.hits,
-            ));
-        }
+        let verdicts = look(checks, &located, &held, now);
         // ...then record them all, or nothing.
         let admitted = admits(checks, |i| verdicts[i].over);
         let mut counters = Counters::with_capacity(checks.len());
         for (i, (check, verdict)) in checks.iter().zip(&verdicts).enumerate() {
             let recorded = check.records(admitted);
             if recorded {
-                guards[positions[i]].1.put(
+                held.shard(i).put(
                     &self.hasher,
                     (located[i].0, &check.key),
                     verdict.next,
@@ -198,6 +149,78 @@ impl MemoryStore {
         }
         Counted { admitted, counters }
     }
+
+    /// Locks every shard the checks at `located` touch, in index order so two requests can
+    /// never deadlock. The locks are std mutexes: held for a few map operations, never across
+    /// an await.
+    fn lock_shards(&self, located: &[(u64, usize)]) -> Held<'_> {
+        let mut order: Few<usize> = located.iter().map(|&(_, shard)| shard).collect();
+        order.sort_unstable();
+        order.dedup();
+        let guards: Few<(usize, MutexGuard<'_, Shard>)> =
+            order.iter().map(|&i| (i, lock(&self.shards[i]))).collect();
+        let positions = located
+            .iter()
+            .map(|&(_, shard)| {
+                guards
+                    .binary_search_by_key(&shard, |(i, _)| *i)
+                    .unwrap_or_default()
+            })
+            .collect();
+        Held { guards, positions }
+    }
+}
+
+/// The shards one request's checks touch, locked, and which of them each check's is.
+struct Held<'a> {
+    guards: Few<(usize, MutexGuard<'a, Shard>)>,
+    positions: Few<usize>,
+}
+
+impl Held<'_> {
+    /// The shard of check `i`.
+    fn shard(&mut self, i: usize) -> &mut Shard {
+        &mut self.guards[self.positions[i]].1
+    }
+}
+
+/// What each check would do to its counter at `now`, without recording anything.
+fn look(checks: &[Check], located: &[(u64, usize)], held: &Held<'_>, now: u64) -> Few<Verdict> {
+    let mut verdicts: Few<Verdict> = Few::with_capacity(checks.len());
+    for (i, check) in checks.iter().enumerate() {
+        let stored = held.guards[held.positions[i]]
+            .1
+            .get(located[i].0, &check.key)
+            .filter(|slot| slot.expires_ms > now);
+        if check.gate {
+            verdicts.push(Verdict {
+                over: stored.is_some(),
+                remaining_after: 0,
+                remaining_before: 0,
+                reset_ms: stored.map_or(0, |slot| slot.expires_ms - now),
+                next: Cell::default(),
+                expires_ms: 0,
+            });
+            continue;
+        }
+        let earlier = (0..i)
+            .rev()
+            .find(|&j| checks[j].key == check.key && !checks[j].gate);
+        let cell = match earlier {
+            Some(j) => Some(verdicts[j].next),
+            None => stored.map(|slot| slot.cell),
+        };
+        let window_ms = check.window_secs.saturating_mul(1000);
+        verdicts.push(evaluate(
+            check.algorithm,
+            cell,
+            now,
+            check.limit,
+            window_ms,
+            check.hits,
+        ));
+    }
+    verdicts
 }
 
 impl CounterStore for MemoryStore {
