@@ -16,6 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::audit;
@@ -170,83 +171,80 @@ fn record_change(headers: &HeaderMap, peer: SocketAddr, action: &'static str, ta
     audit::admin_change(action, &actor, target, &source);
 }
 
-/// A JSON object body whose fields are read one by one, so every error names its field.
-struct Body(Map<String, Value>);
-
-impl Body {
-    fn parse(bytes: &Bytes, allowed: &[&'static str]) -> Result<Body, Refusal> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| Refusal::bad("body", format!("invalid JSON: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(Refusal::bad("body", "expected a JSON object"));
-        };
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(Refusal {
-                status: StatusCode::BAD_REQUEST,
-                message: format!(
-                    "unknown field '{unknown}' (expected one of: {})",
-                    allowed.join(", ")
-                ),
-                field: Some("body"),
-            });
+/// Reads a JSON object body into `T`; a refusal names the field at fault, or "body" for the
+/// body as a whole (not JSON, not an object, a field not among `T`'s).
+fn parse_body<T: DeserializeOwned>(bytes: &Bytes, fields: &[&'static str]) -> Result<T, Refusal> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Refusal::bad("body", format!("invalid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(Refusal::bad("body", "expected a JSON object"));
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let segment = e.path().iter().next().map(ToString::to_string);
+        match fields.iter().find(|f| segment.as_deref() == Some(**f)) {
+            Some(field) => Refusal::bad(field, format!("'{field}': {}", e.inner())),
+            None => Refusal::bad("body", e.inner().to_string()),
         }
-        Ok(Body(map))
-    }
+    })
+}
 
-    fn opt_str(&self, field: &'static str) -> Result<Option<String>, Refusal> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.is_empty() => {
-                Err(Refusal::bad(field, format!("'{field}' must not be empty")))
-            }
-            Some(Value::String(s)) if s.len() > MAX_FIELD_LEN => Err(Refusal::bad(
-                field,
-                format!("'{field}' is longer than {MAX_FIELD_LEN} bytes"),
-            )),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(Refusal::bad(field, format!("'{field}' must be a string"))),
-        }
+/// A text field: absent (or null), or 1 to [`MAX_FIELD_LEN`] bytes.
+fn text(field: &'static str, value: Option<String>) -> Result<Option<String>, Refusal> {
+    match value {
+        Some(s) if s.is_empty() => Err(Refusal::bad(field, format!("'{field}' must not be empty"))),
+        Some(s) if s.len() > MAX_FIELD_LEN => Err(Refusal::bad(
+            field,
+            format!("'{field}' is longer than {MAX_FIELD_LEN} bytes"),
+        )),
+        value => Ok(value),
     }
+}
 
-    fn str(&self, field: &'static str) -> Result<String, Refusal> {
-        self.opt_str(field)?
-            .ok_or_else(|| Refusal::bad(field, format!("missing '{field}'")))
-    }
+/// A text field that must be there.
+fn required(field: &'static str, value: Option<String>) -> Result<String, Refusal> {
+    text(field, value)?.ok_or_else(|| Refusal::bad(field, format!("missing '{field}'")))
+}
 
-    fn opt_u64(&self, field: &'static str) -> Result<Option<u64>, Refusal> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) => n.as_u64().map(Some).ok_or_else(|| {
-                Refusal::bad(
-                    field,
-                    format!("'{field}' must be a whole number of seconds"),
-                )
-            }),
-            Some(_) => Err(Refusal::bad(field, format!("'{field}' must be a number"))),
-        }
-    }
+/// `POST /admin/health`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HealthChange {
+    status: Option<String>,
+    ttl_seconds: Option<u64>,
+    updated_by: Option<String>,
+    reason: Option<String>,
+}
 
-    fn opt_str_list(&self, field: &'static str) -> Result<Vec<String>, Refusal> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|item| match item {
-                    Value::String(s) if !s.is_empty() && s.len() <= MAX_FIELD_LEN => Ok(s.clone()),
-                    _ => Err(Refusal::bad(
-                        field,
-                        format!(
-                            "'{field}' must hold non-empty strings of at most {MAX_FIELD_LEN} bytes"
-                        ),
-                    )),
-                })
-                .collect(),
-            Some(_) => Err(Refusal::bad(
-                field,
-                format!("'{field}' must be a list of strings"),
-            )),
-        }
-    }
+impl HealthChange {
+    const FIELDS: &[&str] = &["status", "ttl_seconds", "updated_by", "reason"];
+}
+
+/// `POST /admin/users`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    user_id: Option<String>,
+    tier: Option<String>,
+    api_keys: Option<Vec<String>>,
+    domain: Option<String>,
+}
+
+impl NewUser {
+    const FIELDS: &[&str] = &["user_id", "tier", "api_keys", "domain"];
+}
+
+/// `POST /admin/users/{id}/keys`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    api_key: Option<String>,
+}
+
+/// `PUT /admin/users/{id}/tier`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTier {
+    tier: Option<String>,
 }
 
 fn check_path_part(field: &'static str, value: &str) -> Result<(), Refusal> {
@@ -350,8 +348,11 @@ async fn post_health(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Reply {
-    let body = Body::parse(&bytes, &["status", "ttl_seconds", "updated_by", "reason"])?;
-    let status = match body.str("status")?.to_ascii_uppercase().as_str() {
+    let body: HealthChange = parse_body(&bytes, HealthChange::FIELDS)?;
+    let status = match required("status", body.status)?
+        .to_ascii_uppercase()
+        .as_str()
+    {
         "NORMAL" => TierMode::Normal,
         "DEGRADED" => TierMode::Degraded,
         other => {
@@ -361,7 +362,7 @@ async fn post_health(
             ));
         }
     };
-    let ttl_seconds = body.opt_u64("ttl_seconds")?;
+    let ttl_seconds = body.ttl_seconds;
     if let Some(ttl) = ttl_seconds
         && !(1..=MAX_TTL_SECONDS).contains(&ttl)
     {
@@ -371,8 +372,8 @@ async fn post_health(
         ));
     }
     let (actor, source) = actor(&headers, peer);
-    let updated_by = body.opt_str("updated_by")?.unwrap_or_else(|| actor.clone());
-    let reason = body.opt_str("reason")?;
+    let updated_by = text("updated_by", body.updated_by)?.unwrap_or_else(|| actor.clone());
+    let reason = text("reason", body.reason)?;
     let tiers = state.limiter.tiers();
     let now = tiers.now_ms();
     let record = TierModeRecord {
@@ -470,14 +471,23 @@ async fn create_user(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Reply {
-    let body = Body::parse(&bytes, &["user_id", "tier", "api_keys", "domain"])?;
-    let wanted = body.opt_str("domain")?.or(params.domain);
+    let body: NewUser = parse_body(&bytes, NewUser::FIELDS)?;
+    let wanted = text("domain", body.domain)?.or(params.domain);
     let config = state.limiter.config();
     let domain = tiered_domain(&config, wanted.as_deref())?;
-    let user_id = body.str("user_id")?;
-    let tier = body.str("tier")?;
+    let user_id = required("user_id", body.user_id)?;
+    let tier = required("tier", body.tier)?;
     check_tier(domain, &tier)?;
-    let mut api_keys = body.opt_str_list("api_keys")?;
+    let mut api_keys = body.api_keys.unwrap_or_default();
+    if api_keys
+        .iter()
+        .any(|k| k.is_empty() || k.len() > MAX_FIELD_LEN)
+    {
+        return Err(Refusal::bad(
+            "api_keys",
+            format!("'api_keys' must hold non-empty strings of at most {MAX_FIELD_LEN} bytes"),
+        ));
+    }
     api_keys.sort();
     if api_keys.windows(2).any(|w| w[0] == w[1]) {
         return Err(Refusal::bad("api_keys", "'api_keys' lists a key twice"));
@@ -514,8 +524,8 @@ async fn add_key(
     bytes: Bytes,
 ) -> Reply {
     check_path_part("user_id", &user_id)?;
-    let body = Body::parse(&bytes, &["api_key"])?;
-    let api_key = body.str("api_key")?;
+    let body: NewKey = parse_body(&bytes, &["api_key"])?;
+    let api_key = required("api_key", body.api_key)?;
     let config = state.limiter.config();
     let domain = tiered_domain(&config, params.domain.as_deref())?;
     state
@@ -571,8 +581,8 @@ async fn set_tier(
     bytes: Bytes,
 ) -> Reply {
     check_path_part("user_id", &user_id)?;
-    let body = Body::parse(&bytes, &["tier"])?;
-    let tier = body.str("tier")?;
+    let body: NewTier = parse_body(&bytes, &["tier"])?;
+    let tier = required("tier", body.tier)?;
     let config = state.limiter.config();
     let domain = tiered_domain(&config, params.domain.as_deref())?;
     check_tier(domain, &tier)?;

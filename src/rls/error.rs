@@ -1,10 +1,12 @@
-//! Why a request got no decision, and the one mapping of that to a gRPC status.
+//! Why a request got no decision, and the one place that maps it: to a gRPC status, an HTTP
+//! status (`/json`) and the request metrics' result.
 
 use thiserror::Error;
 use tonic::Status;
 
 use super::request::RequestError;
 use crate::store::StoreError;
+use crate::telemetry::RequestResult;
 
 /// A request that could not be decided.
 #[derive(Debug, Error)]
@@ -22,6 +24,14 @@ pub enum ServiceError {
 }
 
 impl ServiceError {
+    /// How the request is counted in the request metrics.
+    pub const fn request_result(&self) -> RequestResult {
+        match self {
+            ServiceError::Request(_) => RequestResult::InvalidArgument,
+            ServiceError::Store(_) | ServiceError::NoConfig => RequestResult::Unavailable,
+        }
+    }
+
     /// The HTTP status that says the same as the gRPC one (for `/json`): 400 for a request to
     /// fix, 503 for one to retry.
     pub fn http_status(&self) -> http::StatusCode {

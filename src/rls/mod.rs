@@ -65,8 +65,7 @@ impl RlsService {
                 RequestResult::OverLimit
             }
             Ok(_) => RequestResult::Ok,
-            Err(ServiceError::Request(_)) => RequestResult::InvalidArgument,
-            Err(ServiceError::Store(_) | ServiceError::NoConfig) => RequestResult::Unavailable,
+            Err(e) => e.request_result(),
         };
         self.metrics.record(result, started.elapsed());
         answer
