@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 use clap::Parser;
 use floodgate::config::{Config, LoadOptions};
 use floodgate::settings::reference::{self, Translation};
-use floodgate::settings::{Cli, Command, LogFormat, ServeSettings};
+use floodgate::settings::{Cli, Command, DEFAULT_LOG_FILTER, LogFormat, ServeSettings};
 
 /// The allocator: mimalloc. With glibc's malloc a Redis-store decision cost about a fifth more
 /// CPU, most of it in malloc and free of memory that one worker thread allocates and another
@@ -68,7 +68,7 @@ fn serve(settings: &ServeSettings, reference: Option<&Translation>) -> anyhow::R
     // The span exporter starts its connection on the runtime.
     let telemetry = {
         let _runtime = runtime.enter();
-        let default_filter = reference.map_or("info", |t| t.log_filter.as_str());
+        let default_filter = reference.map_or(DEFAULT_LOG_FILTER, |t| t.log_filter.as_str());
         init_logging(
             settings.log_format,
             settings.otlp_endpoint.as_deref(),
