@@ -94,4 +94,35 @@ mod tests {
         cache.clear();
         assert!(cache.is_empty());
     }
+
+    #[test]
+    fn a_new_entry_is_readable_at_once_in_a_full_cache() {
+        // The over-limit cache answers the request after the one that found a counter full.
+        let cache = TtlCache::new(1000);
+        for i in 0..1000 {
+            cache.insert(format!("old{i}"), i, 0, 1000);
+        }
+        for i in 0..1000 {
+            cache.insert(format!("new{i}"), i, 0, 1000);
+            assert_eq!(cache.entry(&format!("new{i}"), 1), Some((i, 1000)));
+        }
+        assert!(cache.len() <= 1000);
+    }
+
+    #[test]
+    fn a_spray_of_new_keys_leaves_the_entries_in_use() {
+        let cache = TtlCache::new(1000);
+        for i in 0..100 {
+            cache.insert(format!("hot{i}"), i, 0, 1000);
+            assert_eq!(cache.get(&format!("hot{i}"), 1), Some(i));
+        }
+        for round in 0..10_000 {
+            cache.insert(format!("spray{round}"), round, 0, 1000);
+            let hot = format!("hot{}", round % 100);
+            assert!(
+                cache.get(&hot, 1).is_some(),
+                "{hot} evicted after {round} new keys"
+            );
+        }
+    }
 }
