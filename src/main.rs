@@ -1,5 +1,6 @@
 //! The `floodgate` binary: parse the command line, set up logging, run.
 
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use tokio::sync::Notify;
 use clap::Parser;
 use floodgate::config::{Config, LoadOptions};
 use floodgate::settings::reference::{self, Translation};
-use floodgate::settings::{Cli, Command, LogFormat};
+use floodgate::settings::{Cli, Command, DEFAULT_LOG_FILTER, LogFormat, ServeSettings};
 
 /// The allocator: mimalloc. With glibc's malloc a Redis-store decision cost about a fifth more
 /// CPU, most of it in malloc and free of memory that one worker thread allocates and another
@@ -28,57 +29,65 @@ fn main() -> anyhow::Result<ExitCode> {
             merge_domain_config,
             config_all_files,
             config_hidden_files,
-        } => match Config::load_with(
+        } => Ok(check_config(
             &path,
             &LoadOptions {
                 merge_domains: merge_domain_config,
                 all_files: config_all_files,
                 hidden_files: config_hidden_files,
             },
-        ) {
-            Ok(config) => {
-                println!(
-                    "{}: OK ({} domains: {})",
-                    path.display(),
-                    config.domain_names().len(),
-                    config.domain_names().join(", ")
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
-        Command::Serve(settings) => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            // The span exporter starts its connection on the runtime.
-            let telemetry = {
-                let _runtime = runtime.enter();
-                let default_filter = reference.as_ref().map_or("info", |t| t.log_filter.as_str());
-                init_logging(
-                    settings.log_format,
-                    settings.otlp_endpoint.as_deref(),
-                    default_filter,
-                )?
-            };
-            if let Some(translation) = &reference {
-                tracing::warn!(
-                    "started as envoyproxy/ratelimit: settings read from its environment"
-                );
-                for notice in &translation.notices {
-                    tracing::warn!("{notice}");
-                }
-            }
-            runtime.block_on(async {
-                let reload = Arc::new(Notify::new());
-                tokio::spawn(reload_on_sighup(reload.clone()));
-                floodgate::service::serve(&settings, shutdown_signal(), reload).await
-            })?;
-            drop(telemetry);
-            Ok(ExitCode::SUCCESS)
+        )),
+        Command::Serve(settings) => serve(&settings, reference.as_ref()),
+    }
+}
+
+/// `floodgate check-config`: loads the config as `serve` would and says what it found or why
+/// it is refused.
+fn check_config(path: &Path, options: &LoadOptions) -> ExitCode {
+    match Config::load_with(path, options) {
+        Ok(config) => {
+            println!(
+                "{}: OK ({} domains: {})",
+                path.display(),
+                config.domain_names().len(),
+                config.domain_names().join(", ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// `floodgate serve` until SIGTERM or SIGINT; `reference` is set when the settings were read
+/// from envoyproxy/ratelimit's environment.
+fn serve(settings: &ServeSettings, reference: Option<&Translation>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    // The span exporter starts its connection on the runtime.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        let default_filter = reference.map_or(DEFAULT_LOG_FILTER, |t| t.log_filter.as_str());
+        init_logging(
+            settings.log_format,
+            settings.otlp_endpoint.as_deref(),
+            default_filter,
+        )?
+    };
+    if let Some(translation) = reference {
+        tracing::warn!("started as envoyproxy/ratelimit: settings read from its environment");
+        for notice in &translation.notices {
+            tracing::warn!("{notice}");
+        }
+    }
+    runtime.block_on(async {
+        let reload = Arc::new(Notify::new());
+        tokio::spawn(reload_on_sighup(reload.clone()));
+        floodgate::service::serve(settings, shutdown_signal(), reload).await
+    })?;
+    drop(telemetry);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// The command line of Floodgate started as envoyproxy/ratelimit: as `/bin/ratelimit` with no

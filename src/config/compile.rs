@@ -397,6 +397,7 @@ struct Builder {
 }
 
 impl Builder {
+    /// Adds the nodes written at `at` (and their descendants) under `parent`.
     fn add_children(
         &mut self,
         parent: NodeId,
@@ -412,12 +413,7 @@ impl Builder {
                 .filter(|k| !k.is_empty())
                 .ok_or_else(|| Problem::MissingKey { at: at.clone() })?;
             let value = spec.value.as_deref().filter(|v| !v.is_empty());
-            let metric_key = match (metric_prefix, value) {
-                ("", None) => key.to_owned(),
-                ("", Some(v)) => format!("{key}_{v}"),
-                (p, None) => format!("{p}.{key}"),
-                (p, Some(v)) => format!("{p}.{key}_{v}"),
-            };
+            let metric_key = metric_key(metric_prefix, key, value);
             let wildcard = value.is_some_and(|v| v.contains('*'));
             if spec.share_threshold && !wildcard {
                 return Err(Problem::ShareThresholdWithoutWildcard { at });
@@ -437,32 +433,46 @@ impl Builder {
                     None
                 },
             });
-            let branch = self.nodes[parent]
-                .children
-                .entry(key.to_owned())
-                .or_default();
-            let duplicate = match value {
-                None => branch.any.replace(id).is_some(),
-                Some(v) if wildcard => {
-                    let seen = branch.wildcards.iter().any(|(p, _)| p == v);
-                    branch.wildcards.push((v.to_owned(), id));
-                    seen
-                }
-                Some(v) => branch.exact.insert(v.to_owned(), id).is_some(),
-            };
-            if duplicate {
-                return Err(Problem::DuplicateDescriptor {
-                    at,
-                    key: key.to_owned(),
-                    value: value.map(str::to_owned),
-                });
-            }
+            self.attach(parent, key, value, id, at.clone())?;
             self.add_children(
                 id,
                 &spec.descriptors,
                 &format!("{at}.descriptors"),
                 &metric_key,
             )?;
+        }
+        Ok(())
+    }
+
+    /// Hangs node `id` under `parent` by its entry key and value; a second node for the same
+    /// key and value is refused.
+    fn attach(
+        &mut self,
+        parent: NodeId,
+        key: &str,
+        value: Option<&str>,
+        id: NodeId,
+        at: String,
+    ) -> Result<(), Problem> {
+        let branch = self.nodes[parent]
+            .children
+            .entry(key.to_owned())
+            .or_default();
+        let duplicate = match value {
+            None => branch.any.replace(id).is_some(),
+            Some(v) if v.contains('*') => {
+                let seen = branch.wildcards.iter().any(|(p, _)| p == v);
+                branch.wildcards.push((v.to_owned(), id));
+                seen
+            }
+            Some(v) => branch.exact.insert(v.to_owned(), id).is_some(),
+        };
+        if duplicate {
+            return Err(Problem::DuplicateDescriptor {
+                at,
+                key: key.to_owned(),
+                value: value.map(str::to_owned),
+            });
         }
         Ok(())
     }
@@ -510,6 +520,7 @@ impl Builder {
         }))
     }
 
+    /// The rule of a plain node (its limit, name and `replaces`); `None` without `rate_limit`.
     fn rule(
         &mut self,
         spec: &DescriptorNode,
@@ -533,6 +544,31 @@ impl Builder {
         if let Some(name) = &name {
             self.names.insert(name.clone());
         }
+        let replaces = self.replaces(spec, rate_limit, name.as_deref(), at)?;
+        Ok(Some(Rule {
+            limit,
+            name,
+            shadow_mode: spec.shadow_mode,
+            quota_mode: spec.quota_mode,
+            count_denied_hits: rate_limit.count_denied_hits,
+            metadata,
+            replaces,
+            detailed_metric: spec.detailed_metric,
+            value_to_metric: spec.value_to_metric,
+            metric_key: Arc::new(MetricKey::new(metric_key)),
+            tiered: false,
+        }))
+    }
+
+    /// The names a rule's limit replaces (each recorded to be checked once every name is
+    /// known); a rule cannot replace itself.
+    fn replaces(
+        &mut self,
+        spec: &DescriptorNode,
+        rate_limit: &RateLimitSpec,
+        name: Option<&str>,
+        at: &str,
+    ) -> Result<Vec<String>, Problem> {
         // The reference's place for `replaces` is inside `rate_limit`; beside it is an alias.
         // (the entries, and where they are written)
         let (entries, replaces_at) =
@@ -550,7 +586,7 @@ impl Builder {
                 .ok_or_else(|| Problem::EmptyReplacesName {
                     at: replaces_at.clone(),
                 })?;
-            if name.as_ref() == Some(&replaced) {
+            if name == Some(replaced.as_str()) {
                 return Err(Problem::ReplacesSelf {
                     at: replaces_at,
                     name: replaced,
@@ -560,19 +596,17 @@ impl Builder {
                 .push((self.file, replaces_at.clone(), replaced.clone()));
             replaces.push(replaced);
         }
-        Ok(Some(Rule {
-            limit,
-            name,
-            shadow_mode: spec.shadow_mode,
-            quota_mode: spec.quota_mode,
-            count_denied_hits: rate_limit.count_denied_hits,
-            metadata,
-            replaces,
-            detailed_metric: spec.detailed_metric,
-            value_to_metric: spec.value_to_metric,
-            metric_key: Arc::new(MetricKey::new(metric_key)),
-            tiered: false,
-        }))
+        Ok(replaces)
+    }
+}
+
+/// A node's name in statsd metrics: the reference's `parent.key_value` (or `key` alone).
+fn metric_key(prefix: &str, key: &str, value: Option<&str>) -> String {
+    match (prefix, value) {
+        ("", None) => key.to_owned(),
+        ("", Some(v)) => format!("{key}_{v}"),
+        (p, None) => format!("{p}.{key}"),
+        (p, Some(v)) => format!("{p}.{key}_{v}"),
     }
 }
 
@@ -663,6 +697,18 @@ fn limit(spec: &RateLimitSpec, at: &str) -> Result<Option<Limit>, Problem> {
         Some(0) => return Err(bad("'unit_multiplier' must be at least 1".into())),
         Some(n) => n,
     };
+    let algorithm = algorithm(spec, requests_per_unit).map_err(bad)?;
+    Ok(Some(Limit {
+        requests_per_unit,
+        unit,
+        unit_multiplier,
+        algorithm,
+    }))
+}
+
+/// A `rate_limit` block's algorithm (fixed window unless written), with its `burst` checked;
+/// `Err` is why it is refused.
+fn algorithm(spec: &RateLimitSpec, requests_per_unit: u32) -> Result<Algorithm, String> {
     let algorithm = match spec.algorithm.as_deref().unwrap_or("fixed_window") {
         "fixed_window" => Algorithm::FixedWindow,
         "sliding_window" => Algorithm::SlidingWindow,
@@ -670,23 +716,16 @@ fn limit(spec: &RateLimitSpec, at: &str) -> Result<Option<Limit>, Problem> {
             burst: spec.burst.unwrap_or(requests_per_unit),
         },
         other => {
-            return Err(bad(format!(
+            return Err(format!(
                 "unknown algorithm '{other}' (expected fixed_window, sliding_window or token_bucket)"
-            )));
+            ));
         }
     };
     if spec.burst.is_some() && !matches!(algorithm, Algorithm::TokenBucket { .. }) {
-        return Err(bad(
-            "'burst' applies only to 'algorithm: token_bucket'".into()
-        ));
+        return Err("'burst' applies only to 'algorithm: token_bucket'".into());
     }
     if spec.burst == Some(0) && requests_per_unit > 0 {
-        return Err(bad("'burst' must be at least 1".into()));
+        return Err("'burst' must be at least 1".into());
     }
-    Ok(Some(Limit {
-        requests_per_unit,
-        unit,
-        unit_multiplier,
-        algorithm,
-    }))
+    Ok(algorithm)
 }

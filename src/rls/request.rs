@@ -3,7 +3,7 @@
 use thiserror::Error;
 
 use crate::config::{Limit, Unit};
-use crate::pb::{RateLimitRequest, RateLimitUnit};
+use crate::pb::{RateLimitDescriptor, RateLimitRequest, RateLimitUnit};
 use crate::query::{DescriptorQuery, Entry, RateLimitQuery};
 
 /// Bounds on one request, so that no client can make the service do unbounded work.
@@ -123,52 +123,63 @@ pub fn to_query(
     let request_hits = u64::from(request.hits_addend.max(1));
     let mut descriptors = Vec::with_capacity(request.descriptors.len());
     for (index, descriptor) in request.descriptors.into_iter().enumerate() {
-        if descriptor.entries.is_empty() {
-            return Err(RequestError::NoEntries { index });
-        }
-        if descriptor.entries.len() > limits.max_entries {
-            return Err(RequestError::TooManyEntries {
-                index,
-                count: descriptor.entries.len(),
-                max: limits.max_entries,
-            });
-        }
-        let mut entries = Vec::with_capacity(descriptor.entries.len());
-        for (entry, e) in descriptor.entries.into_iter().enumerate() {
-            if e.key.is_empty() {
-                return Err(RequestError::EmptyKey { index, entry });
-            }
-            check_len_at(index, entry, "key", &e.key, limits)?;
-            check_len_at(index, entry, "value", &e.value, limits)?;
-            entries.push(Entry {
-                key: e.key,
-                value: e.value,
-            });
-        }
-        let limit_override = descriptor
-            .limit
-            .map(|l| {
-                let unit = RateLimitUnit::try_from(l.unit)
-                    .ok()
-                    .and_then(unit_of)
-                    .ok_or(RequestError::BadOverrideUnit { index })?;
-                Ok(Limit::per(l.requests_per_unit, unit))
-            })
-            .transpose()?;
-        // A descriptor's own hits_addend (a wrapper, so 0 is meaningful) wins: 0 only looks.
-        let hits = descriptor.hits_addend.map_or(request_hits, |h| h.value);
-        if hits > MAX_HITS {
-            return Err(RequestError::TooManyHits { index, hits });
-        }
-        descriptors.push(DescriptorQuery {
-            entries,
-            limit_override,
-            hits,
-        });
+        descriptors.push(to_descriptor(index, descriptor, request_hits, limits)?);
     }
     Ok(RateLimitQuery {
         domain: request.domain,
         descriptors,
+    })
+}
+
+/// Descriptor `index` checked and moved into its query; `request_hits` is the request's
+/// hits_addend, for a descriptor without its own.
+fn to_descriptor(
+    index: usize,
+    descriptor: RateLimitDescriptor,
+    request_hits: u64,
+    limits: &InputLimits,
+) -> Result<DescriptorQuery, RequestError> {
+    if descriptor.entries.is_empty() {
+        return Err(RequestError::NoEntries { index });
+    }
+    if descriptor.entries.len() > limits.max_entries {
+        return Err(RequestError::TooManyEntries {
+            index,
+            count: descriptor.entries.len(),
+            max: limits.max_entries,
+        });
+    }
+    let mut entries = Vec::with_capacity(descriptor.entries.len());
+    for (entry, e) in descriptor.entries.into_iter().enumerate() {
+        if e.key.is_empty() {
+            return Err(RequestError::EmptyKey { index, entry });
+        }
+        check_len_at(index, entry, "key", &e.key, limits)?;
+        check_len_at(index, entry, "value", &e.value, limits)?;
+        entries.push(Entry {
+            key: e.key,
+            value: e.value,
+        });
+    }
+    let limit_override = descriptor
+        .limit
+        .map(|l| {
+            let unit = RateLimitUnit::try_from(l.unit)
+                .ok()
+                .and_then(unit_of)
+                .ok_or(RequestError::BadOverrideUnit { index })?;
+            Ok(Limit::per(l.requests_per_unit, unit))
+        })
+        .transpose()?;
+    // A descriptor's own hits_addend (a wrapper, so 0 is meaningful) wins: 0 only looks.
+    let hits = descriptor.hits_addend.map_or(request_hits, |h| h.value);
+    if hits > MAX_HITS {
+        return Err(RequestError::TooManyHits { index, hits });
+    }
+    Ok(DescriptorQuery {
+        entries,
+        limit_override,
+        hits,
     })
 }
 
@@ -216,7 +227,7 @@ fn check_len_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb::{RateLimitDescriptor, rate_limit_descriptor};
+    use crate::pb::rate_limit_descriptor;
 
     fn descriptor(pairs: &[(&str, &str)]) -> RateLimitDescriptor {
         RateLimitDescriptor {

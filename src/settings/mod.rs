@@ -12,10 +12,31 @@ use clap::{Parser, Subcommand, ValueEnum};
 use crate::breaker::BreakerSettings;
 use crate::config::LoadOptions;
 use crate::decision::FailureMode;
+use crate::limiter::{DEFAULT_CACHE_TTL, LimiterOptions};
 use crate::rls::InputLimits;
 use crate::server::{GrpcTls, Protection};
 use crate::store::memory::DEFAULT_MAX_KEYS;
 use crate::store::redis::{RedisOptions, TlsFiles, Topology};
+use crate::xds::Backoff;
+
+/// `--local-cache-size`: enough counters to hold a wide attack's keys locally, at about 100
+/// bytes an entry (10 MB); the library's own default is off.
+pub const DEFAULT_LOCAL_CACHE_SIZE: usize = 100_000;
+
+/// The log filter when RUST_LOG is unset: errors, warnings and lifecycle events, nothing per
+/// request.
+pub const DEFAULT_LOG_FILTER: &str = "info";
+
+/// A duration as the command line writes it (`60s`, `50ms`), for clap's `default_value`: each
+/// default is then written once, as the `Duration` the code itself uses. Whole seconds stay in
+/// seconds (humantime would write `1m`), as the README's table of defaults does.
+fn duration_text(duration: Duration) -> String {
+    if duration.subsec_nanos() == 0 {
+        format!("{}s", duration.as_secs())
+    } else {
+        format!("{}ms", duration.as_millis())
+    }
+}
 
 /// Floodgate: a rate limit service for Envoy and Istio (Envoy RLS v3).
 #[derive(Debug, Parser)]
@@ -197,16 +218,16 @@ pub struct ServeSettings {
     #[arg(long, env = "FLOODGATE_XDS_TLS_SERVER_NAME")]
     pub xds_tls_server_name: Option<String>,
     /// First delay before reconnecting to the control plane.
-    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_INITIAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_INITIAL", default_value = duration_text(Backoff::default().initial), value_parser = humantime::parse_duration)]
     pub xds_backoff_initial: Duration,
     /// Longest delay before reconnecting.
-    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_MAX", default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_MAX", default_value = duration_text(Backoff::default().max), value_parser = humantime::parse_duration)]
     pub xds_backoff_max: Duration,
     /// Each delay is the previous one times this.
-    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_FACTOR", default_value_t = 2.0)]
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_FACTOR", default_value_t = Backoff::default().factor)]
     pub xds_backoff_factor: f64,
     /// Draw each delay between half and all of itself.
-    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_JITTER", default_value_t = true, action = clap::ArgAction::Set)]
+    #[arg(long, env = "FLOODGATE_XDS_BACKOFF_JITTER", default_value_t = Backoff::default().jitter, action = clap::ArgAction::Set)]
     pub xds_backoff_jitter: bool,
     /// The largest xDS response accepted, in bytes (default 4 MiB).
     #[arg(long, env = "FLOODGATE_XDS_MAX_MESSAGE_SIZE")]
@@ -418,7 +439,7 @@ pub struct ServeSettings {
     #[arg(long, env = "FLOODGATE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
     /// How stale a replica's view of shared state (health state, API key owners) may be.
-    #[arg(long, env = "FLOODGATE_STATE_CACHE_TTL", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_STATE_CACHE_TTL", default_value = duration_text(DEFAULT_CACHE_TTL), value_parser = humantime::parse_duration)]
     pub state_cache_ttl: Duration,
     /// What to answer when the store cannot: error (gRPC UNAVAILABLE, so Envoy's
     /// failure_mode_deny decides), allow (OK, marked x-floodgate-degraded) or deny (OVER_LIMIT).
@@ -426,16 +447,16 @@ pub struct ServeSettings {
     pub failure_mode: FailureModeArg,
     /// Counters remembered as full (answered OVER_LIMIT without Redis until their window
     /// resets); 0 turns the local over-limit cache off. Redis store only.
-    #[arg(long, env = "FLOODGATE_LOCAL_CACHE_SIZE", default_value_t = 100_000)]
+    #[arg(long, env = "FLOODGATE_LOCAL_CACHE_SIZE", default_value_t = DEFAULT_LOCAL_CACHE_SIZE)]
     pub local_cache_size: usize,
     /// Consecutive store failures that open the circuit breaker (0: never open).
     #[arg(long, env = "FLOODGATE_CIRCUIT_FAILURES", default_value_t = BreakerSettings::default().threshold)]
     pub circuit_failures: u32,
     /// How long the open circuit waits before probing the store again.
-    #[arg(long, env = "FLOODGATE_CIRCUIT_COOLDOWN", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_CIRCUIT_COOLDOWN", default_value = duration_text(Duration::from_millis(BreakerSettings::default().cooldown_ms)), value_parser = humantime::parse_duration)]
     pub circuit_cooldown: Duration,
     /// Share of a limit past which a descriptor counts as near its limit (metrics).
-    #[arg(long, env = "FLOODGATE_NEAR_LIMIT_RATIO", default_value_t = 0.8)]
+    #[arg(long, env = "FLOODGATE_NEAR_LIMIT_RATIO", default_value_t = LimiterOptions::default().near_limit_ratio)]
     pub near_limit_ratio: f64,
     /// gRPC server certificate chain (PEM); with --grpc-tls-key, gRPC is served over TLS.
     #[arg(long, env = "FLOODGATE_GRPC_TLS_CERT", requires = "grpc_tls_key")]
@@ -456,22 +477,22 @@ pub struct ServeSettings {
     pub grpc_tls_client_san: Option<String>,
     /// How often the gRPC TLS files are read again (0s: never); when they changed, new
     /// connections get the new certificate, key and client CA.
-    #[arg(long, env = "FLOODGATE_GRPC_TLS_POLL_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_GRPC_TLS_POLL_INTERVAL", default_value = duration_text(GrpcTls::DEFAULT_POLL_INTERVAL), value_parser = humantime::parse_duration)]
     pub grpc_tls_poll_interval: Duration,
     /// Deadline of one gRPC call.
-    #[arg(long, env = "FLOODGATE_REQUEST_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_REQUEST_TIMEOUT", default_value = duration_text(Protection::default().request_timeout), value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
     /// gRPC calls in flight at once; more are refused at once (RESOURCE_EXHAUSTED).
     #[arg(long, env = "FLOODGATE_MAX_CONCURRENT_REQUESTS", default_value_t = Protection::default().max_concurrent)]
     pub max_concurrent_requests: usize,
     /// HTTP/2 keepalive ping interval on gRPC connections (0s: none).
-    #[arg(long, env = "FLOODGATE_GRPC_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_GRPC_KEEPALIVE_INTERVAL", default_value = duration_text(Protection::default().keepalive_interval.unwrap_or_default()), value_parser = humantime::parse_duration)]
     pub grpc_keepalive_interval: Duration,
     /// How long a keepalive ping may go unanswered.
-    #[arg(long, env = "FLOODGATE_GRPC_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_GRPC_KEEPALIVE_TIMEOUT", default_value = duration_text(Protection::default().keepalive_timeout), value_parser = humantime::parse_duration)]
     pub grpc_keepalive_timeout: Duration,
     /// Close gRPC connections after this age (0s: never) so clients rebalance over new replicas.
-    #[arg(long, env = "FLOODGATE_MAX_CONNECTION_AGE", default_value = "0s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "FLOODGATE_MAX_CONNECTION_AGE", default_value = duration_text(Protection::default().max_connection_age.unwrap_or_default()), value_parser = humantime::parse_duration)]
     pub max_connection_age: Duration,
     /// After --max-connection-age, how long a connection's calls in flight may take before it
     /// is closed anyway (default: --request-timeout, past which no call is left).
@@ -626,7 +647,22 @@ impl ServeSettings {
 
 #[cfg(test)]
 mod tests {
-    use super::with_credentials;
+    use std::time::Duration;
+
+    use super::{duration_text, with_credentials};
+
+    #[test]
+    fn duration_defaults_read_as_written_on_the_command_line() {
+        for (duration, text) in [
+            (Duration::ZERO, "0s"),
+            (Duration::from_millis(50), "50ms"),
+            (Duration::from_secs(60), "60s"),
+            (Duration::from_millis(1500), "1500ms"),
+        ] {
+            assert_eq!(duration_text(duration), text);
+            assert_eq!(humantime::parse_duration(text), Ok(duration));
+        }
+    }
 
     #[test]
     fn credentials_go_into_the_url_encoded() {

@@ -589,31 +589,8 @@ fn xds(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
     push(out, "--config-source", "xds");
     push(out, "--xds-server", env.value("CONFIG_GRPC_XDS_SERVER_URL"));
     push(out, "--xds-node-id", env.value("CONFIG_GRPC_XDS_NODE_ID"));
-    // "key=value,key=value" (entries without '=' are skipped, as the reference skips them).
-    if let Some(metadata) = env.raw("CONFIG_GRPC_XDS_NODE_METADATA") {
-        let pairs: Vec<&str> = metadata
-            .split(',')
-            .filter(|entry| entry.contains('='))
-            .collect();
-        if !pairs.is_empty() {
-            push(out, "--xds-node-metadata", pairs.join(","));
-        }
-    }
-    // A Go map in envconfig's syntax: "key:value,key:value".
-    if let Some(headers) = env.raw("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS") {
-        let mut pairs = Vec::new();
-        for entry in headers.split(',').filter(|e| !e.is_empty()) {
-            let Some((key, value)) = entry.split_once(':') else {
-                return Err(invalid(
-                    "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
-                    "(set)".to_owned(),
-                    "expected key:value pairs separated by commas",
-                ));
-            };
-            pairs.push(format!("{key}={value}"));
-        }
-        push(out, "--xds-headers", pairs.join(","));
-    }
+    xds_node_metadata(env, out);
+    xds_headers(env, out)?;
     if env.flag("CONFIG_GRPC_XDS_SERVER_USE_TLS")? {
         out.args.push("--xds-tls".to_owned());
         for (name, flag) in [
@@ -627,6 +604,51 @@ fn xds(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
             }
         }
     }
+    xds_backoff(env, out)?;
+    if env.raw("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES").is_some() {
+        let size: usize = env.number("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES")?;
+        push(out, "--xds-max-message-size", size.to_string());
+    }
+    Ok(())
+}
+
+/// CONFIG_GRPC_XDS_NODE_METADATA, "key=value,key=value" (entries without '=' are skipped, as
+/// the reference skips them).
+fn xds_node_metadata(env: &Env<'_>, out: &mut Translation) {
+    if let Some(metadata) = env.raw("CONFIG_GRPC_XDS_NODE_METADATA") {
+        let pairs: Vec<&str> = metadata
+            .split(',')
+            .filter(|entry| entry.contains('='))
+            .collect();
+        if !pairs.is_empty() {
+            push(out, "--xds-node-metadata", pairs.join(","));
+        }
+    }
+}
+
+/// CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS, a Go map in envconfig's syntax:
+/// "key:value,key:value".
+fn xds_headers(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    let Some(headers) = env.raw("CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS") else {
+        return Ok(());
+    };
+    let mut pairs = Vec::new();
+    for entry in headers.split(',').filter(|e| !e.is_empty()) {
+        let Some((key, value)) = entry.split_once(':') else {
+            return Err(invalid(
+                "CONFIG_GRPC_XDS_CLIENT_ADDITIONAL_HEADERS",
+                "(set)".to_owned(),
+                "expected key:value pairs separated by commas",
+            ));
+        };
+        pairs.push(format!("{key}={value}"));
+    }
+    push(out, "--xds-headers", pairs.join(","));
+    Ok(())
+}
+
+/// The xDS client's reconnection backoff (XDS_CLIENT_BACKOFF_*).
+fn xds_backoff(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
     push(
         out,
         "--xds-backoff-initial",
@@ -644,10 +666,6 @@ fn xds(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
         "--xds-backoff-jitter",
         env.flag("XDS_CLIENT_BACKOFF_JITTER")?.to_string(),
     );
-    if env.raw("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES").is_some() {
-        let size: usize = env.number("XDS_CLIENT_MAX_MSG_SIZE_IN_BYTES")?;
-        push(out, "--xds-max-message-size", size.to_string());
-    }
     Ok(())
 }
 
@@ -679,31 +697,38 @@ fn listeners(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
         env.duration("GRPC_MAX_CONNECTION_AGE_GRACE")?,
     );
     if env.flag("GRPC_SERVER_USE_TLS")? {
-        for name in ["GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY"] {
-            if env.raw(name).is_none() {
-                return Err(invalid(
-                    name,
-                    String::new(),
-                    "GRPC_SERVER_USE_TLS=true needs a certificate and its key",
-                ));
+        grpc_tls(env, out)?;
+    }
+    Ok(())
+}
+
+/// The gRPC listener's certificate and, with a CA, the client certificates it asks for
+/// (GRPC_SERVER_USE_TLS=true).
+fn grpc_tls(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    for name in ["GRPC_SERVER_TLS_CERT", "GRPC_SERVER_TLS_KEY"] {
+        if env.raw(name).is_none() {
+            return Err(invalid(
+                name,
+                String::new(),
+                "GRPC_SERVER_USE_TLS=true needs a certificate and its key",
+            ));
+        }
+    }
+    push(out, "--grpc-tls-cert", env.value("GRPC_SERVER_TLS_CERT"));
+    push(out, "--grpc-tls-key", env.value("GRPC_SERVER_TLS_KEY"));
+    let san = env.raw("GRPC_CLIENT_TLS_SAN");
+    match (env.raw("GRPC_CLIENT_TLS_CACERT"), san) {
+        (Some(ca), san) => {
+            push(out, "--grpc-tls-client-ca", ca);
+            if let Some(san) = san {
+                push(out, "--grpc-tls-client-san", san);
             }
         }
-        push(out, "--grpc-tls-cert", env.value("GRPC_SERVER_TLS_CERT"));
-        push(out, "--grpc-tls-key", env.value("GRPC_SERVER_TLS_KEY"));
-        let san = env.raw("GRPC_CLIENT_TLS_SAN");
-        match (env.raw("GRPC_CLIENT_TLS_CACERT"), san) {
-            (Some(ca), san) => {
-                push(out, "--grpc-tls-client-ca", ca);
-                if let Some(san) = san {
-                    push(out, "--grpc-tls-client-san", san);
-                }
-            }
-            // The reference then asks for no client certificate, so it checks no SAN either.
-            (None, Some(san)) => out.notices.push(format!(
-                "GRPC_CLIENT_TLS_SAN={san}: not applicable without GRPC_CLIENT_TLS_CACERT: no client certificate is asked for (as in the reference)"
-            )),
-            (None, None) => {}
-        }
+        // The reference then asks for no client certificate, so it checks no SAN either.
+        (None, Some(san)) => out.notices.push(format!(
+            "GRPC_CLIENT_TLS_SAN={san}: not applicable without GRPC_CLIENT_TLS_CACERT: no client certificate is asked for (as in the reference)"
+        )),
+        (None, None) => {}
     }
     Ok(())
 }
@@ -719,6 +744,13 @@ struct RedisVariables {
     sentinel_auth: &'static str,
     pool_size: &'static str,
     flags: &'static str,
+}
+
+impl RedisVariables {
+    /// This connection's Floodgate flag `name` (e.g. `--redis-per-second-url`).
+    fn flag(&self, name: &str) -> String {
+        format!("{}-{name}", self.flags)
+    }
 }
 
 const MAIN_REDIS: RedisVariables = RedisVariables {
@@ -787,41 +819,28 @@ fn redis_connection(
     vars: &RedisVariables,
     out: &mut Translation,
 ) -> Result<(), TranslationError> {
-    let flag = |name: &str| format!("{}-{name}", vars.flags);
-    let tls = env.flag(vars.tls)?;
-    let scheme = if tls { "rediss" } else { "redis" };
+    let scheme = if env.flag(vars.tls)? {
+        "rediss"
+    } else {
+        "redis"
+    };
     let socket = env.value(vars.socket);
     let url = env.value(vars.url);
     let kind = env.value(vars.kind).to_ascii_lowercase();
     match kind.as_str() {
         "single" if socket.eq_ignore_ascii_case("unix") => {
-            push(out, &flag("url"), format!("unix://{url}"));
+            push(out, &vars.flag("url"), format!("unix://{url}"));
         }
         "single" if socket.eq_ignore_ascii_case("tcp") => {
-            push(out, &flag("url"), format!("{scheme}://{url}"));
+            push(out, &vars.flag("url"), format!("{scheme}://{url}"));
         }
         "single" => {
             return Err(invalid(vars.socket, socket, "expected tcp or unix"));
         }
-        "sentinel" => {
-            // "master name,sentinel,sentinel,..."
-            let mut parts = url.split(',').map(str::trim);
-            let master = parts.next().unwrap_or_default().to_owned();
-            let sentinels: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
-            if master.is_empty() || sentinels.is_empty() {
-                return Err(invalid(
-                    vars.url,
-                    url,
-                    "a sentinel URL is the master's name, then host:port of each sentinel",
-                ));
-            }
-            push(out, &flag("master-name"), master);
-            push(out, &flag("sentinels"), sentinels.join(","));
-            push(out, &flag("url"), format!("{scheme}://sentinel-master"));
-        }
+        "sentinel" => redis_sentinel(vars, &url, scheme, out)?,
         "cluster" => {
-            push(out, &flag("cluster-nodes"), url.replace(' ', ""));
-            push(out, &flag("url"), format!("{scheme}://cluster"));
+            push(out, &vars.flag("cluster-nodes"), url.replace(' ', ""));
+            push(out, &vars.flag("url"), format!("{scheme}://cluster"));
         }
         _ => {
             return Err(invalid(
@@ -831,25 +850,57 @@ fn redis_connection(
             ));
         }
     }
-    // "password" or "user:password"
+    redis_credentials(env, vars, out);
+    if env.raw(vars.pool_size).is_some() {
+        let size: u32 = env.number(vars.pool_size)?;
+        push(out, &vars.flag("pool-size"), size.max(1).to_string());
+    }
+    Ok(())
+}
+
+/// A sentinel connection's URL: "master name,sentinel,sentinel,...".
+fn redis_sentinel(
+    vars: &RedisVariables,
+    url: &str,
+    scheme: &str,
+    out: &mut Translation,
+) -> Result<(), TranslationError> {
+    let mut parts = url.split(',').map(str::trim);
+    let master = parts.next().unwrap_or_default().to_owned();
+    let sentinels: Vec<&str> = parts.filter(|s| !s.is_empty()).collect();
+    if master.is_empty() || sentinels.is_empty() {
+        return Err(invalid(
+            vars.url,
+            url.to_owned(),
+            "a sentinel URL is the master's name, then host:port of each sentinel",
+        ));
+    }
+    push(out, &vars.flag("master-name"), master);
+    push(out, &vars.flag("sentinels"), sentinels.join(","));
+    push(
+        out,
+        &vars.flag("url"),
+        format!("{scheme}://sentinel-master"),
+    );
+    Ok(())
+}
+
+/// A connection's credentials: "password" or "user:password" (the sentinels' takes only the
+/// password).
+fn redis_credentials(env: &Env<'_>, vars: &RedisVariables, out: &mut Translation) {
     if let Some(auth) = env.raw(vars.auth) {
         match auth.split_once(':') {
             Some((user, password)) => {
-                push(out, &flag("username"), user);
-                push(out, &flag("password"), password);
+                push(out, &vars.flag("username"), user);
+                push(out, &vars.flag("password"), password);
             }
-            None => push(out, &flag("password"), auth),
+            None => push(out, &vars.flag("password"), auth),
         }
     }
     if let Some(auth) = env.raw(vars.sentinel_auth) {
         let password = auth.split_once(':').map_or(auth.as_str(), |(_, p)| p);
-        push(out, &flag("sentinel-password"), password);
+        push(out, &vars.flag("sentinel-password"), password);
     }
-    if env.raw(vars.pool_size).is_some() {
-        let size: u32 = env.number(vars.pool_size)?;
-        push(out, &flag("pool-size"), size.max(1).to_string());
-    }
-    Ok(())
 }
 
 /// What is enforced and answered.
@@ -882,45 +933,9 @@ fn behaviour(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
 
 /// Logs and traces.
 fn telemetry(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
-    let level = env.value("LOG_LEVEL");
-    out.log_filter = match level.to_ascii_lowercase().as_str() {
-        "trace" => "trace",
-        "debug" => "debug",
-        "info" => "info",
-        "warn" | "warning" => "warn",
-        "error" | "fatal" | "panic" => "error",
-        _ => {
-            return Err(invalid(
-                "LOG_LEVEL",
-                level,
-                "expected debug, info, warn or error",
-            ));
-        }
-    }
-    .to_owned();
+    out.log_filter = log_filter(env.value("LOG_LEVEL"))?.to_owned();
     if env.flag("USE_PROMETHEUS")? {
-        // Go's ":9090" listens on every address, IPv6 and IPv4.
-        let addr = env.value("PROMETHEUS_ADDR");
-        let addr = match addr.strip_prefix(':') {
-            Some(port) => format!("[::]:{port}"),
-            None => addr,
-        };
-        if addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "PROMETHEUS_ADDR",
-                env.value("PROMETHEUS_ADDR"),
-                "expected host:port or :port",
-            ));
-        }
-        push(out, "--reference-metrics-addr", addr);
-        push(
-            out,
-            "--reference-metrics-path",
-            env.value("PROMETHEUS_PATH"),
-        );
-        if let Some(mapping) = env.raw("PROMETHEUS_MAPPER_YAML") {
-            push(out, "--reference-metrics-mapping", mapping);
-        }
+        prometheus(env, out)?;
     }
     let format = env.value("LOG_FORMAT");
     match format.to_ascii_lowercase().as_str() {
@@ -940,6 +955,51 @@ fn telemetry(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationErro
                     .to_owned(),
             ),
         }
+    }
+    Ok(())
+}
+
+/// LOG_LEVEL (any case) as a tracing filter.
+fn log_filter(level: String) -> Result<&'static str, TranslationError> {
+    Ok(match level.to_ascii_lowercase().as_str() {
+        "trace" => "trace",
+        "debug" => "debug",
+        "info" => "info",
+        "warn" | "warning" => "warn",
+        "error" | "fatal" | "panic" => "error",
+        _ => {
+            return Err(invalid(
+                "LOG_LEVEL",
+                level,
+                "expected debug, info, warn or error",
+            ));
+        }
+    })
+}
+
+/// The reference's Prometheus endpoint (USE_PROMETHEUS=true).
+fn prometheus(env: &Env<'_>, out: &mut Translation) -> Result<(), TranslationError> {
+    // Go's ":9090" listens on every address, IPv6 and IPv4.
+    let addr = env.value("PROMETHEUS_ADDR");
+    let addr = match addr.strip_prefix(':') {
+        Some(port) => format!("[::]:{port}"),
+        None => addr,
+    };
+    if addr.parse::<std::net::SocketAddr>().is_err() {
+        return Err(invalid(
+            "PROMETHEUS_ADDR",
+            env.value("PROMETHEUS_ADDR"),
+            "expected host:port or :port",
+        ));
+    }
+    push(out, "--reference-metrics-addr", addr);
+    push(
+        out,
+        "--reference-metrics-path",
+        env.value("PROMETHEUS_PATH"),
+    );
+    if let Some(mapping) = env.raw("PROMETHEUS_MAPPER_YAML") {
+        push(out, "--reference-metrics-mapping", mapping);
     }
     Ok(())
 }

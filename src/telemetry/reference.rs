@@ -171,6 +171,14 @@ fn built_in_specs() -> Vec<MappingSpec> {
             &[("domain", "$1"), ("key1", "$2"), ("key2", "$3")],
         ));
     }
+    specs.extend(service_specs());
+    specs
+}
+
+/// The built-in rules for the service itself: calls, their errors and response times, and
+/// config loads.
+fn service_specs() -> Vec<MappingSpec> {
+    let mut specs = Vec::new();
     let counters = [
         (
             "ratelimit.service.call.should_rate_limit.*",
@@ -205,6 +213,51 @@ fn built_in_specs() -> Vec<MappingSpec> {
         &[("grpc_method", "$1")],
     ));
     specs
+}
+
+/// Mapping `i` compiled into a rule, and whether it is a glob (globs are tried before
+/// regexes); `Err` names the mapping and what is wrong with it.
+fn mapping_rule(i: usize, spec: MappingSpec, default_type: &str) -> Result<(Rule, bool), String> {
+    let at = |what: &str| format!("mappings[{i}] ({}): {what}", spec.pattern);
+    if spec.name.is_empty() {
+        return Err(at("no name"));
+    }
+    if let Some(bad) = spec.labels.keys().find(|k| !is_label_name(k)) {
+        return Err(at(&format!("invalid label name '{bad}'")));
+    }
+    let kind = match spec.match_metric_type.as_deref() {
+        None | Some("") => None,
+        Some("counter") => Some(StatKind::Counter),
+        Some("gauge") => Some(StatKind::Gauge),
+        Some("observer" | "timer" | "histogram" | "summary" | "distribution") => {
+            Some(StatKind::Timer)
+        }
+        Some(other) => return Err(at(&format!("unknown match_metric_type '{other}'"))),
+    };
+    let drop = match spec.action.as_deref() {
+        None | Some("" | "map") => false,
+        Some("drop") => true,
+        Some(other) => return Err(at(&format!("unknown action '{other}'"))),
+    };
+    let (pattern, glob) = match spec.match_type.as_deref().unwrap_or(default_type) {
+        "glob" => (
+            glob_regex(&spec.pattern).ok_or_else(|| at("invalid glob"))?,
+            true,
+        ),
+        "regex" => (
+            Regex::new(&spec.pattern).map_err(|e| at(&format!("invalid regex: {e}")))?,
+            false,
+        ),
+        other => return Err(at(&format!("unknown match_type '{other}'"))),
+    };
+    let rule = Rule {
+        pattern,
+        name: spec.name,
+        labels: spec.labels.into_iter().collect(),
+        kind,
+        drop,
+    };
+    Ok((rule, glob))
 }
 
 impl StatMapper {
@@ -246,45 +299,7 @@ impl StatMapper {
         };
         let (mut globs, mut regexes) = (Vec::new(), Vec::new());
         for (i, spec) in specs.into_iter().enumerate() {
-            let at = |what: &str| invalid(format!("mappings[{i}] ({}): {what}", spec.pattern));
-            if spec.name.is_empty() {
-                return Err(at("no name"));
-            }
-            if let Some(bad) = spec.labels.keys().find(|k| !is_label_name(k)) {
-                return Err(at(&format!("invalid label name '{bad}'")));
-            }
-            let kind = match spec.match_metric_type.as_deref() {
-                None | Some("") => None,
-                Some("counter") => Some(StatKind::Counter),
-                Some("gauge") => Some(StatKind::Gauge),
-                Some("observer" | "timer" | "histogram" | "summary" | "distribution") => {
-                    Some(StatKind::Timer)
-                }
-                Some(other) => return Err(at(&format!("unknown match_metric_type '{other}'"))),
-            };
-            let drop = match spec.action.as_deref() {
-                None | Some("" | "map") => false,
-                Some("drop") => true,
-                Some(other) => return Err(at(&format!("unknown action '{other}'"))),
-            };
-            let (pattern, glob) = match spec.match_type.as_deref().unwrap_or(default_type) {
-                "glob" => (
-                    glob_regex(&spec.pattern).ok_or_else(|| at("invalid glob"))?,
-                    true,
-                ),
-                "regex" => (
-                    Regex::new(&spec.pattern).map_err(|e| at(&format!("invalid regex: {e}")))?,
-                    false,
-                ),
-                other => return Err(at(&format!("unknown match_type '{other}'"))),
-            };
-            let rule = Rule {
-                pattern,
-                name: spec.name,
-                labels: spec.labels.into_iter().collect(),
-                kind,
-                drop,
-            };
+            let (rule, glob) = mapping_rule(i, spec, default_type).map_err(invalid)?;
             if glob {
                 globs.push(rule);
             } else {

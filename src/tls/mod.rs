@@ -55,7 +55,8 @@ pub struct GrpcTls {
 }
 
 impl GrpcTls {
-    /// How often the files are read again, by default.
+    /// How often the files are read again, by default: a renewed certificate is served within
+    /// seconds, and reading a few small files that often costs nothing.
     pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
     /// How long a handshake may take, by default.
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -80,6 +80,8 @@ pub struct Backoff {
 }
 
 impl Default for Backoff {
+    /// A second, doubling to a minute, jittered: a restarted control plane is reached again
+    /// within seconds, one that stays down is not hammered, and replicas do not retry in step.
     fn default() -> Backoff {
         Backoff {
             initial: Duration::from_secs(1),

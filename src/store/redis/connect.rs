@@ -152,66 +152,82 @@ impl Connector {
         topology: &Topology,
         tls: &TlsFiles,
     ) -> Result<Connector, StoreError> {
-        let bad = |e: RedisError| StoreError::Settings(e.to_string());
-        match topology {
+        let target = match topology {
             Topology::Standalone | Topology::Cluster { .. } => {
-                let info = url
-                    .into_connection_info()
-                    .map_err(bad)?
-                    .set_tcp_settings(tcp_settings());
-                let mut client = if tls.is_set() {
-                    Client::build_with_tls(info, tls.load()?).map_err(bad)?
-                } else {
-                    Client::open(info).map_err(bad)?
-                };
-                if tls.accept_any_hostname {
-                    let info = client.get_connection_info().clone();
-                    let mut addr = info.addr().clone();
-                    addr.set_danger_accept_invalid_hostnames(true);
-                    client = Client::open(info.set_addr(addr)).map_err(bad)?;
-                }
-                Ok(Connector::to(Target::Single(client)))
+                Target::Single(single_client(url, tls)?)
             }
             Topology::Sentinel {
                 sentinels,
                 master_name,
                 sentinel_password,
-            } => {
-                let info = url.into_connection_info().map_err(bad)?;
-                let secure = url.starts_with("rediss://");
-                if secure && tls.accept_any_hostname {
-                    tracing::warn!(
-                        "skipping TLS host name verification is not applied to a master found through Sentinels: its certificate must name the address the Sentinels give"
-                    );
-                }
-                let mut node = SentinelNodeConnectionInfo::default()
-                    .set_redis_connection_info(info.redis_settings().clone())
-                    .set_tcp_settings(tcp_settings());
-                if secure {
-                    node = node.set_tls_mode(TlsMode::Secure);
-                }
-                let scheme = if secure { "rediss" } else { "redis" };
-                let auth = sentinel_password
-                    .as_deref()
-                    .map(|p| format!(":{p}@"))
-                    .unwrap_or_default();
-                let urls: Vec<String> = sentinels
-                    .iter()
-                    .map(|s| format!("{scheme}://{auth}{s}"))
-                    .collect();
-                let client = SentinelClient::build(
-                    urls,
-                    master_name.as_str(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(bad)?;
-                Ok(Connector::to(Target::Sentinel(tokio::sync::Mutex::new(
-                    client,
-                ))))
-            }
-        }
+            } => Target::Sentinel(tokio::sync::Mutex::new(sentinel_client(
+                url,
+                sentinels,
+                master_name,
+                sentinel_password.as_deref(),
+                tls,
+            )?)),
+        };
+        Ok(Connector::to(target))
     }
+}
+
+/// A Redis URL or client setting refused, as a settings error.
+fn bad(e: RedisError) -> StoreError {
+    StoreError::Settings(e.to_string())
+}
+
+/// The client of a server at a known address (standalone, or a cluster's seed).
+fn single_client(url: &str, tls: &TlsFiles) -> Result<Client, StoreError> {
+    let info = url
+        .into_connection_info()
+        .map_err(bad)?
+        .set_tcp_settings(tcp_settings());
+    let mut client = if tls.is_set() {
+        Client::build_with_tls(info, tls.load()?).map_err(bad)?
+    } else {
+        Client::open(info).map_err(bad)?
+    };
+    if tls.accept_any_hostname {
+        let info = client.get_connection_info().clone();
+        let mut addr = info.addr().clone();
+        addr.set_danger_accept_invalid_hostnames(true);
+        client = Client::open(info.set_addr(addr)).map_err(bad)?;
+    }
+    Ok(client)
+}
+
+/// The client that asks these Sentinels where `master_name` is; `url` gives the master's
+/// database, credentials and scheme.
+fn sentinel_client(
+    url: &str,
+    sentinels: &[String],
+    master_name: &str,
+    sentinel_password: Option<&str>,
+    tls: &TlsFiles,
+) -> Result<SentinelClient, StoreError> {
+    let info = url.into_connection_info().map_err(bad)?;
+    let secure = url.starts_with("rediss://");
+    if secure && tls.accept_any_hostname {
+        tracing::warn!(
+            "skipping TLS host name verification is not applied to a master found through Sentinels: its certificate must name the address the Sentinels give"
+        );
+    }
+    let mut node = SentinelNodeConnectionInfo::default()
+        .set_redis_connection_info(info.redis_settings().clone())
+        .set_tcp_settings(tcp_settings());
+    if secure {
+        node = node.set_tls_mode(TlsMode::Secure);
+    }
+    let scheme = if secure { "rediss" } else { "redis" };
+    let auth = sentinel_password
+        .map(|p| format!(":{p}@"))
+        .unwrap_or_default();
+    let urls: Vec<String> = sentinels
+        .iter()
+        .map(|s| format!("{scheme}://{auth}{s}"))
+        .collect();
+    SentinelClient::build(urls, master_name, Some(node), SentinelServerType::Master).map_err(bad)
 }
 
 impl bb8::ManageConnection for Connector {
