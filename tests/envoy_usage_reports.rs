@@ -18,8 +18,7 @@ use tokio::time::Instant;
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http, http_full};
 use support::process::Floodgate;
-use support::topology::TempDir;
-use support::{PATIENCE, RedisServer};
+use support::{PATIENCE, RedisServer, temp_dir};
 
 const ENVOY_CONFIG: &str = include_str!("fixtures/envoy_usage/envoy.yaml");
 
@@ -86,8 +85,8 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
             None => return,
         },
     };
-    let dir = TempDir::new(&format!("envoy-usage-{store:?}").to_ascii_lowercase());
-    let limits_path = dir.path.join("usage.yaml");
+    let dir = temp_dir(&format!("envoy-usage-{store:?}").to_ascii_lowercase());
+    let limits_path = dir.path().join("usage.yaml");
     std::fs::write(&limits_path, limits).unwrap();
 
     let mut args: Vec<String> = Vec::new();
@@ -105,7 +104,7 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
     let envoy = Envoy::start(
         &envoy_bin,
         ENVOY_CONFIG,
-        &dir,
+        dir.path(),
         upstream.addr,
         floodgate.grpc_addr,
     )

@@ -8,8 +8,7 @@ use std::process::Command;
 
 use floodgate::server::ServerOptions;
 use serde_json::Value;
-use support::TestServer;
-use support::topology::TempDir;
+use support::{TestServer, temp_dir};
 
 /// Every request goes to one counter (`--keys 1`) that admits 40, then the hot key admits 1.
 const CONFIG: &str = "
@@ -30,8 +29,8 @@ async fn generate(addr: SocketAddr, name: &'static str, args: &'static [&'static
 }
 
 fn run(addr: SocketAddr, name: &str, args: &[&str]) -> Value {
-    let dir = TempDir::new("load-generator");
-    let json = dir.path.join("report.json");
+    let dir = temp_dir("load-generator");
+    let json = dir.path().join("report.json");
     let output = Command::new(env!("CARGO_BIN_EXE_floodgate-bench"))
         .arg("grpc")
         .args(["--name", name, "--addr", &addr.to_string()])
