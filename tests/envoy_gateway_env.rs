@@ -17,7 +17,6 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
@@ -27,7 +26,7 @@ use support::certs::{GatewayCa, Secret};
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::http_full;
 use support::reference::{Ratelimit, sample, write_volume};
-use support::{ChildGuard, PATIENCE, RedisServer, free_port, request, temp_dir, wait_for};
+use support::{ChildGuard, PATIENCE, RedisServer, free_port, poll, request, temp_dir, wait_for};
 
 /// The Gateway's listener, which Envoy Gateway makes the domain.
 const DOMAIN: &str = "default/eg/http";
@@ -398,17 +397,9 @@ fn start_up_with(root: &Path, certs: &Path) -> (std::process::ExitStatus, String
         .spawn()
         .unwrap();
     let mut child = ChildGuard(Some(child));
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "floodgate did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = poll("floodgate to exit", PATIENCE, || {
+        child.exited().ok_or("running".to_owned())
+    });
     (status, std::fs::read_to_string(log).unwrap())
 }
 

@@ -13,7 +13,6 @@ pub mod topology;
 
 pub use topology::RedisServer;
 
-use std::fmt::Display;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -210,20 +209,36 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 /// The pause between two looks at a condition.
 const STEP: Duration = Duration::from_millis(20);
 
-/// The one rule every wait follows: fail naming what was awaited and what was last seen.
-fn check_deadline(what: &str, started: Instant, limit: Duration, last: &dyn Display) {
-    assert!(
-        started.elapsed() < limit,
-        "timed out after {limit:?} waiting for {what}; last seen: {last}"
-    );
+/// What a wait's probe answers: `true`, or `Ok` with a value, when the wait is over; otherwise
+/// what it saw (`Err`), for the failure message.
+pub trait Probe {
+    /// What the wait returns once over.
+    type Value;
+    /// The value, or what was seen instead.
+    fn outcome(self) -> Result<Self::Value, String>;
 }
 
-/// Calls `probe` every 20 ms until it gives `Ok`, and returns that value; fails the test after
-/// `limit` with the last `Err`. For plain threads (process start-up, topologies).
-pub fn poll<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+impl Probe for bool {
+    type Value = ();
+    fn outcome(self) -> Result<(), String> {
+        self.then_some(()).ok_or_else(|| "not yet".into())
+    }
+}
+
+impl<T> Probe for Result<T, String> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self
+    }
+}
+
+/// Calls `probe` every 20 ms until it says the wait is over, and returns its value; after
+/// `limit`, fails the test naming `what` and what the probe saw last. For plain threads
+/// (process start-up, topologies).
+pub fn poll<P: Probe>(what: &str, limit: Duration, mut probe: impl FnMut() -> P) -> P::Value {
     let started = Instant::now();
     loop {
-        match probe() {
+        match probe().outcome() {
             Ok(value) => return value,
             Err(last) => check_deadline(what, started, limit, &last),
         }
@@ -231,19 +246,27 @@ pub fn poll<T>(what: &str, limit: Duration, mut probe: impl FnMut() -> Result<T,
     }
 }
 
-/// [`poll`] for async tests (it never blocks the runtime the server runs on): waits until
-/// `ready` holds and returns how long that took.
-pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F) -> Duration
+/// [`poll`] for async tests (it never blocks the runtime the server runs on); returns how long
+/// the wait took.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Duration
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
+    Fut: Future<Output: Probe>,
 {
     let started = Instant::now();
-    while !ready().await {
-        check_deadline(what, started, limit, &"not yet");
+    while let Err(last) = probe().await.outcome() {
+        check_deadline(what, started, limit, &last);
         tokio::time::sleep(STEP).await;
     }
     started.elapsed()
+}
+
+/// The one rule every wait follows: past `limit`, fail naming what was awaited and last seen.
+fn check_deadline(what: &str, started: Instant, limit: Duration, last: &str) {
+    assert!(
+        started.elapsed() < limit,
+        "timed out after {limit:?} waiting for {what}; last seen: {last}"
+    );
 }
 
 /// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
