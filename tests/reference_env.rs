@@ -7,13 +7,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use floodgate::pb::rate_limit_response::Code;
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http_full, status_of};
 use support::reference::{Ratelimit, sample, write_volume};
-use support::{ChildGuard, PATIENCE, RedisServer, request, temp_dir, wait_for};
+use support::topology::RedisProcess;
+use support::{PATIENCE, RedisServer, request, temp_dir, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -123,21 +123,13 @@ async fn istio_sample_environment_with_a_configmap_swap() {
 
 #[tokio::test]
 async fn redis_by_a_unix_socket() {
-    if RedisServer::start().is_none() {
+    if !support::installed(&["redis-server"]) {
         return;
     }
     let root = temp_dir("reference-env-unix");
     let socket = root.path().join("redis.sock");
-    let redis = Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no"])
-        .arg("--unixsocket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let _redis = ChildGuard(Some(redis));
-    wait_for("the Redis socket", PATIENCE, || async { socket.exists() }).await;
+    let unixsocket = format!("unixsocket {}", socket.display());
+    let _redis = RedisProcess::server().line(unixsocket).start();
     let config = configmap_dir(root.path());
     write_volume(&config, 1, &[("config.yaml", &limits(2))]);
     let env = istio_env(root.path(), "unix", &socket.to_string_lossy());

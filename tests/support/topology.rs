@@ -40,7 +40,6 @@ const USERINFO: &AsciiSet = &NON_ALPHANUMERIC
 pub struct RedisProcess {
     sentinel: bool,
     cluster: bool,
-    replica_of: Option<u16>,
     password: Option<String>,
     /// The CA, client certificate and key the harness connects with to a TLS-only server.
     tls: Option<[PathBuf; 3]>,
@@ -76,10 +75,9 @@ impl RedisProcess {
         self
     }
 
-    /// A replica of the node on `master` (or a master, with `None`).
-    pub fn replica_of(mut self, master: Option<u16>) -> RedisProcess {
-        self.replica_of = master;
-        self
+    /// A replica of the node on `master`.
+    pub fn replica_of(self, master: u16) -> RedisProcess {
+        self.line(format!("replicaof 127.0.0.1 {master}"))
     }
 
     /// Cluster mode, with a node timeout of 2 s.
@@ -138,9 +136,6 @@ impl RedisProcess {
                  cluster-node-timeout 2000\ncluster-port {}",
                 free_port()
             ));
-        }
-        if let Some(master) = self.replica_of {
-            lines.push(format!("replicaof 127.0.0.1 {master}"));
         }
         if let Some(password) = &self.password {
             lines.push(format!("requirepass {password}\nmasterauth {password}"));
@@ -372,7 +367,7 @@ impl SentinelTopology {
             sentinels: Vec::new(),
         };
         for _ in 0..2 {
-            let replica = node.clone().replica_of(Some(master_port)).start();
+            let replica = node.clone().replica_of(master_port).start();
             set.nodes.push(replica);
         }
         for port in set.node_ports().into_iter().skip(1) {
@@ -471,8 +466,11 @@ impl SentinelTopology {
         let password = self.password.clone();
         let node = self.node_mut(port);
         assert!(!node.is_running(), "node 127.0.0.1:{port} still runs");
-        let spec = RedisProcess::server().password(password.as_deref());
-        node.restart_as(spec.replica_of((master != port).then_some(master)));
+        let mut spec = RedisProcess::server().password(password.as_deref());
+        if master != port {
+            spec = spec.replica_of(master);
+        }
+        node.restart_as(spec);
     }
 
     /// Polls until the node on `port` is a replica with its link up; returns its master's port.
@@ -678,10 +676,10 @@ fn slot_map(node: &RedisServer) -> Result<Vec<(u16, u16, u16)>, String> {
 /// A redis-server listening on a TLS port only, with [`Certs`] made for it (the file names are
 /// [`Certs::generate`]'s).
 pub struct TlsRedis {
+    server: RedisServer,
     /// The CA, server and client certificates, and the unrelated CA.
     pub certs: Certs,
     require_client_cert: bool,
-    server: RedisServer,
 }
 
 impl TlsRedis {
@@ -710,9 +708,9 @@ impl TlsRedis {
         let spec = RedisProcess::server().password(password);
         let server = spec.tls(&certs, cert, require_client_cert).start();
         Some(TlsRedis {
+            server,
             certs,
             require_client_cert,
-            server,
         })
     }
 
