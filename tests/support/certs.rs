@@ -20,6 +20,7 @@ use super::tls::TlsClient;
 
 /// A CA: its certificate (PEM) and what it signs with.
 pub struct Authority {
+    /// The CA certificate, PEM.
     pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
@@ -163,7 +164,9 @@ fn serial() -> u64 {
 
 /// A certificate and its PKCS#1 key, PEM.
 pub struct Secret {
+    /// The certificate, PEM.
     pub cert: String,
+    /// Its key, PKCS#1 PEM.
     pub key: String,
 }
 
@@ -178,6 +181,7 @@ impl Secret {
 /// and the certificates it signs.
 pub struct GatewayCa {
     ca: Authority,
+    /// The CA certificate, PEM (what a Secret's `ca.crt` holds).
     pub pem: String,
 }
 

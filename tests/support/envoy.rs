@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use super::http::http_full;
+use super::http::try_http;
 use super::{ChildGuard, free_port, is_ci, wait_for};
 
 /// The envoy binary: `FLOODGATE_TEST_ENVOY`, else the repository's `.venv` (which .ci/run
@@ -41,6 +41,7 @@ pub fn envoy_binary() -> Option<String> {
 /// The upstream: answers every request `200` with `x-cost: <the request's x-test-cost>`, the way
 /// a model server reports the tokens a call used.
 pub struct Upstream {
+    /// Where it listens.
     pub addr: SocketAddr,
     served: Arc<AtomicUsize>,
     task: JoinHandle<()>,
@@ -77,6 +78,7 @@ impl Drop for Upstream {
 
 /// A running Envoy; killed on drop.
 pub struct Envoy {
+    /// The listener traffic goes through.
     pub ingress: SocketAddr,
     _child: ChildGuard,
 }
@@ -121,8 +123,10 @@ impl Envoy {
                 panic!("envoy exited early: {status}");
             }
             async move {
-                TcpStream::connect(admin).await.is_ok()
-                    && http_full(admin, "GET", "/ready", &[], "").await.2.trim() == "LIVE"
+                let ready = try_http(admin, "GET", "/ready", &[], "").await;
+                ready
+                    .map(|(_, _, body)| body.trim() == "LIVE")
+                    .unwrap_or(false)
             }
         })
         .await;

@@ -178,6 +178,7 @@ fn tail(dir: &Path) -> String {
 
 /// A running redis-server or redis-sentinel; killed on drop.
 pub struct RedisServer {
+    /// The port it listens on (the TLS port of a TLS-only server).
     pub port: u16,
     spec: RedisProcess,
     child: ChildGuard,
@@ -316,7 +317,9 @@ fn info_field(info: &str, field: &str) -> Option<String> {
 pub struct CliOutput {
     /// Exited with status 0 (redis-cli does on error replies too: check `stdout`).
     pub success: bool,
+    /// Standard output.
     pub stdout: String,
+    /// Standard error.
     pub stderr: String,
 }
 
