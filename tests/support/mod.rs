@@ -286,7 +286,7 @@ impl ChildGuard {
         self.0.take().expect("child still guarded")
     }
 
-    /// How the process ended, if it has (or was taken out).
+    /// How the process ended, if it has (`None` while it runs, or once taken out).
     pub fn exited(&mut self) -> Option<ExitStatus> {
         self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
     }
