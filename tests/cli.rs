@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use support::http::http;
-use support::{ChildGuard, free_port, wait_until};
+use support::{ChildGuard, free_port, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/config");
@@ -63,9 +63,12 @@ async fn serve_answers_then_exits_cleanly_on_sigterm() {
             .unwrap(),
     ));
     let addr = format!("127.0.0.1:{http_port}").parse().unwrap();
-    wait_until("floodgate /healthcheck", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(addr).is_ok()
-    });
+    wait_for(
+        "floodgate /healthcheck",
+        Duration::from_secs(20),
+        || async { tokio::net::TcpStream::connect(addr).await.is_ok() },
+    )
+    .await;
     let (status, body) = http(addr, "GET", "/healthcheck", "").await;
     assert_eq!((status, body.as_str()), (200, "OK\n"));
     let body = r#"{"domain":"edge","descriptors":[{"entries":[{"key":"remote_address","value":"192.0.2.1"}]}]}"#;

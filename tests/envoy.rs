@@ -4,78 +4,26 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::Duration;
 
-use support::envoy::envoy_binary;
+use support::envoy::{Envoy, envoy_binary};
 use support::http::http_full;
 use support::process::Floodgate;
-use support::{ChildGuard, free_port};
+use support::{free_port, temp_dir, wait_for};
 
 const ENVOY_CONFIG: &str = include_str!("../examples/envoy/envoy.yaml");
 const LIMITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/envoy/ratelimit");
 
-struct Envoy {
-    ingress: SocketAddr,
-    _child: ChildGuard,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Envoy {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start_envoy(binary: &str, floodgate_grpc: SocketAddr) -> Envoy {
-    let (ingress, backend, admin) = (free_port(), free_port(), free_port());
+/// Envoy from examples/envoy/envoy.yaml, its ports made free ones (the backend is Envoy's own).
+async fn start_envoy(binary: &str, dir: &Path, floodgate_grpc: SocketAddr) -> Envoy {
     let config = ENVOY_CONFIG
-        .replace("port_value: 10000", &format!("port_value: {ingress}"))
-        .replace("port_value: 10001", &format!("port_value: {backend}"))
-        .replace("port_value: 9901", &format!("port_value: {admin}"))
-        .replace(
-            "port_value: 8081",
-            &format!("port_value: {}", floodgate_grpc.port()),
-        );
-    let dir =
-        std::env::temp_dir().join(format!("floodgate-envoy-{}-{ingress}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("envoy.yaml");
-    std::fs::write(&path, config).unwrap();
-    let child = Command::new(binary)
-        .args([
-            "-c",
-            path.to_str().unwrap(),
-            "--disable-hot-restart",
-            "--concurrency",
-            "1",
-            "--log-level",
-            "warn",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn envoy");
-    let envoy = Envoy {
-        ingress: format!("127.0.0.1:{ingress}").parse().unwrap(),
-        _child: ChildGuard(Some(child)),
-        dir,
-    };
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if tokio::net::TcpStream::connect(admin).await.is_ok()
-            && http_full(admin, "GET", "/ready", &[], "").await.2.trim() == "LIVE"
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "envoy did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    envoy
+        .replace("port_value: 10000", "port_value: INGRESS_PORT")
+        .replace("port_value: 10001", "port_value: UPSTREAM_PORT")
+        .replace("port_value: 9901", "port_value: ADMIN_PORT")
+        .replace("port_value: 8081", "port_value: FLOODGATE_GRPC_PORT");
+    let backend = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    Envoy::start(binary, &config, dir, backend, floodgate_grpc).await
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -89,7 +37,8 @@ fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
 async fn envoy_enforces_floodgate_decisions() {
     let Some(binary) = envoy_binary() else { return };
     let floodgate = Floodgate::start(LIMITS, &[]).await;
-    let envoy = start_envoy(&binary, floodgate.grpc_addr).await;
+    let dir = temp_dir("envoy");
+    let envoy = start_envoy(&binary, dir.path(), floodgate.grpc_addr).await;
     let get = |path: &'static str, headers: &'static [(&'static str, &'static str)]| {
         let addr = envoy.ingress;
         async move { http_full(addr, "GET", path, headers, "").await }
@@ -144,16 +93,12 @@ async fn envoy_enforces_floodgate_decisions() {
 
     // Floodgate down, failure_mode_deny false: traffic passes.
     drop(floodgate);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        // The limited route is exhausted: a 200 can only mean Envoy let it through unasked.
-        if get("/limited", &[]).await.0 == 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "traffic did not pass with Floodgate down"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // The limited route is exhausted: a 200 can only mean Envoy let it through unasked.
+    let passed = || async { get("/limited", &[]).await.0 == 200 };
+    wait_for(
+        "traffic to pass with Floodgate down",
+        Duration::from_secs(20),
+        passed,
+    )
+    .await;
 }

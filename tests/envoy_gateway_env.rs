@@ -17,18 +17,16 @@ mod support;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use floodgate::pb::rate_limit_response::Code;
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
+use support::certs::{GatewayCa, Secret};
 use support::envoy::{Envoy, Upstream, envoy_binary};
-use support::gateway::{GatewayCa, Secret};
 use support::http::http_full;
 use support::reference::{Ratelimit, sample, write_volume};
-use support::topology::TempDir;
-use support::{ChildGuard, PATIENCE, RedisServer, free_port, request, wait_for};
+use support::{ChildGuard, PATIENCE, RedisServer, free_port, poll, request, temp_dir, wait_for};
 
 /// The Gateway's listener, which Envoy Gateway makes the domain.
 const DOMAIN: &str = "default/eg/http";
@@ -63,7 +61,7 @@ fn write_secret(dir: &Path, version: u32, secret: &Secret, ca: &GatewayCa) {
 
 /// Everything of one deployment: the files, Redis, and Floodgate as `/bin/ratelimit`.
 struct Deployment {
-    root: TempDir,
+    root: tempfile::TempDir,
     ca: GatewayCa,
     /// The `envoy` Secret: Envoy's client certificate.
     envoy: Secret,
@@ -81,18 +79,16 @@ impl Deployment {
         extra: &[(&'static str, &str)],
     ) -> Option<Deployment> {
         let redis = RedisServer::start()?;
-        let root = TempDir::new(name);
-        let ca_dir = root.path.join("ca");
-        std::fs::create_dir_all(&ca_dir).unwrap();
-        let ca = GatewayCa::new(&ca_dir);
-        let certs = root.path.join("certs");
+        let root = temp_dir(name);
+        let ca = GatewayCa::new();
+        let certs = root.path().join("certs");
         std::fs::create_dir_all(&certs).unwrap();
-        write_secret(&certs, 1, &ca.gateway_leaf("rate-limit-1"), &ca);
-        let envoy = ca.gateway_leaf("envoy");
-        let config = root.path.join("data").join("ratelimit").join("config");
+        write_secret(&certs, 1, &ca.gateway_leaf(), &ca);
+        let envoy = ca.gateway_leaf();
+        let config = root.path().join("data").join("ratelimit").join("config");
         std::fs::create_dir_all(&config).unwrap();
         write_volume(&config, 1, &[("default-eg-http.yaml", &limits(per_hour))]);
-        let mapping = root.path.join("statsd-exporter");
+        let mapping = root.path().join("statsd-exporter");
         std::fs::create_dir_all(&mapping).unwrap();
         write_volume(
             &mapping,
@@ -102,14 +98,14 @@ impl Deployment {
                 include_str!("fixtures/envoy_gateway/statsd-exporter-conf.yaml"),
             )],
         );
-        let mut env = gateway_env(&root.path, &certs, redis.port);
+        let mut env = gateway_env(root.path(), &certs, redis.port);
         let certs_text = certs.to_string_lossy().into_owned();
         env.extend(
             extra
                 .iter()
                 .map(|(k, v)| (*k, v.replace("CERTS", &certs_text))),
         );
-        let ratelimit = Ratelimit::start(&root.path, &env).await;
+        let ratelimit = Ratelimit::start(root.path(), &env).await;
         Some(Deployment {
             root,
             ca,
@@ -128,14 +124,21 @@ impl Deployment {
 
     /// Envoy, configured as Envoy Gateway configures its proxies, in front of `upstream`.
     async fn envoy(&self, binary: &str, upstream: &Upstream) -> Envoy {
-        let envoy_certs = self.root.path.join("envoy-certs");
+        let envoy_certs = self.root.path().join("envoy-certs");
         std::fs::create_dir_all(&envoy_certs).unwrap();
         std::fs::write(envoy_certs.join("ca.crt"), &self.ca.pem).unwrap();
         std::fs::write(envoy_certs.join("tls.crt"), &self.envoy.cert).unwrap();
         std::fs::write(envoy_certs.join("tls.key"), &self.envoy.key).unwrap();
         let config = include_str!("fixtures/envoy_gateway/envoy.yaml")
             .replace("ENVOY_CERTS", &envoy_certs.to_string_lossy());
-        Envoy::start(binary, &config, &self.root, upstream.addr, self.grpc()).await
+        Envoy::start(
+            binary,
+            &config,
+            self.root.path(),
+            upstream.addr,
+            self.grpc(),
+        )
+        .await
     }
 }
 
@@ -254,7 +257,7 @@ async fn envoy_gateway_deployment_behind_its_envoy() {
 
     // The Secret is renewed (the kubelet swaps `..data`): new connections get the new
     // certificate, without a restart; Envoy's decisions go on.
-    let renewed = deployment.ca.gateway_leaf("rate-limit-2");
+    let renewed = deployment.ca.gateway_leaf();
     write_secret(&deployment.certs, 2, &renewed, &deployment.ca);
     wait_for(
         "the renewed certificate on new connections",
@@ -305,10 +308,8 @@ async fn client_certificates_are_required_with_grpc_client_tls_cacert() {
         .should_rate_limit(grpc, for_user("anonymous"))
         .await;
     assert!(refused.is_err(), "no client certificate: {refused:?}");
-    let stranger_dir = deployment.root.path.join("other-ca");
-    std::fs::create_dir_all(&stranger_dir).unwrap();
-    let other = GatewayCa::new(&stranger_dir);
-    let stranger = other.gateway_leaf("stranger");
+    let other = GatewayCa::new();
+    let stranger = other.gateway_leaf();
     let refused = ca
         .client(Some(&stranger))
         .should_rate_limit(grpc, for_user("stranger"))
@@ -349,7 +350,7 @@ async fn the_client_san_is_checked_as_the_reference_checks_it() {
         async move { client.should_rate_limit(grpc, for_user(user)).await }
     };
     assert_eq!(ask(&deployment.envoy, "envoy").await, Ok(Code::Ok));
-    let exact = ca.leaf("exact", "client", &["envoy.envoy-gateway-system"]);
+    let exact = ca.leaf("client", &["envoy.envoy-gateway-system"]);
     assert_eq!(ask(&exact, "exact").await, Ok(Code::Ok));
     // Signed by the CA, but without the SAN: refused.
     for (name, common_name, sans) in [
@@ -358,7 +359,7 @@ async fn the_client_san_is_checked_as_the_reference_checks_it() {
         ("cn-only", "envoy.envoy-gateway-system", &[][..]),
         ("ip", "*", &["127.0.0.1"][..]),
     ] {
-        let secret = ca.leaf(name, common_name, sans);
+        let secret = ca.leaf(common_name, sans);
         let refused = ask(&secret, "refused").await;
         assert!(refused.is_err(), "{name} {sans:?}: {refused:?}");
     }
@@ -396,30 +397,19 @@ fn start_up_with(root: &Path, certs: &Path) -> (std::process::ExitStatus, String
         .spawn()
         .unwrap();
     let mut child = ChildGuard(Some(child));
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.0.as_mut().unwrap().try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "floodgate did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = poll("floodgate to exit", PATIENCE, || {
+        child.exited().ok_or("running".to_owned())
+    });
     (status, std::fs::read_to_string(log).unwrap())
 }
 
 #[test]
 fn unusable_tls_files_stop_start_up_naming_the_file() {
-    if Command::new("openssl").arg("version").output().is_err() {
-        assert!(!support::is_ci(), "openssl is needed under CI");
-        eprintln!("SKIPPED: openssl not found");
+    if !support::installed(&["openssl"]) {
         return;
     }
-    let root = TempDir::new("envoy-gateway-bad-tls");
-    let ca = GatewayCa::new(&root.path);
-    let good = ca.gateway_leaf("good");
+    let ca = GatewayCa::new();
+    let good = ca.gateway_leaf();
     let cases = [
         (
             "tls.key",
@@ -430,8 +420,8 @@ fn unusable_tls_files_stop_start_up_naming_the_file() {
         ("tls.crt", "", "tls.crt: no certificate in it"),
     ];
     for (i, (file, contents, want)) in cases.into_iter().enumerate() {
-        let dir = TempDir::new("envoy-gateway-bad-tls-case");
-        let certs = dir.path.join("certs");
+        let dir = temp_dir("envoy-gateway-bad-tls-case");
+        let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).unwrap();
         let mut secret = Secret {
             cert: good.cert.clone(),
@@ -442,7 +432,7 @@ fn unusable_tls_files_stop_start_up_naming_the_file() {
             _ => secret.cert = contents.to_owned(),
         }
         write_secret(&certs, 1, &secret, &ca);
-        let (status, log) = start_up_with(&dir.path, &certs);
+        let (status, log) = start_up_with(dir.path(), &certs);
         assert!(!status.success(), "case {i}: {log}");
         let named = format!("{}: ", certs.join(file).display());
         assert!(

@@ -10,16 +10,10 @@
 //! and on Redis.
 
 mod support;
-
-use std::time::Duration;
-
-use tokio::time::Instant;
-
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http, http_full};
 use support::process::Floodgate;
-use support::topology::TempDir;
-use support::{PATIENCE, RedisServer};
+use support::{PATIENCE, RedisServer, temp_dir, wait_for};
 
 const ENVOY_CONFIG: &str = include_str!("fixtures/envoy_usage/envoy.yaml");
 
@@ -86,8 +80,8 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
             None => return,
         },
     };
-    let dir = TempDir::new(&format!("envoy-usage-{store:?}").to_ascii_lowercase());
-    let limits_path = dir.path.join("usage.yaml");
+    let dir = temp_dir(&format!("envoy-usage-{store:?}").to_ascii_lowercase());
+    let limits_path = dir.path().join("usage.yaml");
     std::fs::write(&limits_path, limits).unwrap();
 
     let mut args: Vec<String> = Vec::new();
@@ -105,7 +99,7 @@ async fn check_then_report(store: StoreKind, limits: &str, floodgate_args: &[&st
     let envoy = Envoy::start(
         &envoy_bin,
         ENVOY_CONFIG,
-        &dir,
+        dir.path(),
         upstream.addr,
         floodgate.grpc_addr,
     )
@@ -218,25 +212,20 @@ async fn peek(floodgate: &Floodgate) -> Peek {
     }
 }
 
-/// Looks at the budget every 20 ms until `done` holds; fails after [`PATIENCE`] with the last
-/// answer.
+/// Looks at the budget until `done` holds; fails after [`PATIENCE`] with the last answer.
 async fn peek_until(floodgate: &Floodgate, what: &str, done: impl Fn(&Peek) -> bool) -> Peek {
-    const POLL: Duration = Duration::from_millis(20);
-    let deadline = Instant::now() + PATIENCE;
-    let max_polls = PATIENCE.as_millis() / POLL.as_millis() + 1;
-    let mut last = String::from("nothing");
-    for _ in 0..max_polls {
+    let found = std::cell::RefCell::new(None);
+    let (found_ref, done) = (&found, &done);
+    wait_for(what, PATIENCE, || async move {
         let now = peek(floodgate).await;
-        if done(&now) {
-            return now;
+        if !done(&now) {
+            return Err(format!("Floodgate answered {now}"));
         }
-        last = now.to_string();
-        if Instant::now() >= deadline {
-            break;
-        }
-        tokio::time::sleep(POLL).await;
-    }
-    panic!("timed out waiting for {what}; Floodgate last answered {last}");
+        *found_ref.borrow_mut() = Some(now);
+        Ok(())
+    })
+    .await;
+    found.into_inner().expect("found")
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -361,7 +361,7 @@ async fn overload_is_refused_fast_not_queued() {
 
 #[tokio::test]
 async fn grpc_tls_and_mtls_handshakes() {
-    let certs = Certs::generate("grpc");
+    let certs = Certs::generate();
     let client_for = |tls: Option<ClientTlsConfig>, addr: std::net::SocketAddr| async move {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut endpoint = Channel::from_shared(format!("{scheme}://{addr}")).unwrap();
@@ -436,7 +436,7 @@ async fn a_failed_or_stalled_tls_handshake_holds_up_no_one() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpStream;
 
-    let certs = Certs::generate("grpc-handshakes");
+    let certs = Certs::generate();
     let server_with = |handshake_timeout: Duration| {
         let options = ServerOptions {
             grpc_tls: Some(GrpcTls {

@@ -32,8 +32,7 @@ use floodgate::pb::{
 };
 use serde_json::{Value, json};
 use support::process::Floodgate;
-use support::topology::TempDir;
-use support::{RedisServer, descriptor, wait_for};
+use support::{RedisServer, descriptor, temp_dir, wait_for};
 use tonic::transport::Channel;
 
 const BIN: &str = env!("CARGO_BIN_EXE_floodgate");
@@ -241,10 +240,10 @@ fn every_fixture_has_an_expectation() {
 }
 
 /// A temporary directory holding copies of fixtures, under the given file names.
-fn config_dir(files: &[(&str, &str)]) -> TempDir {
-    let dir = TempDir::new("reference-config");
+fn config_dir(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = temp_dir("reference-config");
     for (fixture_name, as_name) in files {
-        std::fs::copy(fixture(fixture_name), dir.path.join(as_name)).unwrap();
+        std::fs::copy(fixture(fixture_name), dir.path().join(as_name)).unwrap();
     }
     dir
 }
@@ -258,7 +257,7 @@ fn check_config_refuses_a_domain_defined_in_two_files() {
     ]);
     // "duplicate_domain.yaml: duplicate domain 'test-domain' in config file"
     assert_refused(
-        &[dir.path.as_os_str()],
+        &[dir.path().as_os_str()],
         "duplicate_domain.yaml",
         &[&["duplicate domain 'test-domain'"]],
     );
@@ -268,7 +267,7 @@ fn check_config_refuses_a_domain_defined_in_two_files() {
         ("merge_domain_key2.yaml", "merge_domain_key2.yaml"),
     ]);
     assert_refused(
-        &[dir.path.as_os_str()],
+        &[dir.path().as_os_str()],
         "merge_domain_key2.yaml",
         &[&["duplicate domain 'test-domain'"]],
     );
@@ -283,7 +282,7 @@ fn check_config_merges_a_domain_across_files_when_asked() {
         ("merge_domain_key1.yaml", "merge_domain_key1.yaml"),
         ("merge_domain_key2.yaml", "merge_domain_key2.yaml"),
     ]);
-    let (ok, text) = check_config(&[merge, dir.path.as_os_str()]);
+    let (ok, text) = check_config(&[merge, dir.path().as_os_str()]);
     assert!(ok, "the merge files are one domain when merging:\n{text}");
     assert!(text.contains("test-domain"), "{text}");
 
@@ -292,7 +291,7 @@ fn check_config_merges_a_domain_across_files_when_asked() {
         ("basic_config.yaml", "basic_config.yaml"),
         ("duplicate_domain.yaml", "duplicate_domain.yaml"),
     ]);
-    let (ok, text) = check_config(&[merge, dir.path.as_os_str()]);
+    let (ok, text) = check_config(&[merge, dir.path().as_os_str()]);
     assert!(ok, "an empty second half merges:\n{text}");
 
     // "merge_domain_key1.yaml: duplicate descriptor composite key 'test-domain.key1_value1'"
@@ -301,7 +300,7 @@ fn check_config_merges_a_domain_across_files_when_asked() {
         ("merge_domain_key1.yaml", "merge_domain_key1_again.yaml"),
     ]);
     assert_refused(
-        &[merge, dir.path.as_os_str()],
+        &[merge, dir.path().as_os_str()],
         "merge_domain_key1",
         &[&["duplicate descriptor"], &["key1"], &["value1"]],
     );
@@ -969,7 +968,7 @@ async fn domain_merge(store: Store) {
         ("merge_domain_key1.yaml", "merge_domain_key1.yaml"),
         ("merge_domain_key2.yaml", "merge_domain_key2.yaml"),
     ]);
-    let config = dir.path.to_str().unwrap();
+    let config = dir.path().to_str().unwrap();
     let Some(mut fg) = store.serve(config, &["--merge-domain-config"]).await else {
         return;
     };

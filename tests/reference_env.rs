@@ -7,14 +7,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use floodgate::pb::rate_limit_response::Code;
 use support::envoy::{Envoy, Upstream, envoy_binary};
 use support::http::{http_full, status_of};
 use support::reference::{Ratelimit, sample, write_volume};
-use support::topology::TempDir;
-use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
+use support::topology::RedisProcess;
+use support::{PATIENCE, RedisServer, request, temp_dir, wait_for};
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
@@ -53,11 +52,11 @@ async fn istio_sample_environment_with_a_configmap_swap() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("reference-env");
-    let config = configmap_dir(&root.path);
+    let root = temp_dir("reference-env");
+    let config = configmap_dir(root.path());
     write_volume(&config, 1, &[("config.yaml", &limits(2))]);
-    let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", redis.port));
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
 
     // Health under the reference's gRPC service name.
     let channel =
@@ -124,25 +123,17 @@ async fn istio_sample_environment_with_a_configmap_swap() {
 
 #[tokio::test]
 async fn redis_by_a_unix_socket() {
-    if RedisServer::start().is_none() {
+    if !support::installed(&["redis-server"]) {
         return;
     }
-    let root = TempDir::new("reference-env-unix");
-    let socket = root.path.join("redis.sock");
-    let redis = Command::new("redis-server")
-        .args(["--port", "0", "--save", "", "--appendonly", "no"])
-        .arg("--unixsocket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn redis-server");
-    let _redis = ChildGuard(Some(redis));
-    wait_for("the Redis socket", PATIENCE, || async { socket.exists() }).await;
-    let config = configmap_dir(&root.path);
+    let root = temp_dir("reference-env-unix");
+    let socket = root.path().join("redis.sock");
+    let unixsocket = format!("unixsocket {}", socket.display());
+    let _redis = RedisProcess::server().line(unixsocket).start();
+    let config = configmap_dir(root.path());
     write_volume(&config, 1, &[("config.yaml", &limits(2))]);
-    let env = istio_env(&root.path, "unix", &socket.to_string_lossy());
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let env = istio_env(root.path(), "unix", &socket.to_string_lossy());
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
     let first = ratelimit.ask("ratelimit", &[&[("PATH", "/u")]]).await;
     assert_eq!(
         (first.overall_code(), first.statuses[0].limit_remaining),
@@ -168,14 +159,14 @@ async fn envoy_in_front_as_istio_wires_it() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("reference-env-envoy");
-    let config = configmap_dir(&root.path);
+    let root = temp_dir("reference-env-envoy");
+    let config = configmap_dir(root.path());
     write_volume(&config, 1, &[("config.yaml", &limits(2))]);
-    let env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", redis.port));
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
     let upstream = Upstream::start().await;
     let grpc = format!("127.0.0.1:{}", ratelimit.grpc).parse().unwrap();
-    let envoy = Envoy::start(&envoy_bin, ISTIO_ENVOY, &root, upstream.addr, grpc).await;
+    let envoy = Envoy::start(&envoy_bin, ISTIO_ENVOY, root.path(), upstream.addr, grpc).await;
     let get = |path: &'static str| http_full(envoy.ingress, "GET", path, &[], "");
     assert_eq!(get("/productpage").await.0, 200);
     assert_eq!(get("/productpage").await.0, 200);
@@ -223,11 +214,15 @@ async fn metrics_under_the_reference_s_names_on_prometheus_addr() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("reference-metrics");
-    write_volume(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
-    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    let root = temp_dir("reference-metrics");
+    write_volume(
+        &configmap_dir(root.path()),
+        1,
+        &[("edge.yaml", EDGE_LIMITS)],
+    );
+    let mut env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", redis.port));
     env.push(("USE_PROMETHEUS", "true".into()));
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
 
     let mut client = ratelimit.client().await;
     for _ in 0..3 {
@@ -303,9 +298,13 @@ async fn a_mapping_file_names_the_metrics_and_a_missing_one_falls_back() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("reference-mapping");
-    write_volume(&configmap_dir(&root.path), 1, &[("edge.yaml", EDGE_LIMITS)]);
-    let mapping = root.path.join("statsd-mapping.yaml");
+    let root = temp_dir("reference-mapping");
+    write_volume(
+        &configmap_dir(root.path()),
+        1,
+        &[("edge.yaml", EDGE_LIMITS)],
+    );
+    let mapping = root.path().join("statsd-mapping.yaml");
     std::fs::write(
         &mapping,
         "mappings:\n  - match: \"ratelimit.service.rate_limit.*.*.total_hits\"\n    name: \"edge_hits\"\n    labels:\n      service: \"$1\"\n      rule: \"$2\"\n",
@@ -318,11 +317,11 @@ async fn a_mapping_file_names_the_metrics_and_a_missing_one_falls_back() {
         ),
         // A mapping file that is not there is reported, and the built-in mapping used.
         (
-            root.path.join("missing.yaml"),
+            root.path().join("missing.yaml"),
             r#"ratelimit_service_rate_limit_total_hits{domain="edge",key1="PATH_/api"}"#,
         ),
     ] {
-        let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+        let mut env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", redis.port));
         env.push(("USE_PROMETHEUS", "true".into()));
         env.push(("PROMETHEUS_PATH", "/stats".into()));
         env.push((
@@ -330,7 +329,7 @@ async fn a_mapping_file_names_the_metrics_and_a_missing_one_falls_back() {
             file.to_string_lossy().into_owned(),
         ));
         env.push(("CACHE_KEY_PREFIX", format!("{}:", file.display())));
-        let ratelimit = Ratelimit::start(&root.path, &env).await;
+        let ratelimit = Ratelimit::start(root.path(), &env).await;
         ratelimit.ask("edge", &[&[("PATH", "/api")]]).await;
         let (status, text) = ratelimit.metrics("/stats").await;
         assert_eq!(status, 200);
@@ -343,14 +342,14 @@ async fn starting_without_a_config_as_force_start_allows() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("reference-force-start");
-    let config = configmap_dir(&root.path);
+    let root = temp_dir("reference-force-start");
+    let config = configmap_dir(root.path());
     write_volume(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
-    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    let mut env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", redis.port));
     env.push(("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()));
     env.push(("USE_PROMETHEUS", "true".into()));
     // Healthy at once (the store answers); no decisions until a config loads.
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
     let mut client = ratelimit.client().await;
     let refused = client
         .should_rate_limit(request("ratelimit", &[&[("PATH", "/a")]]))
@@ -393,13 +392,13 @@ async fn unhealthy_until_a_config_loads_when_asked() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("reference-healthy-with-config");
-    let config = configmap_dir(&root.path);
+    let root = temp_dir("reference-healthy-with-config");
+    let config = configmap_dir(root.path());
     write_volume(&config, 1, &[("config.yaml", "domain: [unclosed\n")]);
-    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    let mut env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", redis.port));
     env.push(("FORCE_START_WITHOUT_INITIAL_CONFIG", "true".into()));
     env.push(("HEALTHY_WITH_AT_LEAST_ONE_CONFIG_LOADED", "true".into()));
-    let ratelimit = Ratelimit::start_answering(&root.path, &env, 500).await;
+    let ratelimit = Ratelimit::start_answering(root.path(), &env, 500).await;
     let http = format!("127.0.0.1:{}", ratelimit.http).parse().unwrap();
     let (_, _, body) = http_full(http, "GET", "/healthcheck", &[], "").await;
     assert_eq!(body, "no config loaded\n");
@@ -450,7 +449,7 @@ async fn per_second_limits_in_a_second_redis() {
     let (Some(main), Some(fast)) = (RedisServer::start(), RedisServer::start()) else {
         return;
     };
-    let root = TempDir::new("reference-per-second");
+    let root = temp_dir("reference-per-second");
     let limits = "domain: api
 descriptors:
   - key: user
@@ -458,8 +457,8 @@ descriptors:
   - key: plan
     rate_limit: { unit: minute, requests_per_unit: 10 }
 ";
-    write_volume(&configmap_dir(&root.path), 1, &[("api.yaml", limits)]);
-    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", main.port));
+    write_volume(&configmap_dir(root.path()), 1, &[("api.yaml", limits)]);
+    let mut env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", main.port));
     env.extend([
         ("REDIS_PERSECOND", "true".into()),
         ("REDIS_PERSECOND_SOCKET_TYPE", "tcp".into()),
@@ -467,7 +466,7 @@ descriptors:
         // Floodgate's rule, so that a request denied by one Redis counts nothing in the other.
         ("STOP_CACHE_KEY_INCREMENT_WHEN_OVERLIMIT", "true".into()),
     ]);
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
     let both: &[&[(&str, &str)]] = &[&[("user", "ann")], &[("plan", "free")]];
     let first = ratelimit.ask("api", both).await;
     assert_eq!(first.overall_code(), Code::Ok);
@@ -517,18 +516,18 @@ async fn grpc_on_a_unix_socket_as_grpc_uds_asks() {
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("reference-grpc-uds");
+    let root = temp_dir("reference-grpc-uds");
     write_volume(
-        &configmap_dir(&root.path),
+        &configmap_dir(root.path()),
         1,
         &[("config.yaml", &limits(1))],
     );
-    let socket = root.path.join("ratelimit.sock");
+    let socket = root.path().join("ratelimit.sock");
     // A socket file left by an earlier run is replaced.
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
-    let mut env = istio_env(&root.path, "tcp", &format!("127.0.0.1:{}", redis.port));
+    let mut env = istio_env(root.path(), "tcp", &format!("127.0.0.1:{}", redis.port));
     env.push(("GRPC_UDS", socket.to_string_lossy().into_owned()));
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
 
     let path = socket.clone();
     let channel = tonic::transport::Endpoint::from_static("http://localhost")

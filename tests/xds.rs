@@ -21,11 +21,10 @@ use floodgate::pb::xds::{
     RateLimitUnit,
 };
 use prost::Message;
-use support::gateway::{GatewayCa, NAMESPACE, Secret};
+use support::certs::{GatewayCa, NAMESPACE, Secret};
 use support::process::{Ports, start_healthy};
 use support::reference::{Ratelimit, write_volume};
-use support::topology::TempDir;
-use support::{ChildGuard, PATIENCE, RedisServer, request, wait_for};
+use support::{ChildGuard, PATIENCE, RedisServer, request, temp_dir, wait_for};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::{Stream, StreamExt};
 
@@ -368,7 +367,7 @@ fn xds_server_cert(ca: &GatewayCa) -> Secret {
         format!("envoy-gateway.{NAMESPACE}.svc.cluster.local"),
     ];
     let names: Vec<&str> = names.iter().map(String::as_str).collect();
-    ca.leaf("xds-server", "envoy-gateway", &names)
+    ca.leaf("envoy-gateway", &names)
 }
 
 #[tokio::test]
@@ -376,15 +375,13 @@ async fn envoy_gateway_s_deployment_follows_its_control_plane_over_mutual_tls() 
     let Some(redis) = RedisServer::start() else {
         return;
     };
-    let root = TempDir::new("xds-envoy-gateway");
-    let ca_dir = root.path.join("ca");
-    std::fs::create_dir_all(&ca_dir).unwrap();
-    let ca = GatewayCa::new(&ca_dir);
+    let root = temp_dir("xds-envoy-gateway");
+    let ca = GatewayCa::new();
     // The envoy-rate-limit Secret: the service's certificate, also its xDS client certificate
     // (no extended key usage, PKCS#1 key).
-    let certs = root.path.join("certs");
+    let certs = root.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
-    let secret = ca.gateway_leaf("rate-limit");
+    let secret = ca.gateway_leaf();
     write_volume(
         &certs,
         1,
@@ -404,7 +401,7 @@ async fn envoy_gateway_s_deployment_follows_its_control_plane_over_mutual_tls() 
     let env: Vec<(&str, String)> = vec![
         (
             "RUNTIME_ROOT",
-            root.path.join("data").to_string_lossy().into_owned(),
+            root.path().join("data").to_string_lossy().into_owned(),
         ),
         ("RUNTIME_SUBDIRECTORY", "ratelimit".into()),
         ("RUNTIME_IGNOREDOTFILES", "true".into()),
@@ -430,7 +427,7 @@ async fn envoy_gateway_s_deployment_follows_its_control_plane_over_mutual_tls() 
         ("XDS_CLIENT_BACKOFF_INITIAL_INTERVAL", "100ms".into()),
     ];
     // Started before any config (FORCE_START_WITHOUT_INITIAL_CONFIG).
-    let ratelimit = Ratelimit::start(&root.path, &env).await;
+    let ratelimit = Ratelimit::start(root.path(), &env).await;
     let grpc = format!("127.0.0.1:{}", ratelimit.grpc).parse().unwrap();
     let client = ca.client(None);
     let refused = client.should_rate_limit(grpc, ask("ann")).await;
@@ -471,14 +468,14 @@ async fn envoy_gateway_s_deployment_follows_its_control_plane_over_mutual_tls() 
 
 #[tokio::test]
 async fn the_server_is_verified_for_the_url_s_host_and_a_wrong_ca_gets_nothing() {
-    let dir = TempDir::new("xds-tls-host");
-    let ca = GatewayCa::new(&dir.path);
+    let dir = temp_dir("xds-tls-host");
+    let ca = GatewayCa::new();
     // Envoy Gateway's certificate for a control plane outside Kubernetes: DNS localhost, a
     // single-label name.
-    let server = ca.leaf("xds-localhost", "envoy-gateway", &["localhost"]);
-    let client_cert = ca.gateway_leaf("client");
+    let server = ca.leaf("envoy-gateway", &["localhost"]);
+    let client_cert = ca.gateway_leaf();
     let write = |name: &str, text: &str| {
-        let path = dir.path.join(name);
+        let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_string_lossy().into_owned()
     };
@@ -506,9 +503,7 @@ async fn the_server_is_verified_for_the_url_s_host_and_a_wrong_ca_gets_nothing()
     assert_eq!(limit_for(&ports, "ann").await, Some(4));
 
     // A CA that did not sign the server's certificate: no connection, so no config.
-    let other_dir = dir.path.join("other");
-    std::fs::create_dir_all(&other_dir).unwrap();
-    let other = GatewayCa::new(&other_dir);
+    let other = GatewayCa::new();
     let other_ca = write("other-ca.crt", &other.pem);
     let mut extra = tls(other_ca);
     extra.push("--start-without-config".to_owned());

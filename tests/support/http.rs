@@ -30,7 +30,25 @@ pub async fn http_full(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, Vec<(String, String)>, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect HTTP");
+    let answer = try_http(addr, method, path, headers, body).await;
+    answer.unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// The status of a GET of `path`, or `None` when the connection fails or the answer is no HTTP.
+pub async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
+    let answer = try_http(addr, "GET", path, &[], "").await;
+    answer.ok().map(|(status, _, _)| status)
+}
+
+/// [`http_full`], with a failed connection or an answer that is no HTTP as an error.
+pub async fn try_http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, Vec<(String, String)>, String), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -39,15 +57,20 @@ pub async fn http_full(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .expect("HTTP status line");
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|s| s.get(..3)?.parse().ok());
+    let status = status.ok_or_else(|| format!("no HTTP status line in {text:?}"))?;
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let headers: Vec<(String, String)> = head
         .lines()
@@ -57,24 +80,13 @@ pub async fn http_full(
         .collect();
     let chunked = headers
         .iter()
-        .any(|(k, v): &(String, String)| k == "transfer-encoding" && v.contains("chunked"));
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"));
     let body = if chunked {
         dechunk(body)
     } else {
         body.to_owned()
     };
-    (status, headers, body)
-}
-
-/// The status of a GET of `path`, or `None` when the connection fails or the answer is no HTTP.
-pub async fn status_of(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.ok()?;
-    let text = String::from_utf8_lossy(&raw);
-    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+    Ok((status, headers, body))
 }
 
 /// The payload of a chunked body.

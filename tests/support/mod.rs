@@ -1,18 +1,20 @@
-//! Test fixtures: a Floodgate server on loopback ports chosen by the OS, and real redis-server
-//! processes that are killed when dropped, even when the test fails.
+//! Test fixtures: a Floodgate server on loopback ports chosen by the OS, real redis-server
+//! processes killed when dropped (even when the test fails), certificates, and the one bounded
+//! wait every test polls with.
 #![allow(dead_code, unreachable_pub)]
 
 pub mod certs;
 pub mod envoy;
-pub mod gateway;
 pub mod http;
 pub mod process;
 pub mod reference;
 pub mod tls;
 pub mod topology;
 
+pub use topology::RedisServer;
+
 use std::net::{SocketAddr, TcpListener as StdListener};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +23,7 @@ use floodgate::config::Config;
 use floodgate::decision::PlanOptions;
 use floodgate::limiter::{Limiter, LimiterOptions};
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
-use floodgate::pb::{
-    RateLimitDescriptor, RateLimitRequest, RateLimitResponse, rate_limit_descriptor,
-};
+use floodgate::pb::{RateLimitDescriptor, RateLimitRequest, rate_limit_descriptor};
 use floodgate::server::{Listeners, ServerOptions, run};
 use floodgate::store::redis::RedisOptions;
 use floodgate::store::{Backend, MemoryStore, RedisStore};
@@ -185,12 +185,8 @@ pub fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     }
 }
 
-/// The overall code of a response, as the enum.
-pub fn overall(response: &RateLimitResponse) -> floodgate::pb::rate_limit_response::Code {
-    response.overall_code()
-}
-
-/// A port that was free a moment ago (the OS picks it).
+/// A port that was free a moment ago (the OS picks it); a child that loses it to another test
+/// exits, and its starter tries another.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
@@ -199,50 +195,134 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Polls `ready` every 20 ms until it holds or `limit` passes.
-pub fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ready() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+/// A directory removed on drop, named after the test for whoever reads a leftover.
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("floodgate-{name}-"))
+        .tempdir()
+        .expect("create a temp dir")
+}
+
+/// How long a wait may take before the test fails: a guard against hangs, not a speed check.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// The pause between two looks at a condition.
+const STEP: Duration = Duration::from_millis(20);
+
+/// What a wait's probe answers: `true`, or `Ok` with a value, when the wait is over; otherwise
+/// what it saw (`Err`), for the failure message.
+pub trait Probe {
+    /// What the wait returns once over.
+    type Value;
+    /// The value, or what was seen instead.
+    fn outcome(self) -> Result<Self::Value, String>;
+}
+
+impl Probe for bool {
+    type Value = ();
+    fn outcome(self) -> Result<(), String> {
+        self.then_some(()).ok_or_else(|| "not yet".into())
     }
 }
 
-/// How long the async tests wait for a condition before failing (a guard, not a speed check).
-pub const PATIENCE: Duration = Duration::from_secs(20);
+impl<T> Probe for Result<T, String> {
+    type Value = T;
+    fn outcome(self) -> Result<T, String> {
+        self
+    }
+}
 
-/// Polls `ready` every 20 ms until it holds (returning how long that took), or fails the test
-/// once `limit` has passed.
-pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut ready: F) -> Duration
+/// Calls `probe` every 20 ms until it says the wait is over, and returns its value; after
+/// `limit`, fails the test naming `what` and what the probe saw last. For plain threads
+/// (process start-up, topologies).
+pub fn poll<P: Probe>(what: &str, limit: Duration, mut probe: impl FnMut() -> P) -> P::Value {
+    let started = Instant::now();
+    loop {
+        match probe().outcome() {
+            Ok(value) => return value,
+            Err(last) => check_deadline(what, started, limit, &last),
+        }
+        std::thread::sleep(STEP);
+    }
+}
+
+/// [`poll`] for async tests (it never blocks the runtime the server runs on); returns how long
+/// the wait took.
+pub async fn wait_for<F, Fut>(what: &str, limit: Duration, mut probe: F) -> Duration
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
+    Fut: Future<Output: Probe>,
 {
     let started = Instant::now();
-    while !ready().await {
-        assert!(started.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    while let Err(last) = probe().await.outcome() {
+        check_deadline(what, started, limit, &last);
+        tokio::time::sleep(STEP).await;
     }
     started.elapsed()
+}
+
+/// The one rule every wait follows: past `limit`, fail naming what was awaited and last seen.
+fn check_deadline(what: &str, started: Instant, limit: Duration, last: &str) {
+    assert!(
+        started.elapsed() < limit,
+        "timed out after {limit:?} waiting for {what}; last seen: {last}"
+    );
 }
 
 /// A child process killed (and reaped) when dropped, so a failing test leaves nothing behind.
 pub struct ChildGuard(pub Option<Child>);
 
 impl ChildGuard {
+    /// Spawns `command` with stdin closed.
+    pub fn spawn(command: &mut Command) -> ChildGuard {
+        let child = command.stdin(Stdio::null()).spawn();
+        ChildGuard(Some(
+            child.unwrap_or_else(|e| panic!("spawn {command:?}: {e}")),
+        ))
+    }
+
     /// Takes the child out (e.g. to wait for it), disarming the guard.
     pub fn take(&mut self) -> Child {
         self.0.take().expect("child still guarded")
+    }
+
+    /// How the process ended, if it has (`None` while it runs, or once taken out).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.0.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// SIGKILL (as a crash would), then reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        if let Some(child) = &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
+        self.kill();
+    }
+}
+
+/// Whether every program in `programs` runs; if not, the test is skipped (`SKIPPED` printed),
+/// except under CI, where a missing program fails it.
+pub fn installed(programs: &[&str]) -> bool {
+    for program in programs {
+        let found = Command::new(program)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !found {
+            assert!(!is_ci(), "{program} is required under CI (see .ci/run)");
+            eprintln!("SKIPPED: {program} not found; install it to run this test");
+            return false;
         }
     }
+    true
 }
 
 /// The Python interpreter for the tests that drive real clients: `FLOODGATE_TEST_PYTHON`, else
@@ -262,121 +342,4 @@ pub fn python() -> String {
 /// Whether this run is CI, where a missing dependency fails the test instead of skipping it.
 pub fn is_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
-}
-
-/// A redis-server process on a free loopback port; killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    /// Starts redis-server, or returns `None` (with a message) when it is not installed and
-    /// this is not CI; under CI=true a missing redis-server fails the test.
-    pub fn start() -> Option<RedisServer> {
-        if Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-            assert!(
-                !ci,
-                "redis-server is required under CI (apt-get install redis-server)"
-            );
-            eprintln!("SKIPPED: redis-server not found; install it to run the Redis tests");
-            return None;
-        }
-        for _ in 0..5 {
-            let port = free_port();
-            if let Some(server) = RedisServer::start_on(port) {
-                return Some(server);
-            }
-        }
-        panic!("could not start redis-server on a free port");
-    }
-
-    /// Starts redis-server on `port`; `None` if it did not come up (e.g. the port was taken).
-    pub fn start_on(port: u16) -> Option<RedisServer> {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn redis-server");
-        let mut server = RedisServer { port, child };
-        server.wait_ready().then_some(server)
-    }
-
-    /// Kills the server (as a crash would) and waits for it to be gone.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Starts the server again on the same port, empty.
-    pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(mut again) = RedisServer::start_on(self.port) {
-                std::mem::swap(self, &mut again);
-                // `again` now holds the dead child; dropping it is harmless.
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "could not restart redis-server on its port"
-            );
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// The server's process id (to pause it with SIGSTOP).
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// A plain client connection, for inspecting keys.
-    pub fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return false; // exited: port taken meanwhile
-            }
-            if let Ok(mut conn) = redis::Client::open(self.url()).and_then(|c| c.get_connection())
-                && redis::cmd("PING").query::<String>(&mut conn).is_ok()
-            {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        false
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

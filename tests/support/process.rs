@@ -8,7 +8,10 @@ use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
 use tonic::transport::Channel;
 
 use super::http::status_of;
-use super::{ChildGuard, free_port};
+use super::{ChildGuard, free_port, wait_for};
+
+/// How long a server may take to start.
+const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// A running `floodgate serve`; killed when dropped.
 pub struct Floodgate {
@@ -50,48 +53,26 @@ pub async fn start_answering(
             debug: free_port(),
             metrics: free_port(),
         };
-        let child = command(&ports)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn the server");
-        let mut child = ChildGuard(Some(child));
-        match wait_answering(&mut child, ports.http, status).await {
-            Ok(()) => return (child, ports),
-            Err(status) if attempt < ATTEMPTS => {
+        let mut child = ChildGuard::spawn(command(&ports).stdout(Stdio::null()));
+        let http: SocketAddr = format!("127.0.0.1:{}", ports.http).parse().unwrap();
+        // The port may even answer for another process, until the server fails to bind it
+        // and exits: so an exit ends the wait too.
+        let mut exited = None;
+        wait_for("the server to start", START_LIMIT, || {
+            exited = child.exited();
+            let answer = status_of(http, "/healthcheck");
+            async move { exited.is_some() || answer.await == Some(status) }
+        })
+        .await;
+        match exited {
+            None => return (child, ports),
+            Some(status) if attempt < ATTEMPTS => {
                 eprintln!("the server exited while starting ({status}); trying other ports");
             }
-            Err(status) => panic!("the server exited early: {status}"),
+            Some(status) => panic!("the server exited early: {status}"),
         }
     }
     unreachable!("the last attempt returns or panics")
-}
-
-/// Waits until /healthcheck on `http` answers `want`, or the process exits (its status).
-async fn wait_answering(
-    child: &mut ChildGuard,
-    http: u16,
-    want: u16,
-) -> Result<(), std::process::ExitStatus> {
-    let addr: SocketAddr = format!("127.0.0.1:{http}").parse().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(process) = &mut child.0
-            && let Ok(Some(status)) = process.try_wait()
-        {
-            return Err(status);
-        }
-        // Not ready while the port is closed or answers otherwise (it may even be another
-        // process's, until the server fails to bind it and exits).
-        if status_of(addr, "/healthcheck").await == Some(want) {
-            return Ok(());
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server did not become healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 impl Floodgate {

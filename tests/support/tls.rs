@@ -3,12 +3,9 @@
 //! `trusted_ca`), no SNI, ALPN `h2`, with or without a client certificate. Each call makes a new
 //! connection, so it sees the certificate the server serves now.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use floodgate::pb::RateLimitRequest;
 use floodgate::pb::rate_limit_response::Code;
@@ -88,12 +85,13 @@ impl TlsClient {
         addr: SocketAddr,
         request: RateLimitRequest,
     ) -> Result<Code, String> {
+        let client = self.clone();
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
-            .connect_with_connector(Connector {
-                client: self.clone(),
-                addr,
-            })
+            .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+                let client = client.clone();
+                async move { client.connect(addr).await.map(TokioIo::new) }
+            }))
             .await
             .map_err(|e| format!("connect: {e:?}"))?;
         RateLimitServiceClient::new(channel)
@@ -101,27 +99,6 @@ impl TlsClient {
             .await
             .map(|r| r.into_inner().overall_code())
             .map_err(|s| format!("call: {s:?}"))
-    }
-}
-
-/// tonic's connector: TLS to `addr`, whatever the URI.
-struct Connector {
-    client: TlsClient,
-    addr: SocketAddr,
-}
-
-impl tower::Service<http::Uri> for Connector {
-    type Response = TokioIo<TlsStream<TcpStream>>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _: http::Uri) -> Self::Future {
-        let (client, addr) = (self.client.clone(), self.addr);
-        Box::pin(async move { client.connect(addr).await.map(TokioIo::new) })
     }
 }
 
