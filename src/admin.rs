@@ -25,19 +25,19 @@ use crate::limiter::Limiter;
 use crate::store::{RegistryError, TierModeRecord, UserRecord};
 
 /// Header carrying the admin key.
-pub const ADMIN_KEY_HEADER: &str = "x-admin-key";
+pub(crate) const ADMIN_KEY_HEADER: &str = "x-admin-key";
 /// Optional header naming who makes a change, for the audit trail.
-pub const ACTOR_HEADER: &str = "x-admin-actor";
+pub(crate) const ACTOR_HEADER: &str = "x-admin-actor";
 /// Longest id, API key, tier name, actor or reason accepted.
-pub const MAX_FIELD_LEN: usize = 256;
+pub(crate) const MAX_FIELD_LEN: usize = 256;
 /// Longest health-state TTL: 30 days.
-pub const MAX_TTL_SECONDS: u64 = 30 * 86_400;
+pub(crate) const MAX_TTL_SECONDS: u64 = 30 * 86_400;
 /// Users per page, by default and at most.
-pub const PAGE_SIZE: (usize, usize) = (50, 500);
+pub(crate) const PAGE_SIZE: (usize, usize) = (50, 500);
 
 /// What the admin handlers share.
 #[derive(Debug)]
-pub struct AdminState {
+pub(crate) struct AdminState {
     /// The limiter whose tiers (users, keys, the tier mode) the API reads and changes.
     pub limiter: Arc<Limiter>,
     /// The admin key; `None` closes the API.
@@ -45,7 +45,7 @@ pub struct AdminState {
 }
 
 /// The `/admin` routes.
-pub fn router(state: Arc<AdminState>) -> Router {
+pub(crate) fn router(state: Arc<AdminState>) -> Router {
     Router::new()
         .route("/admin/health", get(get_health).post(post_health))
         .route("/admin/users", get(list_users).post(create_user))

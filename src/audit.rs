@@ -2,7 +2,12 @@
 //! security event. Secrets (API keys, the admin key) are masked by the callers.
 
 /// Logs and counts a security event (`invalid_api_key`, `address_blocked`, ...).
-pub fn security_event(event: &'static str, domain: &str, target: &str, source: Option<&str>) {
+pub(crate) fn security_event(
+    event: &'static str,
+    domain: &str,
+    target: &str,
+    source: Option<&str>,
+) {
     tracing::warn!(
         target: "audit",
         event,
@@ -16,7 +21,7 @@ pub fn security_event(event: &'static str, domain: &str, target: &str, source: O
 }
 
 /// Logs and counts an admin change.
-pub fn admin_change(action: &'static str, actor: &str, target: &str, source: &str) {
+pub(crate) fn admin_change(action: &'static str, actor: &str, target: &str, source: &str) {
     tracing::info!(target: "audit", event = action, actor, target, source, "admin change");
     metrics::counter!(crate::telemetry::ADMIN_CHANGES, "action" => action).increment(1);
 }

@@ -14,7 +14,7 @@ use quick_cache::UnitWeighter;
 use quick_cache::sync::Cache;
 
 /// String-keyed entries that expire; at most `capacity` of them.
-pub struct TtlCache<V> {
+pub(crate) struct TtlCache<V> {
     /// key → (value, expiry in Unix ms).
     entries: Cache<String, (V, u64), UnitWeighter, RandomState>,
 }
@@ -30,7 +30,7 @@ impl<V: Clone> std::fmt::Debug for TtlCache<V> {
 
 impl<V: Clone> TtlCache<V> {
     /// A cache of at most `capacity` entries.
-    pub fn new(capacity: usize) -> TtlCache<V> {
+    pub(crate) fn new(capacity: usize) -> TtlCache<V> {
         let capacity = capacity.max(1);
         TtlCache {
             entries: Cache::with(
@@ -44,12 +44,12 @@ impl<V: Clone> TtlCache<V> {
     }
 
     /// The value under `key` if it has not expired at `now_ms`.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<V> {
+    pub(crate) fn get(&self, key: &str, now_ms: u64) -> Option<V> {
         self.entry(key, now_ms).map(|(value, _)| value)
     }
 
     /// The value under `key` and when it expires, if it is live at `now_ms`.
-    pub fn entry(&self, key: &str, now_ms: u64) -> Option<(V, u64)> {
+    pub(crate) fn entry(&self, key: &str, now_ms: u64) -> Option<(V, u64)> {
         self.entries
             .get(key)
             .filter(|(_, expires)| now_ms < *expires)
@@ -57,23 +57,18 @@ impl<V: Clone> TtlCache<V> {
 
     /// Stores `value` under `key` until `expires_ms`. A full cache evicts by use, not by
     /// expiry, so `_now_ms` is not needed (kept so callers need not know that).
-    pub fn insert(&self, key: String, value: V, _now_ms: u64, expires_ms: u64) {
+    pub(crate) fn insert(&self, key: String, value: V, _now_ms: u64, expires_ms: u64) {
         self.entries.insert(key, (value, expires_ms));
     }
 
     /// Forgets everything (after a change that any entry may predate).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         self.entries.clear();
     }
 
     /// Number of entries, expired ones included until they are evicted.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    /// Whether the cache is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -92,7 +87,7 @@ mod tests {
         }
         assert!(cache.len() <= 32);
         cache.clear();
-        assert!(cache.is_empty());
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]

@@ -17,11 +17,11 @@ use crate::pb::{RateLimitRequest, rate_limit_response};
 use crate::rls::RlsService;
 
 /// Largest `/json` body accepted; far above any request the input caps allow through.
-pub const MAX_JSON_BODY: usize = 1 << 20;
+pub(crate) const MAX_JSON_BODY: usize = 1 << 20;
 
 /// What the HTTP handlers share.
 #[derive(Debug)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     /// The RLS service, for `/json`.
     pub rls: RlsService,
     /// The limiter, for health checks of its store.
@@ -35,7 +35,7 @@ pub struct HttpState {
 }
 
 /// The HTTP routes.
-pub fn router(state: Arc<HttpState>) -> Router {
+pub(crate) fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/healthcheck", get(healthcheck))
         .route("/readyz", get(healthcheck))
@@ -110,7 +110,7 @@ async fn json(State(state): State<Arc<HttpState>>, body: Bytes) -> Response {
 }
 
 /// The metrics alone at `path` (`--reference-metrics-addr`, the reference's PROMETHEUS_ADDR).
-pub fn metrics_router(handle: PrometheusHandle, path: &str) -> Router {
+pub(crate) fn metrics_router(handle: PrometheusHandle, path: &str) -> Router {
     let path = if path.is_empty() { "/metrics" } else { path };
     Router::new().route(
         path,
@@ -124,7 +124,7 @@ pub fn metrics_router(handle: PrometheusHandle, path: &str) -> Router {
 /// The debug endpoints (`--debug-addr`, the reference's DEBUG_PORT): `/rlconfig`, the loaded
 /// limits as text; `/stats`, the metrics (where the reference prints its counters); and `/`
 /// listing them.
-pub fn debug_router(limiter: Arc<Limiter>, metrics: PrometheusHandle) -> Router {
+pub(crate) fn debug_router(limiter: Arc<Limiter>, metrics: PrometheusHandle) -> Router {
     Router::new()
         .route(
             "/",

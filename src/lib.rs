@@ -37,20 +37,20 @@
 //!
 //! Modules depend downward only: no import cycles (`tests/layout.rs` keeps it so).
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod algorithm;
-pub mod audit;
+pub(crate) mod audit;
 pub mod breaker;
-pub mod cache;
+pub(crate) mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
-pub mod hash;
+pub(crate) mod hash;
 pub mod health;
-pub mod http;
+pub(crate) mod http;
 pub mod limiter;
 pub mod matcher;
-pub mod overload;
+pub(crate) mod overload;
 pub mod pb;
 pub mod query;
 pub mod rls;

@@ -21,6 +21,10 @@ use crate::tiers::Tiers;
 /// may be.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(2);
 
+/// Share of a limit past which a descriptor within it counts as "near": the reference's
+/// NEAR_LIMIT_RATIO default, so that its near-limit statistics mean the same here.
+pub const DEFAULT_NEAR_LIMIT_RATIO: f64 = 0.8;
+
 /// Settings of a [`Limiter`].
 #[derive(Debug, Clone)]
 pub struct LimiterOptions {
@@ -47,7 +51,7 @@ impl Default for LimiterOptions {
             failure_mode: FailureMode::default(),
             breaker: BreakerSettings::default(),
             over_limit_cache: 0,
-            near_limit_ratio: 0.8,
+            near_limit_ratio: DEFAULT_NEAR_LIMIT_RATIO,
         }
     }
 }

@@ -14,13 +14,13 @@ use tower::{BoxError, Layer, Service};
 
 /// Limits the calls in flight of the services it wraps, all of them together.
 #[derive(Debug, Clone)]
-pub struct InFlightLimitLayer {
+pub(crate) struct InFlightLimitLayer {
     gauge: Arc<InFlight>,
 }
 
 impl InFlightLimitLayer {
     /// At most `max` calls in flight (at least one).
-    pub fn new(max: usize) -> InFlightLimitLayer {
+    pub(crate) fn new(max: usize) -> InFlightLimitLayer {
         InFlightLimitLayer {
             gauge: Arc::new(InFlight {
                 max: max.max(1),
@@ -49,7 +49,7 @@ struct InFlight {
 
 /// A service whose calls count against a shared in-flight limit.
 #[derive(Debug, Clone)]
-pub struct InFlightLimit<S> {
+pub(crate) struct InFlightLimit<S> {
     inner: S,
     gauge: Arc<InFlight>,
 }

@@ -1,15 +1,13 @@
 //! [`Guarded`]: a store behind the circuit breaker. Counter calls and API key look-ups (the
 //! calls on a request's path) are refused at once while the circuit is open, timed, and
 //! reported to the breaker; an outage is logged when it starts and when it ends, not per call.
-//! Admin writes and flags pass straight through: an operator sees the store's own error.
+//! Everything else (admin writes, flags, the tier mode) is asked of the store itself through
+//! [`Guarded::unguarded`]: an operator sees the store's own error.
 
 use std::future::Future;
 use std::sync::Arc;
 
-use super::{
-    Check, Counted, CounterStore, Identity, RegistryError, SharedState, StoreError, TierModeRecord,
-    UserRecord, UserRegistry,
-};
+use super::{Check, Counted, CounterStore, Identity, StoreError, UserRegistry};
 use crate::breaker::{BreakerSettings, BreakerState, CircuitBreaker, Permit, Transition};
 use crate::clock::Clock;
 use crate::telemetry::{self, LatencyHistogram};
@@ -113,64 +111,16 @@ impl<S: CounterStore> CounterStore for Guarded<S> {
     }
 }
 
-impl<S: SharedState> SharedState for Guarded<S> {
-    async fn set_flag(&self, key: &str, ttl_ms: u64) -> Result<(), StoreError> {
-        self.inner.set_flag(key, ttl_ms).await
-    }
-
-    async fn tier_mode(&self) -> Result<Option<TierModeRecord>, StoreError> {
-        self.inner.tier_mode().await
-    }
-
-    async fn set_tier_mode(&self, record: &TierModeRecord) -> Result<(), StoreError> {
-        self.inner.set_tier_mode(record).await
-    }
-}
-
-impl<S: UserRegistry> UserRegistry for Guarded<S> {
-    /// On a request's path (a cache miss): guarded like the counters.
-    async fn identity(&self, domain: &str, api_key: &str) -> Result<Option<Identity>, StoreError> {
+impl<S: UserRegistry> Guarded<S> {
+    /// The owner of `api_key` in `domain`: on a request's path (an owner-cache miss), so
+    /// guarded like the counters.
+    pub async fn identity(
+        &self,
+        domain: &str,
+        api_key: &str,
+    ) -> Result<Option<Identity>, StoreError> {
         // Boxed: a cache miss is rare, and the store call would grow every request's future.
         self.guard(Box::pin(self.inner.identity(domain, api_key)))
             .await
-    }
-
-    async fn user(&self, domain: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
-        self.inner.user(domain, user_id).await
-    }
-
-    async fn users(
-        &self,
-        domain: &str,
-        after: &str,
-        limit: usize,
-    ) -> Result<Vec<UserRecord>, StoreError> {
-        self.inner.users(domain, after, limit).await
-    }
-
-    async fn create_user(&self, domain: &str, user: &UserRecord) -> Result<(), RegistryError> {
-        self.inner.create_user(domain, user).await
-    }
-
-    async fn add_key(
-        &self,
-        domain: &str,
-        user_id: &str,
-        api_key: &str,
-    ) -> Result<(), RegistryError> {
-        self.inner.add_key(domain, user_id, api_key).await
-    }
-
-    async fn revoke_key(
-        &self,
-        domain: &str,
-        user_id: &str,
-        api_key: &str,
-    ) -> Result<(), RegistryError> {
-        self.inner.revoke_key(domain, user_id, api_key).await
-    }
-
-    async fn set_tier(&self, domain: &str, user_id: &str, tier: &str) -> Result<(), RegistryError> {
-        self.inner.set_tier(domain, user_id, tier).await
     }
 }

@@ -20,9 +20,7 @@ use crate::config::{Domain, TierMode};
 use crate::decision::{KeyResolution, PlanContext, TierGrant};
 use crate::matcher::RuleMatch;
 use crate::query::RateLimitQuery;
-use crate::store::{
-    Backend, Guarded, Identity, SharedState, StoreError, TierModeRecord, UserRegistry,
-};
+use crate::store::{Backend, Guarded, Identity, SharedState, StoreError, TierModeRecord};
 use crate::telemetry;
 
 pub use registry::Usage;
@@ -172,19 +170,24 @@ impl Tiers {
 
     /// The tier mode's record as the store has it now.
     pub async fn stored_mode(&self) -> Result<Option<TierModeRecord>, StoreError> {
-        self.store.tier_mode().await
+        self.store.unguarded().tier_mode().await
     }
 
     /// Reads the shared tier mode from the store into this replica's cache.
     pub async fn refresh_mode(&self) -> Result<(), StoreError> {
-        let record = self.store.tier_mode().await?.unwrap_or_default();
+        let record = self
+            .store
+            .unguarded()
+            .tier_mode()
+            .await?
+            .unwrap_or_default();
         self.mode.store(Arc::new(record));
         Ok(())
     }
 
     /// Records a new tier mode for every replica, and applies it here at once.
     pub async fn set_mode(&self, record: TierModeRecord) -> Result<(), StoreError> {
-        self.store.set_tier_mode(&record).await?;
+        self.store.unguarded().set_tier_mode(&record).await?;
         self.mode.store(Arc::new(record));
         Ok(())
     }

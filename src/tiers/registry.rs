@@ -29,13 +29,21 @@ pub struct Usage {
 }
 
 impl Tiers {
+    /// After a registry write: the cached owners may be wrong now, so forget them (other
+    /// replicas follow within the cache TTL).
+    fn forget_owners_after(&self, written: Result<(), RegistryError>) -> Result<(), RegistryError> {
+        written?;
+        self.identities.clear();
+        Ok(())
+    }
+
     /// One user of `domain`.
     pub async fn user(
         &self,
         domain: &str,
         user_id: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        self.store.user(domain, user_id).await
+        self.store.unguarded().user(domain, user_id).await
     }
 
     /// Up to `limit` users of `domain` with ids after `after`, in id order.
@@ -45,14 +53,13 @@ impl Tiers {
         after: &str,
         limit: usize,
     ) -> Result<Vec<UserRecord>, StoreError> {
-        self.store.users(domain, after, limit).await
+        self.store.unguarded().users(domain, after, limit).await
     }
 
     /// Creates a user with its keys, all or nothing.
     pub async fn create_user(&self, domain: &str, user: &UserRecord) -> Result<(), RegistryError> {
-        self.store.create_user(domain, user).await?;
-        self.identities.clear();
-        Ok(())
+        let written = self.store.unguarded().create_user(domain, user).await;
+        self.forget_owners_after(written)
     }
 
     /// Gives an existing user another key.
@@ -62,9 +69,12 @@ impl Tiers {
         user_id: &str,
         api_key: &str,
     ) -> Result<(), RegistryError> {
-        self.store.add_key(domain, user_id, api_key).await?;
-        self.identities.clear();
-        Ok(())
+        let written = self
+            .store
+            .unguarded()
+            .add_key(domain, user_id, api_key)
+            .await;
+        self.forget_owners_after(written)
     }
 
     /// Revokes a key of a user.
@@ -74,9 +84,12 @@ impl Tiers {
         user_id: &str,
         api_key: &str,
     ) -> Result<(), RegistryError> {
-        self.store.revoke_key(domain, user_id, api_key).await?;
-        self.identities.clear();
-        Ok(())
+        let written = self
+            .store
+            .unguarded()
+            .revoke_key(domain, user_id, api_key)
+            .await;
+        self.forget_owners_after(written)
     }
 
     /// Moves a user to another tier.
@@ -86,9 +99,8 @@ impl Tiers {
         user_id: &str,
         tier: &str,
     ) -> Result<(), RegistryError> {
-        self.store.set_tier(domain, user_id, tier).await?;
-        self.identities.clear();
-        Ok(())
+        let written = self.store.unguarded().set_tier(domain, user_id, tier).await;
+        self.forget_owners_after(written)
     }
 
     /// `user`'s counter under each top-level tiered descriptor of `domain`, read without
@@ -167,7 +179,7 @@ impl Tiers {
 
     /// Creates a seeded user, or adds what it misses to the user that exists.
     async fn seed_user(&self, domain: &str, user: UserRecord) -> Result<(), StoreError> {
-        match self.store.create_user(domain, &user).await {
+        match self.store.unguarded().create_user(domain, &user).await {
             Ok(()) => return Ok(()),
             Err(RegistryError::Store(e)) => return Err(e),
             // The user exists, or one of its keys does: add what is missing, one by one.
@@ -177,13 +189,18 @@ impl Tiers {
             api_keys: Vec::new(),
             ..user.clone()
         };
-        match self.store.create_user(domain, &bare).await {
+        match self.store.unguarded().create_user(domain, &bare).await {
             Err(RegistryError::Store(e)) => return Err(e),
             Ok(()) | Err(RegistryError::UserExists(_)) => {}
             Err(e) => tracing::warn!(domain, error = %e, "seeding a user"),
         }
         for key in &user.api_keys {
-            match self.store.add_key(domain, &user.user_id, key).await {
+            match self
+                .store
+                .unguarded()
+                .add_key(domain, &user.user_id, key)
+                .await
+            {
                 Err(RegistryError::Store(e)) => return Err(e),
                 Err(RegistryError::KeyTaken(_)) | Ok(()) => {}
                 Err(e) => tracing::warn!(domain, error = %e, "seeding an API key"),

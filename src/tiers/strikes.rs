@@ -98,7 +98,7 @@ impl Tiers {
         let policy = domain.invalid_keys();
         let block_ms = policy.block_for_secs * 1000;
         let flag = keys::block_key(&self.key_prefix, domain.name(), address);
-        if let Err(e) = self.store.set_flag(&flag, block_ms).await {
+        if let Err(e) = self.store.unguarded().set_flag(&flag, block_ms).await {
             tracing::warn!(error = %e, "could not block an address");
             return None;
         }
