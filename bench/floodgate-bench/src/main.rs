@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
 use tokio::sync::Mutex;
@@ -279,89 +279,115 @@ async fn grpc(args: GrpcArgs) -> anyhow::Result<Report> {
     load.cpu_of
         .push(("generator".to_owned(), std::process::id()));
     let domain: Arc<str> = args.domain.into();
-    let phase;
-    match args.rate {
-        None => {
-            // Closed loop: each worker sends its next request when the last one is answered.
-            let next = Arc::new(AtomicU64::new(0));
-            let mut workers = Vec::new();
-            for w in 0..load.concurrency.max(1) {
-                let connection = connections[w % connections.len()].clone();
-                let (tally, next, load, domain) =
-                    (tally.clone(), next.clone(), load.clone(), domain.clone());
-                workers.push(tokio::spawn(async move {
-                    let mut local = histogram();
-                    let mut buf = BytesMut::new();
-                    let shape = RequestShape::new(&domain, load.descriptors);
-                    while !tally.stop.load(Ordering::Relaxed) {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        let body = wire::encode_request(&mut buf, &shape, value_for(i, &load));
-                        let sent = Instant::now();
-                        let outcome = connection.call(body).await;
-                        if tally.measuring.load(Ordering::Relaxed) {
-                            let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
-                        }
-                        tally.count(outcome);
-                    }
-                    let _ = tally.histograms.lock().await.add(local);
-                }));
-            }
-            phase = run_phases(&tally, &load).await;
-            for worker in workers {
-                worker.await?;
-            }
-        }
-        Some(rate) => {
-            // Open loop: requests leave on schedule whatever the server does; latency counts
-            // from the scheduled time, and a full in-flight budget counts as an error.
-            let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
-            let budget = load.concurrency.max(1) * 64;
-            let in_flight = Arc::new(AtomicU64::new(0));
-            let origin = Instant::now();
-            let due_at = move |i: u64| origin + interval.mul_f64(i as f64);
-            let pacer = pace::Pacer::new()?;
-            let scheduler = {
-                let (tally, load, domain) = (tally.clone(), load.clone(), domain.clone());
-                tokio::spawn(async move {
-                    let mut buf = BytesMut::new();
-                    let shape = RequestShape::new(&domain, load.descriptors);
-                    let mut next: u64 = 0;
-                    while !tally.stop.load(Ordering::Relaxed) {
-                        pacer.until(due_at(next)).await?;
-                        let now = Instant::now();
-                        while due_at(next) <= now {
-                            let i = next;
-                            next += 1;
-                            if in_flight.load(Ordering::Relaxed) >= budget as u64 {
-                                tally.count(Outcome::Error);
-                                continue;
-                            }
-                            in_flight.fetch_add(1, Ordering::Relaxed);
-                            let connection = connections[(i as usize) % connections.len()].clone();
-                            let body = wire::encode_request(&mut buf, &shape, value_for(i, &load));
-                            let (tally, in_flight, due) =
-                                (tally.clone(), in_flight.clone(), due_at(i));
-                            tokio::spawn(async move {
-                                let outcome = connection.call(body).await;
-                                if tally.measuring.load(Ordering::Relaxed) {
-                                    let micros = due.elapsed().as_micros().max(1) as u64;
-                                    let _ = tally.histograms.lock().await.record(micros);
-                                }
-                                tally.count(outcome);
-                                in_flight.fetch_sub(1, Ordering::Relaxed);
-                            });
-                        }
-                    }
-                    std::io::Result::Ok(())
-                })
-            };
-            phase = run_phases(&tally, &load).await;
-            scheduler.await??;
-            // Let the last answers land.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let phase = match args.rate {
+        None => closed_loop(connections, &tally, &load, domain).await?,
+        Some(rate) => open_loop(connections, &tally, &load, domain, rate).await?,
+    };
     Ok(report(&load, "grpc", args.rate, &tally, phase).await)
+}
+
+/// Closed loop: each worker sends its next request when the last one is answered.
+async fn closed_loop(
+    connections: Vec<Connection>,
+    tally: &Arc<Tally>,
+    load: &Load,
+    domain: Arc<str>,
+) -> anyhow::Result<Phase> {
+    let next = Arc::new(AtomicU64::new(0));
+    let mut workers = Vec::new();
+    for w in 0..load.concurrency.max(1) {
+        let connection = connections[w % connections.len()].clone();
+        let (tally, next, load, domain) =
+            (tally.clone(), next.clone(), load.clone(), domain.clone());
+        workers.push(tokio::spawn(async move {
+            let mut local = histogram();
+            let mut buf = BytesMut::new();
+            let shape = RequestShape::new(&domain, load.descriptors);
+            while !tally.stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let body = wire::encode_request(&mut buf, &shape, value_for(i, &load));
+                let sent = Instant::now();
+                let outcome = connection.call(body).await;
+                if tally.measuring.load(Ordering::Relaxed) {
+                    let _ = local.record(sent.elapsed().as_micros().max(1) as u64);
+                }
+                tally.count(outcome);
+            }
+            let _ = tally.histograms.lock().await.add(local);
+        }));
+    }
+    let phase = run_phases(tally, load).await;
+    for worker in workers {
+        worker.await?;
+    }
+    Ok(phase)
+}
+
+/// Open loop: requests leave on schedule whatever the server does; latency counts from the
+/// scheduled time, and a full in-flight budget counts as an error.
+async fn open_loop(
+    connections: Vec<Connection>,
+    tally: &Arc<Tally>,
+    load: &Load,
+    domain: Arc<str>,
+    rate: u64,
+) -> anyhow::Result<Phase> {
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1) as f64);
+    let budget = load.concurrency.max(1) as u64 * 64;
+    let in_flight = Arc::new(AtomicU64::new(0));
+    let origin = Instant::now();
+    let due_at = move |i: u64| origin + interval.mul_f64(i as f64);
+    let pacer = pace::Pacer::new()?;
+    let scheduler = {
+        let (tally, load) = (tally.clone(), load.clone());
+        tokio::spawn(async move {
+            let mut buf = BytesMut::new();
+            let shape = RequestShape::new(&domain, load.descriptors);
+            let mut next: u64 = 0;
+            while !tally.stop.load(Ordering::Relaxed) {
+                pacer.until(due_at(next)).await?;
+                let now = Instant::now();
+                while due_at(next) <= now {
+                    let i = next;
+                    next += 1;
+                    if in_flight.load(Ordering::Relaxed) >= budget {
+                        tally.count(Outcome::Error);
+                        continue;
+                    }
+                    in_flight.fetch_add(1, Ordering::Relaxed);
+                    let connection = connections[(i as usize) % connections.len()].clone();
+                    let body = wire::encode_request(&mut buf, &shape, value_for(i, &load));
+                    send_scheduled(connection, body, &tally, &in_flight, due_at(i));
+                }
+            }
+            std::io::Result::Ok(())
+        })
+    };
+    let phase = run_phases(tally, load).await;
+    scheduler.await??;
+    // Let the last answers land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    Ok(phase)
+}
+
+/// Sends one open-loop request due at `due`, counting its answer and latency from `due`.
+fn send_scheduled(
+    connection: Connection,
+    body: Bytes,
+    tally: &Arc<Tally>,
+    in_flight: &Arc<AtomicU64>,
+    due: Instant,
+) {
+    let (tally, in_flight) = (tally.clone(), in_flight.clone());
+    tokio::spawn(async move {
+        let outcome = connection.call(body).await;
+        if tally.measuring.load(Ordering::Relaxed) {
+            let micros = due.elapsed().as_micros().max(1) as u64;
+            let _ = tally.histograms.lock().await.record(micros);
+        }
+        tally.count(outcome);
+        in_flight.fetch_sub(1, Ordering::Relaxed);
+    });
 }
 
 /// What the measured phase took: its length, and the scheduler times of each `--cpu-of`
