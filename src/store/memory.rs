@@ -6,21 +6,19 @@ use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 
 use hashbrown::HashTable;
-use smallvec::SmallVec;
 
+use super::counting::{self, Few, StoredCounter};
 use super::{
-    Check, Counted, Counter, CounterStore, Counters, Identity, RegistryError, SharedState,
-    StoreError, TierModeRecord, UserRecord, UserRegistry, admits,
+    Check, Counted, CounterStore, Identity, RegistryError, SharedState, StoreError, TierModeRecord,
+    UserRecord, UserRegistry,
 };
-use crate::algorithm::{Cell, Verdict, evaluate};
+use crate::algorithm::Cell;
 use crate::clock::Clock;
 
 /// Default bound on live counters: about 150 MB at the worst.
 pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
 
 const SHARDS: usize = 64;
-/// Per-check scratch of one request, inline up to four checks.
-type Few<T> = SmallVec<[T; 4]>;
 /// Candidates looked at when a full shard must evict a live counter.
 const EVICTION_SAMPLE: usize = 8;
 
@@ -71,13 +69,6 @@ struct Shard {
     earliest_expiry_ms: u64,
 }
 
-/// A counter as the store keeps it: its cell and when it expires.
-#[derive(Debug, Clone, Copy)]
-struct StoredCounter {
-    cell: Cell,
-    expires_ms: u64,
-}
-
 impl MemoryStore {
     /// A store holding at most about `max_keys` counters, reading time from `clock`.
     pub fn new(clock: Arc<dyn Clock>, max_keys: usize) -> MemoryStore {
@@ -121,33 +112,17 @@ impl MemoryStore {
         // On the stack for the usual few checks: no allocation but the answer's.
         let located: Few<(u64, usize)> = checks.iter().map(|c| self.locate(&c.key)).collect();
         let mut held = self.lock_shards(&located);
-        // First look at every counter (a key checked twice sees its first check's hits)...
-        let verdicts = look(checks, &located, &held, now);
-        // ...then record them all, or nothing.
-        let admitted = admits(checks, |i| verdicts[i].over);
-        let mut counters = Counters::with_capacity(checks.len());
-        for (i, (check, verdict)) in checks.iter().zip(&verdicts).enumerate() {
-            let recorded = check.records(admitted);
-            if recorded {
-                held.shard(i).put(
-                    &self.hasher,
-                    (located[i].0, &check.key),
-                    verdict.next,
-                    verdict.expires_ms,
-                    now,
-                );
-            }
-            counters.push(Counter {
-                over: verdict.over,
-                remaining: if recorded {
-                    verdict.remaining_after
-                } else {
-                    verdict.remaining_before
-                },
-                reset_ms: verdict.reset_ms,
-            });
-        }
-        Counted { admitted, counters }
+        let stored = |i: usize| held.stored(i).get(located[i].0, &checks[i].key).copied();
+        let verdicts = counting::look(checks, stored, now);
+        counting::record(checks, &verdicts, |i, verdict| {
+            held.shard(i).put(
+                &self.hasher,
+                (located[i].0, &checks[i].key),
+                verdict.next,
+                verdict.expires_ms,
+                now,
+            );
+        })
     }
 
     /// Locks every shard the checks at `located` touch, in index order so two requests can
@@ -178,49 +153,15 @@ struct Held<'a> {
 }
 
 impl Held<'_> {
-    /// The shard of check `i`.
+    /// The shard of check `i`, to read.
+    fn stored(&self, i: usize) -> &Shard {
+        &self.guards[self.positions[i]].1
+    }
+
+    /// The shard of check `i`, to write.
     fn shard(&mut self, i: usize) -> &mut Shard {
         &mut self.guards[self.positions[i]].1
     }
-}
-
-/// What each check would do to its counter at `now`, without recording anything.
-fn look(checks: &[Check], located: &[(u64, usize)], held: &Held<'_>, now: u64) -> Few<Verdict> {
-    let mut verdicts: Few<Verdict> = Few::with_capacity(checks.len());
-    for (i, check) in checks.iter().enumerate() {
-        let stored = held.guards[held.positions[i]]
-            .1
-            .get(located[i].0, &check.key)
-            .filter(|slot| slot.expires_ms > now);
-        if check.gate {
-            verdicts.push(Verdict {
-                over: stored.is_some(),
-                remaining_after: 0,
-                remaining_before: 0,
-                reset_ms: stored.map_or(0, |slot| slot.expires_ms - now),
-                next: Cell::default(),
-                expires_ms: 0,
-            });
-            continue;
-        }
-        let earlier = (0..i)
-            .rev()
-            .find(|&j| checks[j].key == check.key && !checks[j].gate);
-        let cell = match earlier {
-            Some(j) => Some(verdicts[j].next),
-            None => stored.map(|slot| slot.cell),
-        };
-        let window_ms = check.window_secs.saturating_mul(1000);
-        verdicts.push(evaluate(
-            check.algorithm,
-            cell,
-            now,
-            check.limit,
-            window_ms,
-            check.hits,
-        ));
-    }
-    verdicts
 }
 
 impl CounterStore for MemoryStore {

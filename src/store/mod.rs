@@ -8,6 +8,7 @@
 //! denied request consume nothing.
 
 mod backend;
+mod counting;
 pub mod guard;
 pub mod key;
 pub mod memory;
