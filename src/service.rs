@@ -21,7 +21,8 @@ use crate::server::{
     record_config_load, run,
 };
 use crate::settings::{ConfigSourceKind, ServeSettings, StoreKind};
-use crate::store::{Backend, MemoryStore, RedisStore};
+use crate::store::sqlite::SqliteOptions;
+use crate::store::{Backend, MemoryStore, RedisStore, SqliteStore};
 use crate::telemetry;
 
 /// Loads the config, builds the store, binds the addresses and runs until `shutdown` resolves;
@@ -46,6 +47,13 @@ pub async fn serve(
             Backend::Memory(MemoryStore::new(clock.clone(), settings.memory_max_keys))
         }
         StoreKind::Redis => Backend::Redis(redis_store(settings)?),
+        StoreKind::Sqlite => Backend::Sqlite(SqliteStore::open(
+            &SqliteOptions {
+                path: settings.sqlite_path.clone(),
+                max_keys: settings.sqlite_max_keys,
+            },
+            clock.clone(),
+        )?),
     };
     let limiter = Arc::new(limiter(config, store, limiter_options, clock));
     run(limiter, options, listeners, shutdown).await
@@ -158,7 +166,8 @@ fn limiter_options(settings: &ServeSettings) -> LimiterOptions {
         near_limit_ratio: settings.near_limit_ratio,
         // The memory store answers as fast as the cache would.
         over_limit_cache: match settings.store {
-            StoreKind::Memory => 0,
+            // Local: a store call costs about what the cache would save.
+            StoreKind::Memory | StoreKind::Sqlite => 0,
             StoreKind::Redis => settings.local_cache_size,
         },
     }

@@ -1,6 +1,6 @@
-//! One set of behaviour tests, run against every store with injected time: the memory store and
-//! the Redis store (a real redis-server, its script told the time) must give the same answers,
-//! for every algorithm, at window edges.
+//! One set of behaviour tests, run against every store with injected time: the memory store, the
+//! SQLite store (a file of its own per test) and the Redis store (a real redis-server, its
+//! script told the time) must give the same answers, for every algorithm, at window edges.
 
 mod support;
 
@@ -10,7 +10,8 @@ use std::time::Duration;
 use floodgate::algorithm::Algorithm;
 use floodgate::clock::ManualClock;
 use floodgate::store::redis::RedisOptions;
-use floodgate::store::{Check, CounterStore, MemoryStore, RedisStore, SharedState};
+use floodgate::store::sqlite::SqliteOptions;
+use floodgate::store::{Check, CounterStore, MemoryStore, RedisStore, SharedState, SqliteStore};
 use support::RedisServer;
 
 const MINUTE: u64 = 60_000;
@@ -321,6 +322,19 @@ macro_rules! behaviour_tests {
                 async fn $name() {
                     let clock = Arc::new(ManualClock::new(T0));
                     let store = MemoryStore::new(clock.clone(), 1000);
+                    super::$name(&store, &clock).await;
+                }
+            )*
+        }
+        mod sqlite {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let dir = support::temp_dir("sqlite-behaviour");
+                    let clock = Arc::new(ManualClock::new(T0));
+                    let options = SqliteOptions { path: dir.path().join("counters.sqlite"), max_keys: 1000 };
+                    let store = SqliteStore::open(&options, clock.clone()).unwrap();
                     super::$name(&store, &clock).await;
                 }
             )*

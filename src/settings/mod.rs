@@ -75,6 +75,8 @@ pub enum StoreKind {
     Memory,
     /// In Redis, shared by all replicas.
     Redis,
+    /// In a SQLite file, shared by the processes of one machine and kept across restarts.
+    Sqlite,
 }
 
 /// A Redis topology from its settings: a cluster, Sentinels, or one server.
@@ -387,6 +389,13 @@ pub struct ServeSettings {
     /// Most counters the memory store holds; past it, the counters closest to their reset go.
     #[arg(long, env = "FLOODGATE_MEMORY_MAX_KEYS", default_value_t = DEFAULT_MAX_KEYS)]
     pub memory_max_keys: usize,
+    /// The SQLite store's file (created with its schema if missing), for --store sqlite.
+    #[arg(long, env = "FLOODGATE_SQLITE_PATH", default_value = crate::store::sqlite::DEFAULT_PATH)]
+    pub sqlite_path: std::path::PathBuf,
+    /// Most counters the SQLite store keeps; past it, expired ones go, then the closest to
+    /// their reset.
+    #[arg(long, env = "FLOODGATE_SQLITE_MAX_KEYS", default_value_t = DEFAULT_MAX_KEYS)]
+    pub sqlite_max_keys: usize,
     /// Count everything but deny nothing (answers OK even when over a limit).
     #[arg(long, env = "FLOODGATE_SHADOW_MODE")]
     pub shadow_mode: bool,

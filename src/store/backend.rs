@@ -3,7 +3,7 @@
 
 use super::{
     Check, Counted, CounterStore, Identity, MemoryStore, RedisStore, RegistryError, SharedState,
-    StoreError, TierModeRecord, UserRecord, UserRegistry,
+    SqliteStore, StoreError, TierModeRecord, UserRecord, UserRegistry,
 };
 
 /// The store this process runs on.
@@ -13,11 +13,19 @@ pub enum Backend {
     Memory(MemoryStore),
     /// Counters in Redis: standalone, Sentinel or Cluster (`--store redis`).
     Redis(RedisStore),
+    /// Counters in a SQLite file shared by the processes of one machine (`--store sqlite`).
+    Sqlite(SqliteStore),
 }
 
 impl From<MemoryStore> for Backend {
     fn from(store: MemoryStore) -> Backend {
         Backend::Memory(store)
+    }
+}
+
+impl From<SqliteStore> for Backend {
+    fn from(store: SqliteStore) -> Backend {
+        Backend::Sqlite(store)
     }
 }
 
@@ -33,6 +41,7 @@ macro_rules! each {
         match $backend {
             Backend::Memory($store) => $call,
             Backend::Redis($store) => $call,
+            Backend::Sqlite($store) => $call,
         }
     };
 }

@@ -14,6 +14,7 @@ pub mod key;
 pub mod memory;
 pub mod over_limit;
 pub mod redis;
+pub mod sqlite;
 
 use std::future::Future;
 
@@ -28,6 +29,7 @@ pub use key::counter_key;
 pub use memory::MemoryStore;
 pub use over_limit::OverLimitCache;
 pub use redis::RedisStore;
+pub use sqlite::SqliteStore;
 
 /// One counter to check and, if the request is admitted, to increment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -129,9 +131,10 @@ pub enum StoreError {
     /// The circuit breaker is open after repeated failures: the store was not called.
     #[error("store circuit open after repeated failures")]
     CircuitOpen,
-    /// The store's settings cannot be used (a malformed URL, an unreadable certificate):
-    /// found when the store is built, at start-up, and never transient.
-    #[error("Redis settings: {0}")]
+    /// The store's settings cannot be used (a malformed Redis URL, an unreadable certificate,
+    /// a SQLite file that is not a database): found when the store is built, at start-up, and
+    /// never transient. The message names the store.
+    #[error("{0}")]
     Settings(String),
 }
 

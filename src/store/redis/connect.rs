@@ -68,8 +68,7 @@ impl TlsFiles {
     /// The certificates, read from their files.
     pub fn load(&self) -> Result<TlsCertificates, StoreError> {
         let read = |path: &PathBuf| {
-            std::fs::read(path)
-                .map_err(|e| StoreError::Settings(format!("{}: {e}", path.display())))
+            std::fs::read(path).map_err(|e| settings(format!("{}: {e}", path.display())))
         };
         let client_tls = match (&self.client_cert, &self.client_key) {
             (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
@@ -78,9 +77,8 @@ impl TlsFiles {
             }),
             (None, None) => None,
             _ => {
-                return Err(StoreError::Settings(
-                    "a Redis client certificate needs both --redis-tls-cert and --redis-tls-key"
-                        .into(),
+                return Err(settings(
+                    "a Redis client certificate needs both --redis-tls-cert and --redis-tls-key",
                 ));
             }
         };
@@ -174,7 +172,12 @@ impl Connector {
 
 /// A Redis URL or client setting refused, as a settings error.
 fn bad(e: RedisError) -> StoreError {
-    StoreError::Settings(e.to_string())
+    settings(e)
+}
+
+/// A Redis setting that cannot be used, said as such.
+pub(super) fn settings(problem: impl std::fmt::Display) -> StoreError {
+    StoreError::Settings(format!("Redis settings: {problem}"))
 }
 
 /// The client of a server at a known address (standalone, or a cluster's seed).

@@ -51,7 +51,7 @@ impl Connections {
         tls: &TlsFiles,
         timeout: Duration,
     ) -> Result<Connections, StoreError> {
-        let bad = |e: RedisError| StoreError::Settings(format!("Redis Cluster: {e}"));
+        let bad = |e: RedisError| super::connect::settings(format!("Redis Cluster: {e}"));
         let info = url.into_connection_info().map_err(bad)?;
         let settings = info.redis_settings();
         let scheme = if url.starts_with("rediss://") {
