@@ -122,15 +122,44 @@ release generated (kept across upgrades), else a new random one. */}}
 {{- if .Values.admin.existingSecret -}}{{ .Values.admin.existingSecretKey }}{{- else -}}admin-key{{- end -}}
 {{- end -}}
 
+{{/* Whether the store allows only one Floodgate pod: memory (counters in the process) and
+sqlite (counters in a file on a volume one node mounts). */}}
+{{- define "floodgate.singleReplica" -}}
+{{- if has .Values.store.type (list "memory" "sqlite") -}}true{{- end -}}
+{{- end -}}
+
+{{/* The PersistentVolumeClaim holding the SQLite database. */}}
+{{- define "floodgate.sqliteClaim" -}}
+{{- default (printf "%s-data" (include "floodgate.fullname" .)) .Values.store.sqlite.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* The pod's securityContext: podSecurityContext as given; with store.type=sqlite, the data
+volume must be writable by the Floodgate user, so an fsGroup (runAsGroup, else 65534) is added
+when none is given, and its ownership is changed only when the volume's root does not match. */}}
+{{- define "floodgate.podSecurityContext" -}}
+{{- $context := deepCopy .Values.podSecurityContext -}}
+{{- if eq .Values.store.type "sqlite" -}}
+{{- $group := $context.runAsGroup | default 65534 -}}
+{{- $context = merge $context (dict "fsGroup" $group "fsGroupChangePolicy" "OnRootMismatch") -}}
+{{- end -}}
+{{- toYaml $context -}}
+{{- end -}}
+
 {{/* Refuse combinations that cannot work, with a message saying what to change. */}}
 {{- define "floodgate.validate" -}}
-{{- if eq .Values.store.type "memory" -}}
+{{- if include "floodgate.singleReplica" . -}}
+{{- $memory := eq .Values.store.type "memory" -}}
+{{- $why := ternary "store.type=memory keeps counters inside one process" "store.type=sqlite keeps counters in one SQLite file on a volume that one pod mounts" $memory -}}
 {{- if .Values.autoscaling.enabled -}}
-{{- fail "store.type=memory keeps counters inside one process: set autoscaling.enabled=false (and replicaCount=1), or use store.type=redis to scale" -}}
+{{- fail (printf "%s: set autoscaling.enabled=false (and replicaCount=1), or use store.type=redis to scale" $why) -}}
 {{- end -}}
 {{- if gt (int .Values.replicaCount) 1 -}}
-{{- fail "store.type=memory keeps counters inside one process: replicaCount must be 1 (each replica would count alone), or use store.type=redis" -}}
+{{- $because := ternary "each replica would count alone" "pods on other nodes must never share the file" $memory -}}
+{{- fail (printf "%s: replicaCount must be 1 (%s), or use store.type=redis" $why $because) -}}
 {{- end -}}
+{{- end -}}
+{{- if and (eq .Values.store.type "sqlite") (hasPrefix "/etc/floodgate/" (printf "%s/" (dir .Values.store.sqlite.path))) -}}
+{{- fail "store.sqlite.path must not be under /etc/floodgate (the config is mounted there, read-only)" -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
@@ -150,6 +179,12 @@ release generated (kept across upgrades), else a new random one. */}}
 {{- define "floodgate.storeEnv" -}}
 - name: FLOODGATE_STORE
   value: {{ .Values.store.type | quote }}
+{{- if eq .Values.store.type "sqlite" }}
+- name: FLOODGATE_SQLITE_PATH
+  value: {{ .Values.store.sqlite.path | quote }}
+- name: FLOODGATE_SQLITE_MAX_KEYS
+  value: {{ .Values.store.sqlite.maxKeys | int64 | quote }}
+{{- end }}
 {{- if eq .Values.store.type "redis" }}
 {{- $t := .Values.redis.topology }}
 {{- if eq $t "sentinel" }}
