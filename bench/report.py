@@ -77,6 +77,7 @@ def table(runs, out):
         ("memory", "memory store"),
         ("redis", "Redis store (1 descriptor)"),
         ("redis3", "Redis store (3 descriptors)"),
+        ("sqlite", "SQLite store (1 descriptor)"),
     ):
         pairs, cpu_pairs = [], []
         for name, noop_run in runs.items():
@@ -102,6 +103,18 @@ def table(runs, out):
                 f"{label} / no-op, server CPU per decision, paired rounds: median "
                 f"{100 * cpu_pairs[len(cpu_pairs) // 2]:.0f} % (rounds: {', '.join(f'{100 * p:.0f} %' for p in cpu_pairs)})"
             )
+    # The SQLite store against the memory store, round by round (issue 23's target: half).
+    shares = sorted(
+        run["rps"] / runs[name.replace("pair-sqlite-", "pair-memory-")]["rps"]
+        for name, run in runs.items()
+        if name.startswith("pair-sqlite-") and name.replace("pair-sqlite-", "pair-memory-") in runs
+    )
+    if shares:
+        lines.append("")
+        lines.append(
+            f"SQLite store / memory store, paired rounds: median {100 * shares[len(shares) // 2]:.0f} % "
+            f"(rounds: {', '.join(f'{100 * p:.0f} %' for p in shares)})"
+        )
     memory = out / "memory-per-key.txt"
     if memory.exists():
         lines.append("")

@@ -136,6 +136,7 @@ read -r grpc http pid < <(start_floodgate memory)
 noop_pid=$!; pids+=($noop_pid)
 wait_port "$noop_port"
 read -r rgrpc _ rpid < <(start_floodgate redis-pairs --store redis --redis-url "$redis")
+read -r sgrpc _ spid < <(start_floodgate sqlite-pairs --store sqlite --sqlite-path "$tmp/pairs.sqlite")
 for round in $(seq "${ROUNDS:-5}"); do
   run "pair-noop-$round" "127.0.0.1:$noop_port" --concurrency 128 --connections 4 --cpu-of "server=$noop_pid"
   run "pair-memory-$round" "127.0.0.1:$grpc" --concurrency 128 --connections 4 --cpu-of "server=$pid"
@@ -143,9 +144,11 @@ for round in $(seq "${ROUNDS:-5}"); do
     --cpu-of "redis=$redis_pid"
   run "pair-redis3-$round" "127.0.0.1:$rgrpc" --concurrency 128 --connections 4 --descriptors 3 \
     --cpu-of "server=$rpid" --cpu-of "redis=$redis_pid"
+  run "pair-sqlite-$round" "127.0.0.1:$sgrpc" --concurrency 128 --connections 4 --cpu-of "server=$spid"
 done
 stop "$noop_pid"
 stop "$rpid"
+stop "$spid"
 run memory-1desc "127.0.0.1:$grpc" --concurrency 128 --connections 4 --cpu-of "server=$pid"
 h2load_run memory-h2load "$grpc"
 stop "$pid"
@@ -174,6 +177,13 @@ for rate in 5000 10000 20000; do
 done
 redis_run redis-attack-cache "" --concurrency 128 --connections 4 --hot-share 0.9
 redis_run redis-attack-nocache "--local-cache-size 0" --concurrency 128 --connections 4 --hot-share 0.9
+
+echo "== SQLite store: one key, then a million distinct keys (the cost must not grow with them)"
+for keys in 1 1000000; do
+  read -r grpc http pid < <(start_floodgate "sqlite-keys-$keys" --store sqlite --sqlite-path "$tmp/keys-$keys.sqlite")
+  run "sqlite-keys-$keys" "127.0.0.1:$grpc" --concurrency 128 --connections 4 --keys "$keys" --cpu-of "server=$pid"
+  stop "$pid"
+done
 
 echo "== the Redis ceiling: the same script and pipelining, without gRPC"
 "$bench" store --name redis-ceiling --redis-url "$redis" --concurrency 128 --duration "$DURATION" \

@@ -16,15 +16,21 @@ use tonic::transport::Channel;
 const CONFIG: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiers.yaml");
 const ADMIN_KEY: &str = "test-admin-key-0123456789";
 
-/// The store a test runs against; Redis ones keep their server alive for the test.
+/// The store a test runs against; Redis ones keep their server alive for the test, SQLite
+/// ones their directory (every server of a test shares its file).
 enum Mode {
     Memory,
     Redis(RedisServer),
+    Sqlite(tempfile::TempDir),
 }
 
 impl Mode {
     fn redis() -> Option<Mode> {
         RedisServer::start().map(Mode::Redis)
+    }
+
+    fn sqlite() -> Mode {
+        Mode::Sqlite(support::temp_dir("tiers-sqlite"))
     }
 
     async fn floodgate(&self, extra: &[&str]) -> Floodgate {
@@ -40,6 +46,11 @@ impl Mode {
                 "--redis-timeout",
                 "2s",
             ]);
+        }
+        let path;
+        if let Mode::Sqlite(dir) = self {
+            path = dir.path().join("tiers.sqlite").display().to_string();
+            args.extend(["--store", "sqlite", "--sqlite-path", &path]);
         }
         args.extend(extra);
         let floodgate = Floodgate::start(CONFIG, &args).await;
@@ -513,6 +524,11 @@ async fn normal_and_degraded_limits_memory() {
 }
 
 #[tokio::test]
+async fn normal_and_degraded_limits_sqlite() {
+    normal_and_degraded_limits(Mode::sqlite()).await;
+}
+
+#[tokio::test]
 async fn normal_and_degraded_limits_redis() {
     let Some(mode) = Mode::redis() else { return };
     normal_and_degraded_limits(mode).await;
@@ -521,6 +537,11 @@ async fn normal_and_degraded_limits_redis() {
 #[tokio::test]
 async fn keys_of_one_user_share_a_counter_memory() {
     keys_of_one_user_share_a_counter(Mode::Memory).await;
+}
+
+#[tokio::test]
+async fn keys_of_one_user_share_a_counter_sqlite() {
+    keys_of_one_user_share_a_counter(Mode::sqlite()).await;
 }
 
 #[tokio::test]
@@ -535,6 +556,11 @@ async fn invalid_keys_block_then_unblock_memory() {
 }
 
 #[tokio::test]
+async fn invalid_keys_block_then_unblock_sqlite() {
+    invalid_keys_block_then_unblock(Mode::sqlite()).await;
+}
+
+#[tokio::test]
 async fn invalid_keys_block_then_unblock_redis() {
     let Some(mode) = Mode::redis() else { return };
     invalid_keys_block_then_unblock(mode).await;
@@ -546,6 +572,11 @@ async fn admin_input_is_checked_memory() {
 }
 
 #[tokio::test]
+async fn admin_input_is_checked_sqlite() {
+    admin_input_is_checked_and_refusals_change_nothing(Mode::sqlite()).await;
+}
+
+#[tokio::test]
 async fn admin_input_is_checked_redis() {
     let Some(mode) = Mode::redis() else { return };
     admin_input_is_checked_and_refusals_change_nothing(mode).await;
@@ -554,6 +585,11 @@ async fn admin_input_is_checked_redis() {
 #[tokio::test]
 async fn health_ttl_reverts_to_normal_memory() {
     health_ttl_reverts_to_normal(Mode::Memory).await;
+}
+
+#[tokio::test]
+async fn health_ttl_reverts_to_normal_sqlite() {
+    health_ttl_reverts_to_normal(Mode::sqlite()).await;
 }
 
 #[tokio::test]
@@ -600,6 +636,15 @@ async fn admin_api_is_closed_without_a_key_and_refuses_wrong_keys() {
 #[tokio::test]
 async fn a_switch_on_one_replica_reaches_another_within_the_cache_bound() {
     let Some(mode) = Mode::redis() else { return };
+    a_switch_reaches_another_replica(mode).await;
+}
+
+#[tokio::test]
+async fn a_switch_on_one_process_reaches_another_on_the_same_sqlite_file() {
+    a_switch_reaches_another_replica(Mode::sqlite()).await;
+}
+
+async fn a_switch_reaches_another_replica(mode: Mode) {
     let a = mode.floodgate(&[]).await;
     let b = mode.floodgate(&[]).await;
     let mut client_b = b.client().await;
@@ -626,7 +671,8 @@ async fn a_switch_on_one_replica_reaches_another_within_the_cache_bound() {
         let (_, health) = admin(&b, "GET", "/admin/health", "").await;
         assert_eq!(health["status"], state);
     }
-    // Users created through one replica live in Redis: another replica, and a restart, see them.
+    // Users created through one replica live in the store: another replica, and a restart,
+    // see them.
     create_user(&a, "shared-user", "pro", "k-shared").await;
     drop(a);
     let c = mode.floodgate(&[]).await;
