@@ -204,3 +204,61 @@ impl UserRegistry for SqliteStore {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn store(dir: &tempfile::TempDir, max_keys: usize, clock: Arc<ManualClock>) -> SqliteStore {
+        let options = SqliteOptions {
+            path: dir.path().join("cap.sqlite"),
+            max_keys,
+        };
+        SqliteStore::open(&options, clock).unwrap()
+    }
+
+    async fn rows(store: &SqliteStore) -> usize {
+        store
+            .call::<_, StoreError>(|db| tables::count_counters(&db.connection).map(Ok))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_distinct_keys_stays_under_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = store(&dir, 100, clock.clone());
+        for i in 0..1_000 {
+            let check = Check::fixed_window(format!("flood-{i}"), 10, 60, 1);
+            assert!(store.apply(&[check]).await.unwrap().admitted);
+        }
+        assert_eq!(rows(&store).await, 100, "the cap holds");
+        // The newest counters are the ones kept (the oldest windows end first).
+        let last = Check::fixed_window("flood-999", 10, 60, 0);
+        assert_eq!(store.apply(&[last]).await.unwrap().counters[0].remaining, 9);
+    }
+
+    #[tokio::test]
+    async fn expired_counters_make_room_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = store(&dir, 10, clock.clone());
+        for i in 0..10 {
+            let check = Check::fixed_window(format!("short-{i}"), 10, 1, 1);
+            store.apply(&[check]).await.unwrap();
+        }
+        let long = Check::fixed_window("long", 10, 3600, 1);
+        store.apply(std::slice::from_ref(&long)).await.unwrap();
+        clock.advance(2_000);
+        // Every short window has ended: the next counters replace them, the long one stays.
+        for i in 0..9 {
+            let check = Check::fixed_window(format!("new-{i}"), 10, 60, 1);
+            store.apply(&[check]).await.unwrap();
+        }
+        let look = Check::fixed_window("long", 10, 3600, 0);
+        assert_eq!(store.apply(&[look]).await.unwrap().counters[0].remaining, 9);
+        assert!(rows(&store).await <= 10);
+    }
+}
