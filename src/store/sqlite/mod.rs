@@ -82,11 +82,11 @@ impl SqliteStore {
     {
         let (reply, answer) = oneshot::channel::<Result<T, E>>();
         let job: Job = Box::new(move |db| {
-            let result = match db {
-                Ok(db) => work(db).unwrap_or_else(|e| Err(unavailable("statement", &e).into())),
-                Err(e) => Err(StoreError::Unavailable(e.to_string()).into()),
+            let (result, failed) = match db.map(work) {
+                Ok(Ok(result)) => (result, false),
+                Ok(Err(e)) => (Err(unavailable("statement", &e).into()), true),
+                Err(e) => (Err(StoreError::Unavailable(e.to_string()).into()), false),
             };
-            let failed = result.is_err();
             let answer: Answer = Box::new(move |ended| {
                 let result = match ended {
                     Some(e) => Err(StoreError::Unavailable(e.to_string()).into()),

@@ -8,6 +8,20 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use crate::store::StoreError;
 
+/// Page size of a new file: a decision on a key of its own dirties a page of its own, written
+/// whole to the log at commit; small pages keep that write small when keys are many.
+const PAGE_BYTES: i64 = 1024;
+/// SQLite's page cache per process, in KiB: 64 MiB, the hot part of a million counters.
+const PAGE_CACHE_KIB: i64 = 64 * 1024;
+/// How much of the file is read through a memory map rather than read() calls: 256 MiB,
+/// more than a million counters take.
+const MMAP_BYTES: i64 = 256 * 1024 * 1024;
+
+/// Log pages after which a commit copies the log into the file (SQLite's default is 1,000):
+/// fewer, larger checkpoints cost less per decision when keys are many, at the price of a
+/// longer pause each (measured: docs/benchmarks.md).
+const CHECKPOINT_PAGES: i64 = 4_096;
+
 /// The schema this version writes (`PRAGMA user_version`).
 pub(super) const SCHEMA_VERSION: i64 = 1;
 
@@ -57,6 +71,10 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, St
         | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut connection = Connection::open_with_flags(path, flags).map_err(named)?;
     connection.busy_timeout(busy_timeout).map_err(named)?;
+    // Before the file has pages (ignored after): see PAGE_BYTES.
+    connection
+        .pragma_update(None, "page_size", PAGE_BYTES)
+        .map_err(named)?;
     // WAL: readers never wait for the writer, and a commit is one append to the log.
     let mode: String = connection
         .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -72,6 +90,18 @@ pub(super) fn open(path: &Path, busy_timeout: Duration) -> Result<Connection, St
     // fsync every commit, and every decision waits on a commit.
     connection
         .pragma_update(None, "synchronous", "NORMAL")
+        .map_err(named)?;
+    // Counters are read and written at random: with a million keys the tables outgrow SQLite's
+    // default 2 MB page cache, and every miss is a read() of the file. A larger cache and the
+    // file mapped into memory keep the cost of a decision flat as keys grow.
+    connection
+        .pragma_update(None, "cache_size", -PAGE_CACHE_KIB)
+        .map_err(named)?;
+    connection
+        .pragma_update(None, "mmap_size", MMAP_BYTES)
+        .map_err(named)?;
+    connection
+        .pragma_update(None, "wal_autocheckpoint", CHECKPOINT_PAGES)
         .map_err(named)?;
     migrate(&mut connection, path)?;
     Ok(connection)
