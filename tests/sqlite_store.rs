@@ -14,7 +14,6 @@ use std::time::Duration;
 use floodgate::pb::RateLimitRequest;
 use floodgate::pb::rate_limit_response::Code;
 use serde_json::{Value, json};
-use support::http::http_with;
 use support::process::Floodgate;
 use support::{request, temp_dir, wait_for};
 
@@ -147,18 +146,7 @@ async fn every_answered_ok_survives_kill_9_under_load() {
 }
 
 async fn admin(floodgate: &Floodgate, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, text) = http_with(
-        floodgate.http_addr,
-        method,
-        path,
-        &[("X-Admin-Key", ADMIN_KEY)],
-        body,
-    )
-    .await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    support::http::admin(floodgate.http_addr, ADMIN_KEY, method, path, body).await
 }
 
 /// A server with tiers on `db`, once the config's users are seeded.

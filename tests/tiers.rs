@@ -67,18 +67,7 @@ impl Mode {
 }
 
 async fn admin(floodgate: &Floodgate, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, text) = http_with(
-        floodgate.http_addr,
-        method,
-        path,
-        &[("X-Admin-Key", ADMIN_KEY)],
-        body,
-    )
-    .await;
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    support::http::admin(floodgate.http_addr, ADMIN_KEY, method, path, body).await
 }
 
 async fn call(

@@ -311,6 +311,18 @@ pub struct TierModeRecord {
 }
 
 impl TierModeRecord {
+    /// The record as the stores keep it: JSON.
+    pub fn to_json(&self) -> Result<String, StoreError> {
+        serde_json::to_string(self)
+            .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))
+    }
+
+    /// A record a store kept.
+    pub fn from_json(json: &str) -> Result<TierModeRecord, StoreError> {
+        serde_json::from_str(json)
+            .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))
+    }
+
     /// The mode in force at `now_ms`: an expired record has reverted to NORMAL.
     pub fn at(&self, now_ms: u64) -> TierMode {
         match self.expires_ms {

@@ -104,3 +104,17 @@ fn dechunk(mut rest: &str) -> String {
     }
     body
 }
+
+/// Calls the admin API with `key`: (status, the body as JSON, or as a JSON string when it is
+/// not JSON).
+pub async fn admin(
+    addr: SocketAddr,
+    key: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let (status, text) = http_with(addr, method, path, &[("X-Admin-Key", key)], body).await;
+    let value = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, value)
+}

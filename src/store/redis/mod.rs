@@ -478,17 +478,11 @@ impl SharedState for RedisStore {
         let mut cmd = redis::cmd("GET");
         cmd.arg(self.tier_mode_key());
         let stored: Option<String> = self.command(cmd).await?;
-        stored
-            .map(|json| {
-                serde_json::from_str(&json)
-                    .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))
-            })
-            .transpose()
+        stored.as_deref().map(TierModeRecord::from_json).transpose()
     }
 
     async fn set_tier_mode(&self, record: &TierModeRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))?;
+        let json = record.to_json()?;
         let mut cmd = redis::cmd("SET");
         cmd.arg(self.tier_mode_key()).arg(json);
         if let Some(expires_ms) = record.expires_ms {

@@ -128,16 +128,11 @@ impl SharedState for SqliteStore {
         let json: Option<String> = self
             .call::<_, StoreError>(move |db| tables::tier_mode(&db.connection, now).map(Ok))
             .await?;
-        json.map(|json| {
-            serde_json::from_str(&json)
-                .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))
-        })
-        .transpose()
+        json.as_deref().map(TierModeRecord::from_json).transpose()
     }
 
     async fn set_tier_mode(&self, record: &TierModeRecord) -> Result<(), StoreError> {
-        let json = serde_json::to_string(record)
-            .map_err(|e| StoreError::Protocol(format!("tier mode record: {e}")))?;
+        let json = record.to_json()?;
         let record = record.clone();
         self.call(move |db| tables::set_tier_mode(&db.connection, &record, &json).map(Ok))
             .await
