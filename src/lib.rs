@@ -13,9 +13,10 @@
 //!   versions use; [`breaker`]: the circuit breaker's state machine.
 //!
 //! I/O at the edges:
-//! - [`store`]: three traits by job (counters, shared state, the user registry), the memory and
-//!   Redis stores, [`store::Backend`] (the one the process runs on), and the wrappers around
-//!   the counters ([`store::Guarded`]: the circuit breaker; [`store::OverLimitCache`]).
+//! - [`store`]: three traits by job (counters, shared state, the user registry), the memory,
+//!   SQLite and Redis stores, [`store::Backend`] (the one the process runs on), and the
+//!   wrappers around the counters ([`store::Guarded`]: the circuit breaker;
+//!   [`store::OverLimitCache`]).
 //! - [`tiers`]: API keys → users → tier limits, the tier mode, invalid-key strikes and blocks,
 //!   and every write to the user registry.
 //! - [`limiter`]: the decision pipeline (match → resolve keys → plan → apply → decide) over the
