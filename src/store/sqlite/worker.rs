@@ -1,7 +1,7 @@
 //! The thread that owns the connection: it takes the jobs waiting, runs them in one
 //! transaction and answers each once the transaction is committed: an answered decision is a
 //! recorded one. (No savepoint per job: SQLite copies every page a savepoint's job touches,
-//! which tripled the cost of a decision with a million keys.)
+//! which made a decision with a million keys cost a third more: 62 against 46 µs of CPU.)
 
 use std::time::{Duration, Instant};
 
