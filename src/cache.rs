@@ -55,6 +55,12 @@ impl<V: Clone> TtlCache<V> {
             .filter(|(_, expires)| now_ms < *expires)
     }
 
+    /// The value under `key` even if it has expired (while it has not been evicted): for when
+    /// the source of truth cannot be asked.
+    pub(crate) fn get_stale(&self, key: &str) -> Option<V> {
+        self.entries.get(key).map(|(value, _)| value)
+    }
+
     /// Stores `value` under `key` until `expires_ms`. A full cache evicts by use, not by
     /// expiry, so `_now_ms` is not needed (kept so callers need not know that).
     pub(crate) fn insert(&self, key: String, value: V, _now_ms: u64, expires_ms: u64) {

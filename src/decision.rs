@@ -97,8 +97,29 @@ pub struct Decision {
     pub denial: Option<Denial>,
     /// For a denied request: whole seconds until retrying can help.
     pub retry_after_secs: Option<u64>,
-    /// The store could not answer and the failure mode decided instead.
-    pub degraded: bool,
+    /// Set when the store could not answer and something else decided: the failure mode, or
+    /// this replica's local counters.
+    pub degraded: Option<Degraded>,
+}
+
+/// Who decided a request the store could not answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Degraded {
+    /// The failure mode's fixed answer (allow or deny).
+    FailureMode,
+    /// This replica's own counters, each limit divided among the replicas
+    /// (the `fallback` module).
+    LocalFallback,
+}
+
+impl Degraded {
+    /// The value of the response's degraded marker.
+    pub const fn marker(self) -> &'static str {
+        match self {
+            Degraded::FailureMode => "store-unavailable",
+            Degraded::LocalFallback => "local-fallback",
+        }
+    }
 }
 
 impl Decision {
@@ -133,6 +154,10 @@ pub enum FailureMode {
     Allow,
     /// Deny the request, marked degraded.
     Deny,
+    /// Decide from this replica's own counters, each limit divided among the live replicas
+    /// (see the `fallback` module); a request that cannot be planned without the store (an API
+    /// key whose owner this replica has never seen) is denied, marked degraded.
+    Local,
 }
 
 /// The decision `mode` gives a query of `descriptors` descriptors when the store failed;
@@ -141,7 +166,11 @@ pub fn fallback(descriptors: usize, mode: FailureMode) -> Option<Decision> {
     let code = match mode {
         FailureMode::Error => return None,
         FailureMode::Allow => Code::Ok,
-        FailureMode::Deny => Code::OverLimit,
+        FailureMode::Deny | FailureMode::Local => Code::OverLimit,
+    };
+    let degraded = match mode {
+        FailureMode::Local => Degraded::LocalFallback,
+        _ => Degraded::FailureMode,
     };
     Some(Decision {
         overall: code,
@@ -151,7 +180,7 @@ pub fn fallback(descriptors: usize, mode: FailureMode) -> Option<Decision> {
         denial: None,
         // Denied only while the store is away: worth retrying soon.
         retry_after_secs: (code == Code::OverLimit).then_some(1),
-        degraded: true,
+        degraded: Some(degraded),
     })
 }
 
@@ -580,6 +609,6 @@ pub fn decide(plan: Plan, counted: &Counted) -> Decision {
         denial,
         retry_after_secs: (overall == Code::OverLimit)
             .then(|| retry_after_ms.div_ceil(1000).max(1)),
-        degraded: false,
+        degraded: None,
     }
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::decision::FailureMode;
 use crate::limiter::Limiter;
 use crate::pb::{RateLimitRequest, rate_limit_response};
 use crate::rls::RlsService;
@@ -38,7 +39,7 @@ pub(crate) struct HttpState {
 pub(crate) fn router(state: Arc<HttpState>) -> Router {
     Router::new()
         .route("/healthcheck", get(healthcheck))
-        .route("/readyz", get(healthcheck))
+        .route("/readyz", get(readyz))
         .route("/livez", get(livez))
         .route("/metrics", get(metrics))
         .route("/json", post(json))
@@ -46,18 +47,55 @@ pub(crate) fn router(state: Arc<HttpState>) -> Router {
         .with_state(state)
 }
 
+/// Why a replica is not healthy.
+enum Unhealthy {
+    ShuttingDown,
+    NoConfig,
+    /// The store does not answer.
+    Store(crate::store::StoreError),
+}
+
+/// Whether this replica is serving, has the config health asks for, and reaches its store.
+async fn health(state: &HttpState) -> Result<(), Unhealthy> {
+    if !state.serving.load(Ordering::Acquire) {
+        return Err(Unhealthy::ShuttingDown);
+    }
+    if !state.config_health.holds(&state.limiter) {
+        return Err(Unhealthy::NoConfig);
+    }
+    state.limiter.ping().await.map_err(Unhealthy::Store)
+}
+
 /// 200 `OK` while serving and the store answers (and, when asked, a config with a domain is
 /// loaded); 500 otherwise, with the reason.
 async fn healthcheck(State(state): State<Arc<HttpState>>) -> Response {
-    if !state.serving.load(Ordering::Acquire) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "shutting down\n").into_response();
-    }
-    if !state.config_health.holds(&state.limiter) {
-        return (StatusCode::INTERNAL_SERVER_ERROR, "no config loaded\n").into_response();
-    }
-    match state.limiter.ping().await {
+    health_response(health(&state).await)
+}
+
+/// The HTTP answer to a health check's outcome.
+fn health_response(health: Result<(), Unhealthy>) -> Response {
+    let error = |reason: String| (StatusCode::INTERNAL_SERVER_ERROR, reason).into_response();
+    match health {
         Ok(()) => (StatusCode::OK, "OK\n").into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
+        Err(Unhealthy::ShuttingDown) => error("shutting down\n".into()),
+        Err(Unhealthy::NoConfig) => error("no config loaded\n".into()),
+        Err(Unhealthy::Store(e)) => error(format!("{e}\n")),
+    }
+}
+
+/// As /healthcheck, except that a store that does not answer leaves the replica ready when
+/// its failure mode answers without the store (allow, deny, local): taking every replica out
+/// of the Service during a Redis outage would leave Envoy nobody to ask, whatever the failure
+/// mode says. For Kubernetes readiness probes.
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let answers_without_store = state.limiter.options().failure_mode != FailureMode::Error;
+    match health(&state).await {
+        Err(Unhealthy::Store(e)) if answers_without_store => (
+            StatusCode::OK,
+            format!("OK (the store does not answer; the failure mode decides: {e})\n"),
+        )
+            .into_response(),
+        other => health_response(other),
     }
 }
 

@@ -16,7 +16,8 @@
 //! - [`store`]: three traits by job (counters, shared state, the user registry), the memory,
 //!   SQLite and Redis stores, [`store::Backend`] (the one the process runs on), and the
 //!   wrappers around the counters ([`store::Guarded`]: the circuit breaker;
-//!   [`store::OverLimitCache`]).
+//!   [`store::OverLimitCache`]); [`fallback`]: this replica's own counters for when the
+//!   shared store cannot answer (`--failure-mode local`).
 //! - [`tiers`]: API keys → users → tier limits, the tier mode, invalid-key strikes and blocks,
 //!   and every write to the user registry.
 //! - [`limiter`]: the decision pipeline (match → resolve keys → plan → apply → decide) over the
@@ -46,6 +47,7 @@ pub(crate) mod cache;
 pub mod clock;
 pub mod config;
 pub mod decision;
+pub mod fallback;
 pub(crate) mod hash;
 pub mod health;
 pub(crate) mod http;

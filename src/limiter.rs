@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use crate::breaker::{BreakerSettings, BreakerState};
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::decision::{self, Decision, Denial, FailureMode, PlanOptions};
+use crate::decision::{self, Decision, Degraded, Denial, FailureMode, PlanOptions};
+use crate::fallback::{FallbackOptions, HEARTBEAT_TTL, LocalFallback};
 use crate::query::RateLimitQuery;
 use crate::store::{Backend, Check, Counted, CounterStore, Guarded, OverLimitCache, StoreError};
 use crate::telemetry::{self, DescriptorStats};
@@ -34,6 +35,8 @@ pub struct LimiterOptions {
     pub cache_ttl: Duration,
     /// What to answer when the store cannot.
     pub failure_mode: FailureMode,
+    /// How the local fallback divides limits (with [`FailureMode::Local`]).
+    pub fallback: FallbackOptions,
     /// When to stop calling a failing store.
     pub breaker: BreakerSettings,
     /// Counters remembered as full until their window resets, answered without the store;
@@ -49,6 +52,7 @@ impl Default for LimiterOptions {
             plan: PlanOptions::default(),
             cache_ttl: DEFAULT_CACHE_TTL,
             failure_mode: FailureMode::default(),
+            fallback: FallbackOptions::default(),
             breaker: BreakerSettings::default(),
             over_limit_cache: 0,
             near_limit_ratio: DEFAULT_NEAR_LIMIT_RATIO,
@@ -71,6 +75,8 @@ pub struct Limiter {
     /// The store behind the breaker, shared with the tiers.
     store: Arc<Guarded<Backend>>,
     tiers: Tiers,
+    /// This replica's own counters, with [`FailureMode::Local`].
+    fallback: Option<LocalFallback>,
     options: LimiterOptions,
     clock: Arc<dyn Clock>,
     stats: DescriptorStats,
@@ -96,6 +102,8 @@ impl Limiter {
                 options.cache_ttl,
             ),
             store,
+            fallback: (options.failure_mode == FailureMode::Local)
+                .then(|| LocalFallback::new(&options.fallback, clock.clone())),
             stats: DescriptorStats::new(options.near_limit_ratio),
             clock,
             options,
@@ -148,8 +156,24 @@ impl Limiter {
             resolved.context,
             &self.options.plan,
         );
-        let counted = self.apply(&plan.checks).await?;
+        let (counted, degraded) = match self.apply(&plan.checks).await {
+            Ok(counted) => {
+                if let Some(fallback) = &self.fallback {
+                    fallback.store_answered();
+                }
+                (counted, None)
+            }
+            Err(e) => match &self.fallback {
+                Some(fallback) => {
+                    self.record_store_error(&e);
+                    let counted = fallback.apply(&plan.checks, &e).await?;
+                    (counted, Some(Degraded::LocalFallback))
+                }
+                None => return Err(e),
+            },
+        };
         let mut decision = decision::decide(plan, &counted);
+        decision.degraded = degraded;
         if decision.denial == Some(Denial::InvalidApiKey)
             && let Some(domain) = domain
         {
@@ -177,12 +201,40 @@ impl Limiter {
 
     /// The failure mode's answer to `query` when the store failed with `e`.
     fn fail(&self, query: &RateLimitQuery, e: StoreError) -> Result<Decision, StoreError> {
+        self.record_store_error(&e);
+        decision::fallback(query.descriptors.len(), self.options.failure_mode).ok_or(e)
+    }
+
+    /// Counts a store failure in the metrics (and the debug log: an outage is logged once by
+    /// the breaker, not per call).
+    fn record_store_error(&self, e: &StoreError) {
         metrics::counter!(telemetry::STORE_ERRORS, "kind" => e.kind()).increment(1);
         if let Some(reference) = telemetry::reference::installed() {
             reference.record_store_error();
         }
         tracing::debug!(error = %e, "store failed");
-        decision::fallback(query.descriptors.len(), self.options.failure_mode).ok_or(e)
+    }
+
+    /// Announces this replica to the store and learns how many share it, for the local
+    /// fallback; nothing without one, or with a fixed replica count. A failure keeps the last
+    /// count (that is what an outage runs on).
+    pub async fn heartbeat(&self) {
+        let Some(fallback) = self.fallback.as_ref().filter(|f| f.learns_replicas()) else {
+            return;
+        };
+        let ttl_ms = HEARTBEAT_TTL.as_millis() as u64;
+        match self
+            .store
+            .unguarded()
+            .live_replicas(fallback.replica_id(), ttl_ms)
+            .await
+        {
+            Ok(Some(live)) => fallback.learn_replicas(live),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed; keeping the last replica count")
+            }
+        }
     }
 
     /// Answers when the store is reachable (past the breaker: a health check must not wait
@@ -201,6 +253,9 @@ impl Limiter {
     pub fn observe(&self) {
         self.tiers.observe();
         self.counters.observe();
+        if let Some(fallback) = &self.fallback {
+            fallback.observe();
+        }
     }
 
     /// The tiers: API key owners, the tier mode, the user registry.

@@ -449,6 +449,7 @@ async fn keep_fresh(
     loop {
         let store_ok = limiter.ping().await.is_ok();
         if store_ok {
+            limiter.heartbeat().await;
             if let Err(e) = limiter.tiers().refresh_mode().await {
                 tracing::debug!(error = %e, "could not refresh the tier mode");
             }

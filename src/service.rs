@@ -13,6 +13,7 @@ use tokio::sync::Notify;
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::decision::PlanOptions;
+use crate::fallback::FallbackOptions;
 use crate::health::ConfigHealth;
 use crate::limiter::{Limiter, LimiterOptions};
 use crate::rls::response::{LimitHeaderNames, ResponseOptions};
@@ -20,7 +21,7 @@ use crate::server::{
     ConfigSource, FileSource, GrpcListener, Listeners, ServerError, ServerOptions,
     record_config_load, run,
 };
-use crate::settings::{ConfigSourceKind, ServeSettings, StoreKind};
+use crate::settings::{ConfigSourceKind, FailureModeArg, ServeSettings, StoreKind};
 use crate::store::sqlite::SqliteOptions;
 use crate::store::{Backend, MemoryStore, RedisStore, SqliteStore};
 use crate::telemetry;
@@ -32,6 +33,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     reload: Arc<Notify>,
 ) -> Result<(), ServerError> {
+    if settings.failure_mode == FailureModeArg::Local && settings.store != StoreKind::Redis {
+        return Err(ServerError::Settings(
+            "--failure-mode local needs --store redis: only a shared store can fail while this \
+             process runs on"
+                .into(),
+        ));
+    }
     let (config, config_source) = initial_config(settings, reload)?;
     let listeners = bind_all(settings).await?;
     if settings.reference_metrics || settings.reference_metrics_addr.is_some() {
@@ -162,6 +170,9 @@ fn limiter_options(settings: &ServeSettings) -> LimiterOptions {
         },
         cache_ttl: settings.state_cache_ttl,
         failure_mode: settings.failure_mode.into(),
+        fallback: FallbackOptions {
+            replicas: settings.fallback_replicas,
+        },
         breaker: settings.breaker(),
         near_limit_ratio: settings.near_limit_ratio,
         // The memory store answers as fast as the cache would.

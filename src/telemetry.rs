@@ -77,6 +77,10 @@ pub const XDS_UPDATES: &str = "floodgate_xds_updates_total";
 pub const XDS_LAST_ACCEPTED: &str = "floodgate_xds_last_accepted_timestamp_seconds";
 /// Memory store counters held.
 pub const MEMORY_KEYS: &str = "floodgate_memory_store_keys";
+/// Decisions made from local counters while the store could not answer (`--failure-mode local`).
+pub const FALLBACK_DECISIONS: &str = "floodgate_local_fallback_decisions_total";
+/// Replicas the local fallback divides limits by.
+pub const FALLBACK_REPLICAS: &str = "floodgate_local_fallback_replicas";
 
 /// Distinct value-bearing metric keys (detailed_metric / value_to_metric) tracked at most.
 pub const MAX_DETAILED_KEYS: usize = 10_000;

@@ -55,7 +55,8 @@ pub const RESET_HEADER: &str = "RateLimit-Reset";
 pub const RETRY_AFTER_HEADER: &str = "retry-after";
 /// On answers denied for the API key or address: why.
 pub const REASON_HEADER: &str = "x-floodgate-reason";
-/// On answers the failure mode gave because the store could not answer.
+/// On answers given without the store, because it could not answer: who decided
+/// ([`crate::decision::Degraded::marker`]).
 pub const DEGRADED_HEADER: &str = "x-floodgate-degraded";
 
 /// Builds the response for `decision`; `echo` is the request as the dynamic metadata repeats
@@ -70,8 +71,8 @@ pub fn build(
     } else {
         Vec::new()
     };
-    if decision.degraded {
-        headers.push(header(DEGRADED_HEADER, "store-unavailable"));
+    if let Some(degraded) = decision.degraded {
+        headers.push(header(DEGRADED_HEADER, degraded.marker()));
     }
     if let Some(seconds) = decision.retry_after_secs {
         headers.push(header(RETRY_AFTER_HEADER, &seconds.to_string()));

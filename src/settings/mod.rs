@@ -134,6 +134,8 @@ pub enum FailureModeArg {
     Allow,
     /// OVER_LIMIT, marked degraded.
     Deny,
+    /// This replica's own counters, each limit divided among the replicas (Redis store only).
+    Local,
 }
 
 impl From<FailureModeArg> for FailureMode {
@@ -142,6 +144,7 @@ impl From<FailureModeArg> for FailureMode {
             FailureModeArg::Error => FailureMode::Error,
             FailureModeArg::Allow => FailureMode::Allow,
             FailureModeArg::Deny => FailureMode::Deny,
+            FailureModeArg::Local => FailureMode::Local,
         }
     }
 }
@@ -451,9 +454,15 @@ pub struct ServeSettings {
     #[arg(long, env = "FLOODGATE_STATE_CACHE_TTL", default_value = duration_text(DEFAULT_CACHE_TTL), value_parser = humantime::parse_duration)]
     pub state_cache_ttl: Duration,
     /// What to answer when the store cannot: error (gRPC UNAVAILABLE, so Envoy's
-    /// failure_mode_deny decides), allow (OK, marked x-floodgate-degraded) or deny (OVER_LIMIT).
+    /// failure_mode_deny decides), allow (OK, marked x-floodgate-degraded), deny (OVER_LIMIT)
+    /// or local (this replica's own counters, each limit divided among the replicas; Redis
+    /// store only).
     #[arg(long, env = "FLOODGATE_FAILURE_MODE", value_enum, default_value_t = FailureModeArg::Error)]
     pub failure_mode: FailureModeArg,
+    /// With --failure-mode local: the number of replicas to divide limits by, instead of the
+    /// count learned from the replicas' heartbeats in Redis.
+    #[arg(long, env = "FLOODGATE_FALLBACK_REPLICAS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub fallback_replicas: Option<u32>,
     /// Counters remembered as full (answered OVER_LIMIT without Redis until their window
     /// resets); 0 turns the local over-limit cache off. Redis store only.
     #[arg(long, env = "FLOODGATE_LOCAL_CACHE_SIZE", default_value_t = DEFAULT_LOCAL_CACHE_SIZE)]

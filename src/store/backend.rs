@@ -35,6 +35,17 @@ impl From<RedisStore> for Backend {
     }
 }
 
+impl Backend {
+    /// Announces replica `id` as live for `ttl_ms` and answers how many replicas share this
+    /// store (for the local fallback); `None` for stores no other machine shares.
+    pub async fn live_replicas(&self, id: &str, ttl_ms: u64) -> Result<Option<u32>, StoreError> {
+        match self {
+            Backend::Redis(store) => store.live_replicas(id, ttl_ms).await.map(Some),
+            Backend::Memory(_) | Backend::Sqlite(_) => Ok(None),
+        }
+    }
+}
+
 /// Calls `$call` on whichever store `$backend` holds.
 macro_rules! each {
     ($backend:expr, $store:ident => $call:expr) => {

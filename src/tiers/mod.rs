@@ -139,7 +139,9 @@ impl Tiers {
         })
     }
 
-    /// The owner of `api_key`, from the cache if it is fresh enough.
+    /// The owner of `api_key`, from the cache if it is fresh enough. When the store cannot
+    /// answer, an owner read before (however long ago) still answers, so that the failure
+    /// mode `local` can go on counting a known user against their tier.
     async fn identity(
         &self,
         domain: &str,
@@ -150,7 +152,10 @@ impl Tiers {
         if let Some(identity) = self.identities.get(&cache_key, now) {
             return Ok(identity);
         }
-        let identity = self.store.identity(domain, api_key).await?;
+        let identity = match self.store.identity(domain, api_key).await {
+            Ok(identity) => identity,
+            Err(e) => return self.identities.get_stale(&cache_key).ok_or(e),
+        };
         let expires = now + self.cache_ttl.as_millis() as u64;
         self.identities
             .insert(cache_key, identity.clone(), now, expires);

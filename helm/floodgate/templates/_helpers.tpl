@@ -161,6 +161,9 @@ when none is given, and its ownership is changed only when the volume's root doe
 {{- if and (eq .Values.store.type "sqlite") (hasPrefix "/etc/floodgate/" (printf "%s/" (dir .Values.store.sqlite.path))) -}}
 {{- fail "store.sqlite.path must not be under /etc/floodgate (the config is mounted there, read-only)" -}}
 {{- end -}}
+{{- if and (eq .Values.server.failureMode "local") (ne .Values.store.type "redis") -}}
+{{- fail "server.failureMode=local needs store.type=redis (only a shared store can fail while the replicas run on)" -}}
+{{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
 {{- end -}}

@@ -33,6 +33,8 @@ use crate::config::mask_secret;
 pub const DECIDE_SCRIPT: &str = include_str!("decide.lua");
 /// The Lua source of the flag script (flags read by gate checks).
 pub const FLAG_SCRIPT: &str = include_str!("flag.lua");
+/// The Lua source of the heartbeat script (the local fallback's replica count).
+pub const REPLICAS_SCRIPT: &str = include_str!("replicas.lua");
 /// The Lua source of the user/API-key registry script.
 pub const REGISTRY_SCRIPT: &str = include_str!("registry.lua");
 
@@ -60,6 +62,7 @@ pub struct RedisStore {
     batcher: Option<Batcher>,
     script: Arc<Script>,
     flag: Script,
+    replicas: Script,
     registry: Script,
     timeout: Duration,
     key_prefix: String,
@@ -156,6 +159,7 @@ impl RedisStore {
             batcher,
             script,
             flag: Script::new(FLAG_SCRIPT),
+            replicas: Script::new(REPLICAS_SCRIPT),
             registry: Script::new(REGISTRY_SCRIPT),
             timeout: options.timeout,
             key_prefix: options.key_prefix.clone(),
@@ -329,6 +333,21 @@ impl RedisStore {
             admitted,
             counters: counters.into_iter().collect(),
         })
+    }
+
+    /// Announces replica `id` as live for `ttl_ms` and answers how many replicas are live (the
+    /// local fallback divides limits by it).
+    pub async fn live_replicas(&self, id: &str, ttl_ms: u64) -> Result<u32, StoreError> {
+        let mut invocation = self.replicas.prepare_invoke();
+        invocation
+            .key(format!("{}replicas", self.key_prefix))
+            .arg(id)
+            .arg(ttl_ms);
+        match &self.clock {
+            Some(clock) => invocation.arg(clock.now_ms()),
+            None => invocation.arg(""),
+        };
+        self.invoke::<u32>(invocation).await
     }
 
     /// The tier mode's key; "health", the admin API's name for it (kept across versions).
