@@ -324,3 +324,65 @@ fn store_clients(observer: &mut redis::Connection) -> Vec<u64> {
         .filter(|&id| id != me)
         .collect()
 }
+
+/// The hits a fixed-window counter at `key` holds on `node` (the sum of its window fields).
+fn counted_on(node: &RedisServer, key: &str) -> Result<u64, String> {
+    let fields: Vec<u64> = node.query(redis::cmd("HVALS").arg(key))?;
+    Ok(fields.iter().sum())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_replicas_every_answered_hit_is_on_the_replica_first() {
+    use support::topology::RedisProcess;
+    let Some(master) = RedisServer::start() else {
+        return;
+    };
+    let mut replica = RedisProcess::server().replica_of(master.port).start();
+    support::poll("the replica to sync", PATIENCE, || {
+        let info: String = replica.query(redis::cmd("INFO").arg("replication"))?;
+        Ok::<_, String>(info.contains("master_link_status:up"))
+            .and_then(|up| up.then_some(()).ok_or(info))
+    });
+    let store = RedisStore::new(&RedisOptions {
+        wait_replicas: 1,
+        timeout: Duration::from_millis(1000),
+        ..RedisOptions::standalone(&master.url(), "wait:")
+    })
+    .unwrap();
+    let check = [floodgate::store::Check::fixed_window(
+        "wait:k", 1_000, 86_400, 1,
+    )];
+    for n in 1..=20 {
+        assert!(store.apply(&check).await.unwrap().admitted);
+        // WAIT answered only once the replica had the hit: it is there the moment we look.
+        assert_eq!(counted_on(&replica, "wait:k"), Ok(n), "after hit {n}");
+    }
+    // Without a replica to acknowledge, the call fails (the failure mode answers) by its
+    // deadline, rather than answering for hits a failover could lose.
+    replica.kill();
+    let refused = tokio::time::timeout(HANG_GUARD, store.apply(&check)).await;
+    match refused.expect("answered by the deadline") {
+        Err(floodgate::store::StoreError::Unavailable(why)) => {
+            assert!(why.contains("0 of 1 Redis replicas acknowledged"), "{why}");
+        }
+        other => panic!("expected the missing acknowledgement, got {other:?}"),
+    }
+}
+
+#[test]
+fn wait_replicas_is_refused_on_a_cluster() {
+    let options = RedisOptions {
+        wait_replicas: 1,
+        topology: floodgate::store::redis::Topology::Cluster {
+            nodes: vec!["127.0.0.1:1".into()],
+        },
+        ..RedisOptions::standalone("redis://127.0.0.1:1/0", "wait:")
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _guard = runtime.enter();
+    let error = RedisStore::new(&options).unwrap_err().to_string();
+    assert!(
+        error.contains("--redis-wait-replicas needs a standalone or Sentinel"),
+        "{error}"
+    );
+}

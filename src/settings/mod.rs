@@ -342,6 +342,10 @@ pub struct ServeSettings {
     /// it is replaced), e.g. 50ms or 1s.
     #[arg(long, env = "FLOODGATE_REDIS_TIMEOUT", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub redis_timeout: Duration,
+    /// Replicas that must acknowledge a decision's hits (Redis WAIT) before it is answered,
+    /// so that a failover cannot lose them (0: answer at once). Standalone or Sentinel only.
+    #[arg(long, env = "FLOODGATE_REDIS_WAIT_REPLICAS", default_value_t = 0)]
+    pub redis_wait_replicas: u32,
     /// A second Redis for the counters of per-second limits (the reference's REDIS_PERSECOND),
     /// same URL syntax; TLS files, timeout and key prefix are shared with the first.
     #[arg(long, env = "FLOODGATE_REDIS_PER_SECOND_URL", hide_env_values = true)]
@@ -597,6 +601,7 @@ impl ServeSettings {
             timeout: self.redis_timeout,
             key_prefix: self.key_prefix.clone(),
             clock: None,
+            wait_replicas: self.redis_wait_replicas,
         }
     }
 

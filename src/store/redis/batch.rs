@@ -70,6 +70,7 @@ impl Batcher {
         script: Arc<redis::Script>,
         dispatchers: u32,
         timeout: Duration,
+        wait_replicas: u32,
     ) -> Batcher {
         let (queue, receiver) = mpsc::channel(QUEUE);
         let receiver = Arc::new(Mutex::new(receiver));
@@ -81,6 +82,7 @@ impl Batcher {
                 receiver: receiver.clone(),
                 stats: stats.clone(),
                 timeout,
+                wait_replicas,
                 counters: std::sync::OnceLock::new(),
             };
             tokio::spawn(dispatcher.run());
@@ -121,6 +123,9 @@ struct Dispatcher {
     receiver: Arc<Mutex<mpsc::Receiver<Job>>>,
     stats: Arc<BatchStats>,
     timeout: Duration,
+    /// Replicas that must acknowledge a round trip's writes before its requests are answered
+    /// (Redis `WAIT`); 0: none.
+    wait_replicas: u32,
     /// Metric handles, taken at the first round trip: the store may be made before the
     /// recorder is installed.
     counters: std::sync::OnceLock<(metrics::Counter, metrics::Counter)>,
@@ -175,16 +180,18 @@ impl Dispatcher {
         calls: &[Range<usize>],
         deadline: Instant,
     ) -> Result<Vec<Value>, StoreError> {
-        let exchange = |mut conn| async move { self.exchange(batch, calls, &mut conn).await };
+        let exchange =
+            |mut conn| async move { self.exchange(batch, calls, deadline, &mut conn).await };
         self.backend.within(deadline, self.timeout, exchange).await
     }
 
     /// One round trip for the whole batch (two if Redis had forgotten the script), one
-    /// script call per range of `calls`.
+    /// script call per range of `calls`, and then, when replicas must acknowledge, a `WAIT`.
     async fn exchange(
         &self,
         batch: &[Job],
         calls: &[Range<usize>],
+        deadline: Instant,
         conn: &mut super::connections::Conn,
     ) -> Result<Vec<Value>, StoreError> {
         let hash = self.script.get_hash();
@@ -194,7 +201,10 @@ impl Dispatcher {
             let parts = batch[call.clone()].iter().map(|job| &job.part);
             pipe.add_command(script_call(hash, first.now, first.dry_run, parts));
         }
+        let script_calls = pipe.len();
+        self.push_wait(&mut pipe, deadline);
         let mut replies = self.pipeline(conn, &mut pipe).await?;
+        self.check_wait(&mut replies, script_calls)?;
         let missing: Vec<usize> = (0..replies.len())
             .filter(|&i| is_error(&replies[i], "NOSCRIPT"))
             .collect();
@@ -210,12 +220,52 @@ impl Dispatcher {
             for &i in &missing {
                 resend.add_command(sent[i].clone());
             }
-            let again = self.pipeline(conn, &mut resend).await?;
+            self.push_wait(&mut resend, deadline);
+            let mut again = self.pipeline(conn, &mut resend).await?;
+            self.check_wait(&mut again, missing.len())?;
             for (i, reply) in missing.into_iter().zip(again) {
                 replies[i] = reply;
             }
         }
         Ok(replies)
+    }
+
+    /// Adds a `WAIT` for the replicas that must acknowledge, bounded by `deadline` (never 0,
+    /// which would wait for ever), when there are any.
+    fn push_wait(&self, pipe: &mut redis::Pipeline, deadline: Instant) {
+        if self.wait_replicas > 0 {
+            // Redis checks a WAIT's timeout about every 100 ms (hz 10): asked to stop that
+            // much before the deadline, its answer, not the deadline, says what was missing.
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = left.saturating_sub(Duration::from_millis(110));
+            let millis = (left.as_millis() as u64).max(1);
+            pipe.cmd("WAIT").arg(self.wait_replicas).arg(millis);
+        }
+    }
+
+    /// Takes the `WAIT` reply off the end of `replies` (after `script_calls` script replies):
+    /// too few acknowledgements fail the whole round trip, since a failover could lose its
+    /// hits.
+    fn check_wait(&self, replies: &mut Vec<Value>, script_calls: usize) -> Result<(), StoreError> {
+        if self.wait_replicas == 0 {
+            return Ok(());
+        }
+        let acknowledged = match replies.get(script_calls) {
+            Some(Value::Int(n)) => *n,
+            other => {
+                return Err(StoreError::Protocol(format!(
+                    "WAIT answered {other:?}, not a count"
+                )));
+            }
+        };
+        replies.truncate(script_calls);
+        if acknowledged < i64::from(self.wait_replicas) {
+            return Err(StoreError::Unavailable(format!(
+                "{acknowledged} of {} Redis replicas acknowledged the hits in time",
+                self.wait_replicas
+            )));
+        }
+        Ok(())
     }
 
     async fn pipeline(

@@ -92,6 +92,9 @@ pub struct RedisOptions {
     /// Time for the decision script instead of the Redis server's clock: for tests that
     /// inject time. Production leaves it `None`.
     pub clock: Option<Arc<dyn Clock>>,
+    /// Replicas that must acknowledge a decision's hits (Redis `WAIT`) before it is answered,
+    /// so that a failover cannot lose them; 0 (the default) answers without waiting.
+    pub wait_replicas: u32,
 }
 
 impl RedisOptions {
@@ -105,6 +108,7 @@ impl RedisOptions {
             timeout: Duration::from_secs(2),
             key_prefix: key_prefix.to_owned(),
             clock: None,
+            wait_replicas: 0,
         }
     }
 }
@@ -138,6 +142,13 @@ impl RedisStore {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let script = Arc::new(Script::new(DECIDE_SCRIPT));
         let (backend, batcher) = match &options.topology {
+            Topology::Cluster { .. } if options.wait_replicas > 0 => {
+                return Err(StoreError::Settings(
+                    "Redis settings: --redis-wait-replicas needs a standalone or Sentinel Redis \
+                     (a Cluster's WAIT would cover one shard's replicas per call)"
+                        .into(),
+                ));
+            }
             Topology::Cluster { nodes } => (
                 Connections::cluster(nodes, &options.url, &options.tls, options.timeout)?,
                 None,
@@ -150,6 +161,7 @@ impl RedisStore {
                     script.clone(),
                     options.pool_size,
                     options.timeout,
+                    options.wait_replicas,
                 );
                 (backend, Some(batcher))
             }
