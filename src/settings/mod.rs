@@ -749,7 +749,61 @@ impl ServeSettings {
 mod tests {
     use std::time::Duration;
 
-    use super::{duration_text, with_credentials};
+    use clap::Parser;
+
+    use super::{Cli, Command, duration_text, with_credentials};
+
+    #[test]
+    fn secrets_come_from_their_flag_or_their_file_and_an_empty_key_closes_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let file = file.to_str().unwrap();
+        let serve = |args: &[&str]| {
+            let base = ["floodgate", "serve", "--config", "c"];
+            match Cli::try_parse_from(base.iter().chain(args))
+                .unwrap()
+                .command
+            {
+                Command::Serve(settings) => settings,
+                Command::CheckConfig { .. } => unreachable!(),
+            }
+        };
+        let key = |args: &[&str]| serve(args).admin_key().unwrap().map(|k| k.current());
+        assert_eq!(key(&[]), None);
+        assert_eq!(key(&["--admin-key", ""]), None);
+        assert_eq!(key(&["--admin-key", "given"]).as_deref(), Some("given"));
+        assert_eq!(
+            key(&["--admin-key-file", file]).as_deref(),
+            Some("from-the-file")
+        );
+
+        let redis = serve(&[
+            "--redis-password-file",
+            file,
+            "--redis-sentinel-password-file",
+            file,
+            "--redis-sentinels",
+            "s:1",
+            "--redis-master-name",
+            "m",
+        ])
+        .redis_options()
+        .unwrap();
+        let password = redis.password.expect("the password file");
+        assert_eq!(&*password.current(), "from-the-file");
+        assert!(!redis.url.contains("from-the-file"), "not in the URL");
+        let crate::store::redis::Topology::Sentinel {
+            sentinel_password, ..
+        } = redis.topology
+        else {
+            panic!("a Sentinel topology");
+        };
+        assert_eq!(
+            sentinel_password.map(|p| p.current()).as_deref(),
+            Some("from-the-file")
+        );
+    }
 
     #[test]
     fn duration_defaults_read_as_written_on_the_command_line() {

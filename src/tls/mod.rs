@@ -671,6 +671,19 @@ mod tests {
     }
 
     #[test]
+    fn grpc_offers_h2_and_http_offers_h2_and_http_1_1() {
+        let dir = Dir::new("alpn");
+        let (cert, key, _) = chain(&dir);
+        let alpn = |protocol| {
+            let tls = ServerTls::load(ListenerTls::new(&cert, &key), protocol).unwrap();
+            assert_eq!(tls.protocol(), protocol);
+            tls.config().alpn_protocols.clone()
+        };
+        assert_eq!(alpn(Protocol::Grpc), [b"h2".to_vec()]);
+        assert_eq!(alpn(Protocol::Http), [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
+
+    #[test]
     fn a_refresh_loads_changes_and_keeps_the_last_good_files() {
         let dir = Dir::new("refresh");
         let (cert, key, _) = chain(&dir);
