@@ -213,7 +213,9 @@ pub async fn run(
         .add_service(RateLimitServiceServer::new(rls.clone()));
     let (grpc, tls_watcher) = serve_grpc(router, listeners.grpc, &options, &shared.stop)?;
     let http_listeners = (listeners.http, listeners.admin);
-    let (http, http_tls_watcher) = serve_http(http_listeners, rls, &shared, &options)?;
+    let (http, http_tls_watcher) = serve_http(http_listeners, rls, &shared, &options)
+        // Stops what the gRPC side started (its TLS accept loop and watcher).
+        .inspect_err(|_| shared.stop.cancel())?;
     let mut tasks = side_tasks(&shared, &options, listeners.debug, listeners.metrics);
     tasks.extend([tls_watcher, http_tls_watcher]);
     tasks.push(Some(tokio::spawn(keep_fresh(

@@ -401,3 +401,30 @@ fn a_secret_and_its_file_together_or_an_unusable_file_stop_the_start_clearly() {
         "{stderr}"
     );
 }
+
+#[test]
+fn an_unusable_http_tls_file_stops_the_start_naming_it() {
+    let certs = Certs::generate();
+    let missing = certs.path("missing.pem");
+    let (cert, missing) = (
+        certs.path("server.pem"),
+        missing.to_str().unwrap().to_owned(),
+    );
+    let args = [
+        "--http-tls-cert",
+        cert.to_str().unwrap(),
+        "--http-tls-key",
+        &missing,
+    ];
+    let stderr = refused(&args, &[]);
+    assert!(stderr.contains(&format!("reading {missing}")), "{stderr}");
+    // A key that is no key.
+    let args = [
+        "--http-tls-cert",
+        cert.to_str().unwrap(),
+        "--http-tls-key",
+        cert.to_str().unwrap(),
+    ];
+    let stderr = refused(&args, &[]);
+    assert!(stderr.contains("no private key in it"), "{stderr}");
+}
