@@ -1,9 +1,14 @@
-//! The admin API under `/admin` on the HTTP address: health state, users and API keys.
+//! The admin API under `/admin` (on the HTTP listener, or on its own with `--admin-addr`):
+//! health state, users and API keys.
 //!
-//! Closed unless `--admin-key` is set (403 for every call); with a key, each call must carry it
-//! in `X-Admin-Key` (compared in constant time) or gets 401. Bodies are JSON; a refused call
-//! answers 400/404/409 with `{"error": ..., "field": ...}` and changes nothing. Every change and
-//! every refused key is audited.
+//! Closed unless an admin key is set (403 for every call); with a key, each call must carry it
+//! in `X-Admin-Key` (compared in constant time) or gets 401, and a source address that fails
+//! too often is locked out for a while ([`lockout`]: 429 with `Retry-After`). The key may come
+//! from a file, read again when it changes ([`Secret`]). Bodies are JSON; a refused call
+//! answers 400/404/409 with `{"error": ..., "field": ...}` and changes nothing. Every change,
+//! every refused key and every lockout is audited.
+
+mod lockout;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +27,10 @@ use serde_json::{Map, Value, json};
 use crate::audit;
 use crate::config::{Domain, TierMode, mask_secret};
 use crate::limiter::Limiter;
+use crate::secrets::Secret;
 use crate::store::{RegistryError, TierModeRecord, UserRecord};
+
+pub(crate) use lockout::{Lockout, Policy as LockoutPolicy};
 
 /// Header carrying the admin key.
 pub(crate) const ADMIN_KEY_HEADER: &str = "x-admin-key";
@@ -41,7 +49,20 @@ pub(crate) struct AdminState {
     /// The limiter whose tiers (users, keys, the tier mode) the API reads and changes.
     pub limiter: Arc<Limiter>,
     /// The admin key; `None` closes the API.
-    pub admin_key: Option<String>,
+    pub admin_key: Option<Secret>,
+    /// Failed authentications per source address.
+    pub lockout: Lockout,
+}
+
+impl AdminState {
+    /// The state of an API on `limiter` opened by `admin_key`, with the default lockout policy.
+    pub(crate) fn new(limiter: Arc<Limiter>, admin_key: Option<Secret>) -> AdminState {
+        AdminState {
+            limiter,
+            admin_key,
+            lockout: Lockout::new(LockoutPolicy::default()),
+        }
+    }
 }
 
 /// The `/admin` routes.
@@ -124,6 +145,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
+/// Lets a call through when it carries the admin key and its source is not locked out.
 async fn authenticate(
     State(state): State<Arc<AdminState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -133,25 +155,42 @@ async fn authenticate(
     let Some(expected) = &state.admin_key else {
         return Refusal::status(
             StatusCode::FORBIDDEN,
-            "the admin API is disabled: start Floodgate with --admin-key (FLOODGATE_ADMIN_KEY)",
+            "the admin API is disabled: start Floodgate with --admin-key-file (or --admin-key)",
         )
         .into_response();
     };
+    let (ip, now) = (peer.ip(), state.limiter.tiers().now_ms());
+    if let Err(seconds) = state.lockout.check(ip, now) {
+        return locked_out(seconds);
+    }
     let given = request
         .headers()
         .get(ADMIN_KEY_HEADER)
         .map(|v| v.as_bytes());
-    if !given.is_some_and(|given| constant_time_eq(given, expected.as_bytes())) {
-        audit::security_event(
-            "admin_auth_failed",
-            "-",
-            request.uri().path(),
-            Some(&peer.ip().to_string()),
-        );
-        return Refusal::status(StatusCode::UNAUTHORIZED, "missing or wrong X-Admin-Key")
-            .into_response();
+    if given.is_some_and(|given| constant_time_eq(given, expected.current().as_bytes())) {
+        state.lockout.succeeded(ip);
+        return next.run(request).await;
     }
-    next.run(request).await
+    let (path, source) = (request.uri().path(), ip.to_string());
+    audit::security_event("admin_auth_failed", "-", path, Some(&source));
+    match state.lockout.failed(ip, now) {
+        Some(seconds) => {
+            audit::security_event("admin_auth_locked_out", "-", path, Some(&source));
+            locked_out(seconds)
+        }
+        None => Refusal::status(StatusCode::UNAUTHORIZED, "missing or wrong X-Admin-Key")
+            .into_response(),
+    }
+}
+
+/// 429 for a source locked out after too many failed authentications, for `seconds` more.
+fn locked_out(seconds: u64) -> Response {
+    let refusal = Refusal::status(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed admin authentications from this address: retry in {seconds} s"),
+    );
+    let retry_after = [(axum::http::header::RETRY_AFTER, seconds.to_string())];
+    (retry_after, refusal).into_response()
 }
 
 /// Who made a change and from where, for the audit trail.

@@ -23,15 +23,16 @@
 //! - [`limiter`]: the decision pipeline (match → resolve keys → plan → apply → decide) over the
 //!   live config; gRPC and HTTP share it.
 //! - [`rls`]: the gRPC service (wire request → query, decision → wire response, errors → Status).
-//! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin; [`health`]: what
-//!   both health checks ask of the config.
+//! - [`http`]: /healthcheck and /json; [`admin`]: the admin API under /admin, with its lockout
+//!   of sources that fail to authenticate; [`health`]: what both health checks ask of the config.
 //! - [`audit`]: one log line and one metric per admin change or security event;
-//!   [`cache`]: the bounded TTL cache for shared state read on the hot path.
+//!   [`cache`]: the bounded TTL cache for shared state read on the hot path; [`secrets`]: the
+//!   admin key and the Redis passwords, given or read from files that are followed.
 //! - [`service`]: `floodgate serve` assembled from the settings (config source, store, limiter,
 //!   listeners), the only reader of the command line besides [`settings`] itself.
 //! - [`server`]: runs both servers on given listeners until a shutdown future resolves;
-//!   [`overload`]: its lock-free limit on calls in flight; [`tls`]: gRPC TLS, its files
-//!   reloaded when they change.
+//!   [`overload`]: its lock-free limit on calls in flight; [`tls`]: TLS for gRPC and HTTP, its
+//!   files reloaded when they change.
 //! - [`xds`]: config from an xDS control plane (the ADS client; pushed resources → config).
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-descriptor statistics.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
@@ -57,6 +58,7 @@ pub(crate) mod overload;
 pub mod pb;
 pub mod query;
 pub mod rls;
+pub mod secrets;
 pub mod server;
 pub mod service;
 pub mod settings;

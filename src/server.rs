@@ -1,6 +1,7 @@
-//! Runs the gRPC and HTTP servers on given listeners until a shutdown future resolves: overload
-//! protection and TLS on gRPC, the standard health service, a background task that keeps shared
-//! state and gauges fresh, config hot reload, and graceful shutdown.
+//! Runs the gRPC and HTTP servers (and the admin API's, when it has a listener of its own) on
+//! given listeners until a shutdown future resolves: overload protection on gRPC, TLS on both,
+//! the standard health service, a background task that keeps shared state and gauges fresh,
+//! config hot reload, and graceful shutdown.
 
 use std::future::Future;
 use std::io;
@@ -29,10 +30,11 @@ use crate::limiter::Limiter;
 use crate::overload::InFlightLimitLayer;
 use crate::pb::rate_limit_service_server::RateLimitServiceServer;
 use crate::rls::{InputLimits, ResponseOptions, RlsService};
+use crate::secrets::{Secret, SecretError};
 use crate::store::StoreError;
 use crate::telemetry;
-pub use crate::tls::GrpcTls;
-use crate::tls::{ServerTls, TlsError};
+pub use crate::tls::{GrpcTls, ListenerTls};
+use crate::tls::{Protocol, ServerTls, TlsError};
 
 /// The gRPC service name health checks ask about.
 pub const RLS_SERVICE_NAME: &str = "envoy.service.ratelimit.v3.RateLimitService";
@@ -65,9 +67,12 @@ pub enum ServerError {
     /// Settings that do not go together.
     #[error("{0}")]
     Settings(String),
-    /// A gRPC TLS file cannot be used.
+    /// A TLS file cannot be used.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// A secret file cannot be used.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
 }
 
 /// The bound sockets the servers accept on.
@@ -75,8 +80,10 @@ pub enum ServerError {
 pub struct Listeners {
     /// For ShouldRateLimit and gRPC health.
     pub grpc: GrpcListener,
-    /// For /healthcheck, /json, /metrics and /admin.
+    /// For /healthcheck, /json, /metrics, and /admin unless [`Listeners::admin`] is given.
     pub http: TcpListener,
+    /// For /admin alone, when the admin API has a listener of its own (`--admin-addr`).
+    pub admin: Option<TcpListener>,
     /// For the debug endpoints (`/rlconfig`), when asked for.
     pub debug: Option<TcpListener>,
     /// A second metrics listener (the reference's PROMETHEUS_ADDR), when asked for.
@@ -163,11 +170,13 @@ pub struct ServerOptions {
     /// Response decorations.
     pub response_options: ResponseOptions,
     /// The admin key; `None` keeps the admin API closed.
-    pub admin_key: Option<String>,
+    pub admin_key: Option<Secret>,
     /// Overload protection and connection management.
     pub protection: Protection,
     /// TLS for gRPC; `None` serves plaintext (h2c).
     pub grpc_tls: Option<GrpcTls>,
+    /// TLS for HTTP and the admin listener; `None` serves plaintext.
+    pub http_tls: Option<ListenerTls>,
     /// Where to reload the config from; `None` disables reloading.
     pub config_source: Option<ConfigSource>,
     /// After shutdown begins, how long in-flight calls may take before the server stops anyway.
@@ -203,8 +212,12 @@ pub async fn run(
         .add_service(health_service)
         .add_service(RateLimitServiceServer::new(rls.clone()));
     let (grpc, tls_watcher) = serve_grpc(router, listeners.grpc, &options, &shared.stop)?;
+    let http_listeners = (listeners.http, listeners.admin);
+    let (http, http_tls_watcher) = serve_http(http_listeners, rls, &shared, &options)
+        // Stops what the gRPC side started (its TLS accept loop and watcher).
+        .inspect_err(|_| shared.stop.cancel())?;
     let mut tasks = side_tasks(&shared, &options, listeners.debug, listeners.metrics);
-    tasks.push(tls_watcher);
+    tasks.extend([tls_watcher, http_tls_watcher]);
     tasks.push(Some(tokio::spawn(keep_fresh(
         shared.limiter.clone(),
         health_reporter.clone(),
@@ -212,7 +225,6 @@ pub async fn run(
         options.config_health,
         shared.stop.clone(),
     ))));
-    let http = serve_http(listeners.http, rls, &shared, &options);
     tasks.push(Some(tokio::spawn(begin_shutdown(
         shutdown,
         shared.serving.clone(),
@@ -259,37 +271,87 @@ fn side_tasks(
     ]
 }
 
-/// The HTTP server (/healthcheck, /json, /metrics, /admin) until `stop`.
+/// The HTTP server (/healthcheck, /json, /metrics, and /admin unless the admin API has a
+/// listener of its own) and the admin server, until `stop`; with TLS, Floodgate does the
+/// handshakes itself for both (and reloads the files: the second value is that task).
 fn serve_http(
-    listener: TcpListener,
+    (http, admin): (TcpListener, Option<TcpListener>),
     rls: RlsService,
     shared: &Shared,
     options: &ServerOptions,
-) -> impl Future<Output = Result<(), ServerError>> + use<> {
-    let admin = admin::router(Arc::new(AdminState {
-        limiter: shared.limiter.clone(),
-        admin_key: options.admin_key.clone(),
-    }));
+) -> Result<(ServeFuture, Option<JoinHandle<()>>), ServerError> {
+    let tls = match options.http_tls.clone() {
+        Some(settings) => Some(Arc::new(ServerTls::load(settings, Protocol::Http)?)),
+        None => None,
+    };
+    let admin_app = admin::router(Arc::new(AdminState::new(
+        shared.limiter.clone(),
+        options.admin_key.clone(),
+    )));
     let app = http::router(Arc::new(HttpState {
         rls,
         limiter: shared.limiter.clone(),
         serving: shared.serving.clone(),
         metrics: shared.metrics.clone(),
         config_health: options.config_health,
-    }))
-    .merge(admin);
-    let stopped = shared.stop.clone().cancelled_owned();
-    async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped)
-        .await
-        .map_err(|source| ServerError::Io {
-            what: "HTTP server".into(),
-            source,
-        })
+    }));
+    let stop = &shared.stop;
+    let (http, admin) = match admin {
+        Some(admin) => (
+            serve_app(http, app, tls.clone(), "HTTP", stop),
+            Some(serve_app(admin, admin_app, tls.clone(), "admin", stop)),
+        ),
+        None => (
+            serve_app(http, app.merge(admin_app), tls.clone(), "HTTP", stop),
+            None,
+        ),
+    };
+    let watcher = tls.map(|tls| tokio::spawn(tls.watch(stop.clone())));
+    let both = async move {
+        let admin = async move {
+            match admin {
+                Some(admin) => admin.await,
+                None => Ok(()),
+            }
+        };
+        let (http, admin) = tokio::join!(http, admin);
+        http.and(admin)
+    };
+    Ok((Box::pin(both), watcher))
+}
+
+/// A running HTTP server.
+type ServeFuture = Pin<Box<dyn Future<Output = Result<(), ServerError>> + Send>>;
+
+/// Serves `app` on `listener` (over TLS with `tls`) until `stop`; handlers learn the client's
+/// address (`ConnectInfo<SocketAddr>`). `what` names the server in errors.
+fn serve_app(
+    listener: TcpListener,
+    app: axum::Router,
+    tls: Option<Arc<ServerTls>>,
+    what: &'static str,
+    stop: &CancellationToken,
+) -> ServeFuture {
+    use axum::serve::ListenerExt;
+    let stopped = stop.clone().cancelled_owned();
+    let failed = move |source| ServerError::Io {
+        what: format!("{what} server"),
+        source,
+    };
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
+    match tls {
+        None => Box::pin(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+            serve.await.map_err(failed)
+        }),
+        Some(tls) => {
+            // `tap_io` makes the listener's address the connection info axum knows.
+            let listener = crate::tls::listener(listener, tls, stop.clone()).tap_io(|_| {});
+            Box::pin(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                serve.await.map_err(failed)
+            })
+        }
     }
 }
 
@@ -318,7 +380,7 @@ fn serve_grpc(
     stop: &CancellationToken,
 ) -> Result<(GrpcFuture, Option<JoinHandle<()>>), ServerError> {
     let tls = match options.grpc_tls.clone() {
-        Some(settings) => Some(Arc::new(ServerTls::load(settings)?)),
+        Some(settings) => Some(Arc::new(ServerTls::load(settings, Protocol::Grpc)?)),
         None => None,
     };
     let stopped = stop.clone().cancelled_owned();
@@ -391,7 +453,7 @@ async fn begin_shutdown(
 /// Runs both servers until they finish, or until the grace period after `stop` is over.
 async fn serve_until_done(
     grpc: GrpcFuture,
-    http: impl Future<Output = Result<(), ServerError>>,
+    http: ServeFuture,
     stop: &CancellationToken,
     grace: Duration,
 ) -> Result<(), ServerError> {

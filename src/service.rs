@@ -46,10 +46,11 @@ pub async fn serve(
         install_reference_metrics(settings.reference_metrics_mapping.as_deref());
         record_config_load(config.is_some());
     }
-    let options = server_options(settings, config_source);
+    let options = server_options(settings, config_source)?;
     let limiter_options = limiter_options(settings);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, store = ?settings.store, tls = options.grpc_tls.is_some(), "serving");
+    tracing::info!(grpc = %settings.grpc_addr, http = %settings.http_addr, admin = ?settings.admin_addr, store = ?settings.store, tls = options.grpc_tls.is_some(), http_tls = options.http_tls.is_some(), "serving");
+    warn_of_exposed_admin(settings, &options);
     let store = match settings.store {
         StoreKind::Memory => {
             Backend::Memory(MemoryStore::new(clock.clone(), settings.memory_max_keys))
@@ -127,6 +128,10 @@ async fn bind_all(settings: &ServeSettings) -> Result<Listeners, ServerError> {
             None => bind(settings.grpc_addr, "gRPC").await?.into(),
         },
         http: bind(settings.http_addr, "HTTP").await?,
+        admin: match settings.admin_addr {
+            Some(addr) => Some(bind(addr, "admin").await?),
+            None => None,
+        },
         debug: match settings.debug_addr {
             Some(addr) => Some(bind(addr, "debug").await?),
             None => None,
@@ -138,8 +143,11 @@ async fn bind_all(settings: &ServeSettings) -> Result<Listeners, ServerError> {
     })
 }
 
-fn server_options(settings: &ServeSettings, config_source: ConfigSource) -> ServerOptions {
-    ServerOptions {
+fn server_options(
+    settings: &ServeSettings,
+    config_source: ConfigSource,
+) -> Result<ServerOptions, ServerError> {
+    Ok(ServerOptions {
         input_limits: settings.input_limits(),
         response_options: ResponseOptions {
             limit_headers: settings.response_headers,
@@ -150,13 +158,27 @@ fn server_options(settings: &ServeSettings, config_source: ConfigSource) -> Serv
             },
             dynamic_metadata: settings.response_dynamic_metadata,
         },
-        admin_key: settings.admin_key.clone().filter(|k| !k.is_empty()),
+        admin_key: settings.admin_key()?,
         protection: settings.protection(),
         grpc_tls: settings.grpc_tls(),
+        http_tls: settings.http_tls(),
         config_source: Some(config_source),
         shutdown_grace: settings.shutdown_grace,
         metrics_path: settings.reference_metrics_path.clone(),
         config_health: config_health(settings),
+    })
+}
+
+/// Warns when the admin key would cross the network in plaintext on the port everyone who
+/// may ask for decisions or scrape metrics reaches: an admin key, /admin on the HTTP address,
+/// that address not loopback, and no TLS.
+fn warn_of_exposed_admin(settings: &ServeSettings, options: &ServerOptions) {
+    let shared = settings.admin_addr.is_none() && !settings.http_addr.ip().is_loopback();
+    if options.admin_key.is_some() && shared && options.http_tls.is_none() {
+        tracing::warn!(
+            http = %settings.http_addr,
+            "the admin API shares the HTTP address, in plaintext: its key crosses the network readable; give it a listener of its own (--admin-addr 127.0.0.1:8082) or TLS (--http-tls-cert); see docs/security.md"
+        );
     }
 }
 
@@ -186,10 +208,10 @@ fn limiter_options(settings: &ServeSettings) -> LimiterOptions {
 
 /// The Redis store, with its per-second Redis if one is configured.
 fn redis_store(settings: &ServeSettings) -> Result<RedisStore, ServerError> {
-    let options = settings.redis_options();
+    let options = settings.redis_options()?;
     tracing::info!(topology = options.topology.kind(), "Redis store");
     let mut store = RedisStore::new(&options)?;
-    if let Some(per_second) = settings.redis_per_second_options() {
+    if let Some(per_second) = settings.redis_per_second_options()? {
         tracing::info!(
             topology = per_second.topology.kind(),
             "Redis store for per-second limits"

@@ -14,7 +14,8 @@ use crate::config::LoadOptions;
 use crate::decision::FailureMode;
 use crate::limiter::{DEFAULT_CACHE_TTL, LimiterOptions};
 use crate::rls::InputLimits;
-use crate::server::{GrpcTls, Protection};
+use crate::secrets::{Secret, SecretError};
+use crate::server::{GrpcTls, ListenerTls, Protection};
 use crate::store::memory::DEFAULT_MAX_KEYS;
 use crate::store::redis::{RedisOptions, TlsFiles, Topology};
 use crate::xds::Backoff;
@@ -84,7 +85,7 @@ fn topology(
     cluster_nodes: &[String],
     sentinels: &[String],
     master_name: Option<&str>,
-    sentinel_password: Option<&str>,
+    sentinel_password: Option<Secret>,
 ) -> Topology {
     if !cluster_nodes.is_empty() {
         Topology::Cluster {
@@ -94,7 +95,7 @@ fn topology(
         Topology::Sentinel {
             sentinels: sentinels.to_vec(),
             master_name: master_name.unwrap_or_default().to_owned(),
-            sentinel_password: sentinel_password.map(str::to_owned),
+            sentinel_password,
         }
     } else {
         Topology::Standalone
@@ -165,6 +166,15 @@ pub enum ConfigSourceKind {
     Files,
     /// An xDS control plane (--xds-server), state of the world.
     Xds,
+}
+
+/// The secret given as `value`, or in the file `file` (clap refuses both at once).
+fn secret(value: Option<&str>, file: Option<&PathBuf>) -> Result<Option<Secret>, SecretError> {
+    match (value, file) {
+        (_, Some(file)) => Secret::from_file(file).map(Some),
+        (Some(value), None) => Ok(Some(Secret::given(value))),
+        (None, None) => Ok(None),
+    }
 }
 
 /// `key=value`.
@@ -278,6 +288,10 @@ pub struct ServeSettings {
     /// HTTP listen address (/healthcheck, /json).
     #[arg(long, env = "FLOODGATE_HTTP_ADDR", default_value = "0.0.0.0:8080")]
     pub http_addr: SocketAddr,
+    /// Serve the admin API (/admin) on this address of its own (e.g. 127.0.0.1:8082), and not
+    /// on the HTTP address; without it, /admin is on the HTTP address.
+    #[arg(long, env = "FLOODGATE_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
     /// Counter store.
     #[arg(long, env = "FLOODGATE_STORE", value_enum, default_value_t = StoreKind::Memory)]
     pub store: StoreKind,
@@ -308,6 +322,14 @@ pub struct ServeSettings {
         hide_env_values = true
     )]
     pub redis_sentinel_password: Option<String>,
+    /// A file holding the Sentinels' password, read again when it changes (instead of
+    /// --redis-sentinel-password, so that it is in neither the environment nor the process list).
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_SENTINEL_PASSWORD_FILE",
+        conflicts_with = "redis_sentinel_password"
+    )]
+    pub redis_sentinel_password_file: Option<PathBuf>,
     /// Use a Redis Cluster reached through these nodes (host:port,host:port,...).
     #[arg(
         long,
@@ -319,6 +341,15 @@ pub struct ServeSettings {
     /// Redis password (overrides one in --redis-url; keeps it out of the URL).
     #[arg(long, env = "FLOODGATE_REDIS_PASSWORD", hide_env_values = true)]
     pub redis_password: Option<String>,
+    /// A file holding the Redis password, read again when it changes (new connections use the
+    /// new one); instead of --redis-password, so that it is in neither the environment nor the
+    /// process list. Overrides a password in --redis-url.
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_PASSWORD_FILE",
+        conflicts_with = "redis_password"
+    )]
+    pub redis_password_file: Option<PathBuf>,
     /// Redis ACL user name (overrides one in --redis-url).
     #[arg(long, env = "FLOODGATE_REDIS_USERNAME")]
     pub redis_username: Option<String>,
@@ -368,6 +399,13 @@ pub struct ServeSettings {
         hide_env_values = true
     )]
     pub redis_per_second_sentinel_password: Option<String>,
+    /// A file holding the per-second Sentinels' password, read again when it changes.
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_PER_SECOND_SENTINEL_PASSWORD_FILE",
+        conflicts_with = "redis_per_second_sentinel_password"
+    )]
+    pub redis_per_second_sentinel_password_file: Option<PathBuf>,
     /// The per-second Redis is a Cluster reached through these nodes.
     #[arg(
         long,
@@ -384,6 +422,13 @@ pub struct ServeSettings {
         hide_env_values = true
     )]
     pub redis_per_second_password: Option<String>,
+    /// A file holding the per-second Redis' password, read again when it changes.
+    #[arg(
+        long,
+        env = "FLOODGATE_REDIS_PER_SECOND_PASSWORD_FILE",
+        conflicts_with = "redis_per_second_password"
+    )]
+    pub redis_per_second_password_file: Option<PathBuf>,
     /// The per-second Redis' ACL user name.
     #[arg(long, env = "FLOODGATE_REDIS_PER_SECOND_USERNAME")]
     pub redis_per_second_username: Option<String>,
@@ -454,6 +499,10 @@ pub struct ServeSettings {
     /// Key that opens the admin API (header X-Admin-Key); without it the admin API is closed.
     #[arg(long, env = "FLOODGATE_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
+    /// A file holding the admin key, read again when it changes (instead of --admin-key, so that
+    /// the key is in neither the environment nor the process list).
+    #[arg(long, env = "FLOODGATE_ADMIN_KEY_FILE", conflicts_with = "admin_key")]
+    pub admin_key_file: Option<PathBuf>,
     /// How stale a replica's view of shared state (health state, API key owners) may be.
     #[arg(long, env = "FLOODGATE_STATE_CACHE_TTL", default_value = duration_text(DEFAULT_CACHE_TTL), value_parser = humantime::parse_duration)]
     pub state_cache_ttl: Duration,
@@ -501,6 +550,20 @@ pub struct ServeSettings {
     /// connections get the new certificate, key and client CA.
     #[arg(long, env = "FLOODGATE_GRPC_TLS_POLL_INTERVAL", default_value = duration_text(GrpcTls::DEFAULT_POLL_INTERVAL), value_parser = humantime::parse_duration)]
     pub grpc_tls_poll_interval: Duration,
+    /// HTTP server certificate chain (PEM); with --http-tls-key, HTTP (and the admin listener)
+    /// is served over TLS.
+    #[arg(long, env = "FLOODGATE_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// The HTTP server certificate's key (PEM).
+    #[arg(long, env = "FLOODGATE_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
+    /// Require HTTP clients (and admin clients) to present a certificate signed by this CA.
+    #[arg(long, env = "FLOODGATE_HTTP_TLS_CLIENT_CA", requires = "http_tls_cert")]
+    pub http_tls_client_ca: Option<PathBuf>,
+    /// How often the HTTP TLS files are read again (0s: never); when they changed, new
+    /// connections get the new certificate, key and client CA.
+    #[arg(long, env = "FLOODGATE_HTTP_TLS_POLL_INTERVAL", default_value = duration_text(ListenerTls::DEFAULT_POLL_INTERVAL), value_parser = humantime::parse_duration)]
+    pub http_tls_poll_interval: Duration,
     /// Deadline of one gRPC call.
     #[arg(long, env = "FLOODGATE_REQUEST_TIMEOUT", default_value = duration_text(Protection::default().request_timeout), value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
@@ -576,20 +639,24 @@ impl ServeSettings {
         }
     }
 
-    /// The Redis settings.
-    pub fn redis_options(&self) -> RedisOptions {
+    /// The Redis settings; an error names a password file that cannot be read.
+    pub fn redis_options(&self) -> Result<RedisOptions, SecretError> {
         let topology = topology(
             &self.redis_cluster_nodes,
             &self.redis_sentinels,
             self.redis_master_name.as_deref(),
-            self.redis_sentinel_password.as_deref(),
+            secret(
+                self.redis_sentinel_password.as_deref(),
+                self.redis_sentinel_password_file.as_ref(),
+            )?,
         );
-        RedisOptions {
+        Ok(RedisOptions {
             url: with_credentials(
                 &self.redis_url,
                 self.redis_username.as_deref(),
                 self.redis_password.as_deref(),
             ),
+            password: secret(None, self.redis_password_file.as_ref())?,
             topology,
             tls: TlsFiles {
                 ca_cert: self.redis_tls_ca.clone(),
@@ -602,28 +669,52 @@ impl ServeSettings {
             key_prefix: self.key_prefix.clone(),
             clock: None,
             wait_replicas: self.redis_wait_replicas,
-        }
+        })
     }
 
-    /// The per-second Redis, if one is configured: the first's options but for where it is.
-    pub fn redis_per_second_options(&self) -> Option<RedisOptions> {
-        let url = self.redis_per_second_url.as_deref()?;
-        Some(RedisOptions {
+    /// The per-second Redis, if one is configured: the first's options but for where it is
+    /// and its credentials.
+    pub fn redis_per_second_options(&self) -> Result<Option<RedisOptions>, SecretError> {
+        let Some(url) = self.redis_per_second_url.as_deref() else {
+            return Ok(None);
+        };
+        let sentinel_password = secret(
+            self.redis_per_second_sentinel_password.as_deref(),
+            self.redis_per_second_sentinel_password_file.as_ref(),
+        )?;
+        Ok(Some(RedisOptions {
             url: with_credentials(
                 url,
                 self.redis_per_second_username.as_deref(),
                 self.redis_per_second_password.as_deref(),
             ),
+            password: secret(None, self.redis_per_second_password_file.as_ref())?,
             topology: topology(
                 &self.redis_per_second_cluster_nodes,
                 &self.redis_per_second_sentinels,
                 self.redis_per_second_master_name.as_deref(),
-                self.redis_per_second_sentinel_password.as_deref(),
+                sentinel_password,
             ),
             pool_size: self
                 .redis_per_second_pool_size
                 .unwrap_or(self.redis_pool_size),
-            ..self.redis_options()
+            ..self.redis_options()?
+        }))
+    }
+
+    /// The admin key, given or from its file (`None`, the API closed, when neither is set or
+    /// the given key is empty); an error names a file that cannot be read.
+    pub fn admin_key(&self) -> Result<Option<Secret>, SecretError> {
+        let given = self.admin_key.as_deref().filter(|k| !k.is_empty());
+        secret(given, self.admin_key_file.as_ref())
+    }
+
+    /// HTTP TLS (also the admin listener's), if configured.
+    pub fn http_tls(&self) -> Option<ListenerTls> {
+        Some(ListenerTls {
+            client_ca: self.http_tls_client_ca.clone(),
+            poll_interval: self.http_tls_poll_interval,
+            ..ListenerTls::new(self.http_tls_cert.clone()?, self.http_tls_key.clone()?)
         })
     }
 
@@ -672,7 +763,61 @@ impl ServeSettings {
 mod tests {
     use std::time::Duration;
 
-    use super::{duration_text, with_credentials};
+    use clap::Parser;
+
+    use super::{Cli, Command, duration_text, with_credentials};
+
+    #[test]
+    fn secrets_come_from_their_flag_or_their_file_and_an_empty_key_closes_the_api() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "from-the-file\n").unwrap();
+        let file = file.to_str().unwrap();
+        let serve = |args: &[&str]| {
+            let base = ["floodgate", "serve", "--config", "c"];
+            match Cli::try_parse_from(base.iter().chain(args))
+                .unwrap()
+                .command
+            {
+                Command::Serve(settings) => settings,
+                Command::CheckConfig { .. } => unreachable!(),
+            }
+        };
+        let key = |args: &[&str]| serve(args).admin_key().unwrap().map(|k| k.current());
+        assert_eq!(key(&[]), None);
+        assert_eq!(key(&["--admin-key", ""]), None);
+        assert_eq!(key(&["--admin-key", "given"]).as_deref(), Some("given"));
+        assert_eq!(
+            key(&["--admin-key-file", file]).as_deref(),
+            Some("from-the-file")
+        );
+
+        let redis = serve(&[
+            "--redis-password-file",
+            file,
+            "--redis-sentinel-password-file",
+            file,
+            "--redis-sentinels",
+            "s:1",
+            "--redis-master-name",
+            "m",
+        ])
+        .redis_options()
+        .unwrap();
+        let password = redis.password.expect("the password file");
+        assert_eq!(&*password.current(), "from-the-file");
+        assert!(!redis.url.contains("from-the-file"), "not in the URL");
+        let crate::store::redis::Topology::Sentinel {
+            sentinel_password, ..
+        } = redis.topology
+        else {
+            panic!("a Sentinel topology");
+        };
+        assert_eq!(
+            sentinel_password.map(|p| p.current()).as_deref(),
+            Some("from-the-file")
+        );
+    }
 
     #[test]
     fn duration_defaults_read_as_written_on_the_command_line() {

@@ -1,6 +1,7 @@
-//! The accept loop of gRPC over TLS. Each connection's handshake runs in a task of its own,
-//! bounded by the handshake timeout, so a slow or failing client holds up no one else, and no
-//! handshake error ends the loop; tonic is handed only connections whose handshake finished.
+//! The accept loop of a TLS listener (gRPC, HTTP). Each connection's handshake runs in a task
+//! of its own, bounded by the handshake timeout, so a slow or failing client holds up no one
+//! else, and no handshake error ends the loop; tonic ([`incoming`]) and axum ([`listener`]) are
+//! handed only connections whose handshake finished.
 
 use std::io;
 use std::net::SocketAddr;
@@ -35,6 +36,53 @@ pub fn incoming(
     ReceiverStream::new(connections).map(Ok)
 }
 
+/// `listener` over TLS, for axum: the connections accepted, each once its handshake (with the
+/// configuration current when it was accepted) has finished. Accepting stops when `stop` is
+/// cancelled or the listener is dropped.
+pub fn listener(
+    listener: TcpListener,
+    tls: Arc<ServerTls>,
+    stop: CancellationToken,
+) -> TlsListener {
+    let local = listener.local_addr();
+    let (ready, connections) = mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, tls, ready, stop));
+    TlsListener { connections, local }
+}
+
+/// Connections whose TLS handshake has finished, as an axum listener; the address it gives is
+/// the client's.
+#[derive(Debug)]
+pub struct TlsListener {
+    connections: mpsc::Receiver<TlsStream<TcpStream>>,
+    local: io::Result<SocketAddr>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some(stream) = self.connections.recv().await else {
+                // The accept loop stopped (shutdown): axum's graceful shutdown ends the server.
+                return std::future::pending().await;
+            };
+            // A client that has gone already has no address left: skip it.
+            if let Ok(peer) = stream.get_ref().0.peer_addr() {
+                return (stream, peer);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        match &self.local {
+            Ok(addr) => Ok(*addr),
+            Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
+        }
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<ServerTls>,
@@ -51,13 +99,15 @@ async fn accept_loop(
         let (tcp, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                tracing::warn!(error = %e, "accepting a gRPC connection failed");
+                let listener = tls.protocol().name();
+                tracing::warn!(listener, error = %e, "accepting a connection failed");
                 tokio::time::sleep(ACCEPT_BACKOFF).await;
                 continue;
             }
         };
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many TLS handshakes in progress: connection closed");
+            let listener = tls.protocol().name();
+            tracing::warn!(listener, %peer, "too many TLS handshakes in progress: connection closed");
             continue;
         };
         // Answers are small writes that must leave at once (Nagle and delayed ACKs would hold

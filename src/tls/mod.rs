@@ -1,5 +1,5 @@
-//! TLS for the gRPC server, done by Floodgate itself: tonic is handed connections whose
-//! handshake has finished ([`incoming`]).
+//! TLS for the servers (gRPC, and HTTP with the admin API), done by Floodgate itself: tonic
+//! and axum are handed connections whose handshake has finished ([`incoming`], [`listener`]).
 //!
 //! The certificate chain, its key and the client CA are PEM files. They are read at start-up
 //! (an unusable file stops start-up, naming the file) and read again every poll interval; when
@@ -33,13 +33,42 @@ use rustls::{
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-pub use accept::incoming;
+pub use accept::{TlsListener, incoming, listener};
 
 use san::SubjectAltNames;
 
-/// TLS for the gRPC server: its files, and how they are watched and used.
+/// The gRPC server's TLS settings (the name older callers know).
+pub type GrpcTls = ListenerTls;
+
+/// What a TLS listener serves: it decides the ALPN protocols offered and how logs name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: HTTP/2 only.
+    Grpc,
+    /// HTTP (/json, /healthcheck, /metrics, /admin): HTTP/2 or HTTP/1.1.
+    Http,
+}
+
+impl Protocol {
+    /// The name logs give the listener.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Protocol::Grpc => "gRPC",
+            Protocol::Http => "HTTP",
+        }
+    }
+
+    fn alpn(self) -> Vec<Vec<u8>> {
+        match self {
+            Protocol::Grpc => vec![b"h2".to_vec()],
+            Protocol::Http => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// TLS for a server (gRPC or HTTP): its files, and how they are watched and used.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrpcTls {
+pub struct ListenerTls {
     /// The server's certificate chain (PEM, leaf first).
     pub cert: PathBuf,
     /// Its private key (PEM: PKCS#1, PKCS#8 or SEC1).
@@ -54,7 +83,7 @@ pub struct GrpcTls {
     pub handshake_timeout: Duration,
 }
 
-impl GrpcTls {
+impl ListenerTls {
     /// How often the files are read again, by default: a renewed certificate is served within
     /// seconds, and reading a few small files that often costs nothing.
     pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_secs(2);
@@ -62,14 +91,14 @@ impl GrpcTls {
     pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
     /// TLS with `cert` and `key`, no client certificates and the default intervals.
-    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> GrpcTls {
-        GrpcTls {
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> ListenerTls {
+        ListenerTls {
             cert: cert.into(),
             key: key.into(),
             client_ca: None,
             client_san: None,
-            poll_interval: GrpcTls::DEFAULT_POLL_INTERVAL,
-            handshake_timeout: GrpcTls::DEFAULT_HANDSHAKE_TIMEOUT,
+            poll_interval: ListenerTls::DEFAULT_POLL_INTERVAL,
+            handshake_timeout: ListenerTls::DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -111,7 +140,7 @@ struct Contents {
 }
 
 impl Contents {
-    fn read(tls: &GrpcTls) -> Result<Contents, TlsError> {
+    fn read(tls: &ListenerTls) -> Result<Contents, TlsError> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|source| TlsError::Read {
                 path: path.to_owned(),
@@ -183,8 +212,13 @@ fn client_verifier(
     })
 }
 
-/// The rustls configuration for `tls` from the files' `contents`: TLS 1.3 and 1.2, ALPN `h2`.
-fn server_config(tls: &GrpcTls, contents: &Contents) -> Result<Arc<ServerConfig>, TlsError> {
+/// The rustls configuration for `tls` from the files' `contents`: TLS 1.3 and 1.2, with the
+/// ALPN protocols of `protocol`.
+fn server_config(
+    tls: &ListenerTls,
+    contents: &Contents,
+    protocol: Protocol,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certificates(&tls.cert, &contents.cert)?;
     let key = private_key(&tls.key, &contents.key)?;
@@ -217,7 +251,7 @@ fn server_config(tls: &GrpcTls, contents: &Contents) -> Result<Arc<ServerConfig>
         }
         other => invalid(&tls.key, format!("not a usable private key: {other}")),
     })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
+    config.alpn_protocols = protocol.alpn();
     Ok(Arc::new(config))
 }
 
@@ -297,31 +331,39 @@ pub enum Refresh {
     Refused(String),
 }
 
-/// The gRPC server's TLS configuration: the one each new connection gets, replaced when the
-/// files change.
+/// A server's TLS configuration: the one each new connection gets, replaced when the files
+/// change.
 #[derive(Debug)]
 pub struct ServerTls {
-    settings: GrpcTls,
+    settings: ListenerTls,
+    protocol: Protocol,
     current: ArcSwap<ServerConfig>,
     /// The contents last read (good or not) and the last problem reported.
     seen: Mutex<(Contents, Option<String>)>,
 }
 
 impl ServerTls {
-    /// Reads the files into a configuration; an error names the file that cannot be used.
-    pub fn load(settings: GrpcTls) -> Result<ServerTls, TlsError> {
+    /// Reads the files into a configuration for a `protocol` listener; an error names the file
+    /// that cannot be used.
+    pub fn load(settings: ListenerTls, protocol: Protocol) -> Result<ServerTls, TlsError> {
         let contents = Contents::read(&settings)?;
-        let config = server_config(&settings, &contents)?;
+        let config = server_config(&settings, &contents, protocol)?;
         Ok(ServerTls {
             settings,
+            protocol,
             current: ArcSwap::new(config),
             seen: Mutex::new((contents, None)),
         })
     }
 
     /// The settings it was loaded with.
-    pub fn settings(&self) -> &GrpcTls {
+    pub fn settings(&self) -> &ListenerTls {
         &self.settings
+    }
+
+    /// What the listener serves.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The configuration for a connection accepted now.
@@ -337,7 +379,7 @@ impl ServerTls {
             if contents == seen.0 {
                 return Ok(None);
             }
-            let config = server_config(&self.settings, &contents);
+            let config = server_config(&self.settings, &contents, self.protocol);
             seen.0 = contents;
             config.map(Some)
         });
@@ -346,7 +388,8 @@ impl ServerTls {
             Ok(Some(config)) => {
                 self.current.store(config);
                 seen.1 = None;
-                tracing::info!(cert = %self.settings.cert.display(), "gRPC TLS files reloaded: new connections get them");
+                let listener = self.protocol.name();
+                tracing::info!(listener, cert = %self.settings.cert.display(), "TLS files reloaded: new connections get them");
                 Refresh::Reloaded
             }
             Err(e) => {
@@ -354,7 +397,8 @@ impl ServerTls {
                 if seen.1.as_deref() == Some(problem.as_str()) {
                     return Refresh::Unchanged;
                 }
-                tracing::error!(error = %problem, "gRPC TLS files not reloaded; the previous certificate serves on");
+                let listener = self.protocol.name();
+                tracing::error!(listener, error = %problem, "TLS files not reloaded; the previous certificate serves on");
                 seen.1 = Some(problem.clone());
                 Refresh::Refused(problem)
             }
@@ -447,8 +491,8 @@ mod tests {
         dir.write("cert.pem", cert.pem())
     }
 
-    fn load(tls: &GrpcTls) -> Result<Arc<ServerConfig>, TlsError> {
-        server_config(tls, &Contents::read(tls)?)
+    fn load(tls: &ListenerTls) -> Result<Arc<ServerConfig>, TlsError> {
+        server_config(tls, &Contents::read(tls)?, Protocol::Grpc)
     }
 
     #[test]
@@ -480,7 +524,7 @@ mod tests {
                 text.starts_with(&format!("-----BEGIN {header}-----")),
                 "{text}"
             );
-            let config = load(&GrpcTls::new(&cert, dir.0.join(file))).unwrap();
+            let config = load(&ListenerTls::new(&cert, dir.0.join(file))).unwrap();
             assert_eq!(config.alpn_protocols, vec![b"h2".to_vec()]);
         }
         // P-256 as `openssl ecparam -genkey` writes it: EC PARAMETERS, then the SEC1 key.
@@ -507,7 +551,7 @@ mod tests {
         assert!(sec1.starts_with("-----BEGIN EC PARAMETERS-----"), "{sec1}");
         assert!(sec1.contains("-----BEGIN EC PRIVATE KEY-----"));
         for file in ["key.sec1", "key.p8"] {
-            load(&GrpcTls::new(&cert, dir.0.join(file))).unwrap();
+            load(&ListenerTls::new(&cert, dir.0.join(file))).unwrap();
         }
         // An encrypted key is named as such.
         openssl(
@@ -516,7 +560,7 @@ mod tests {
                 "pkcs8", "-topk8", "-in", "key.sec1", "-passout", "pass:x", "-out", "key.enc",
             ],
         );
-        let err = load(&GrpcTls::new(&cert, dir.0.join("key.enc"))).unwrap_err();
+        let err = load(&ListenerTls::new(&cert, dir.0.join("key.enc"))).unwrap_err();
         assert!(
             err.to_string()
                 .ends_with("key.enc: the key is encrypted; give it unencrypted"),
@@ -547,10 +591,10 @@ mod tests {
     fn unusable_files_are_named() {
         let dir = Dir::new("errors");
         let (cert, key, ca) = chain(&dir);
-        let tls = GrpcTls {
+        let tls = ListenerTls {
             client_ca: Some(ca.clone()),
             client_san: Some("client.test".into()),
-            ..GrpcTls::new(&cert, &key)
+            ..ListenerTls::new(&cert, &key)
         };
         load(&tls).unwrap();
         let other_key = dir.write(
@@ -563,46 +607,54 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydGlmaWNhdGU=\n-----END CERTIFICATE-----\n",
         );
         let missing = dir.0.join("missing.pem");
-        let cases: Vec<(GrpcTls, PathBuf, &str)> = vec![
-            (GrpcTls::new(&missing, &key), missing.clone(), "reading "),
-            (GrpcTls::new(&cert, &missing), missing.clone(), "reading "),
+        let cases: Vec<(ListenerTls, PathBuf, &str)> = vec![
             (
-                GrpcTls::new(&empty, &key),
+                ListenerTls::new(&missing, &key),
+                missing.clone(),
+                "reading ",
+            ),
+            (
+                ListenerTls::new(&cert, &missing),
+                missing.clone(),
+                "reading ",
+            ),
+            (
+                ListenerTls::new(&empty, &key),
                 empty.clone(),
                 ": no certificate in it",
             ),
             (
-                GrpcTls::new(&key, &key),
+                ListenerTls::new(&key, &key),
                 key.clone(),
                 ": no certificate in it",
             ),
             (
-                GrpcTls::new(&cert, &cert),
+                ListenerTls::new(&cert, &cert),
                 cert.clone(),
                 ": no private key in it",
             ),
             (
-                GrpcTls::new(&garbage, &key),
+                ListenerTls::new(&garbage, &key),
                 garbage.clone(),
                 ": not a usable certificate",
             ),
             (
-                GrpcTls::new(&cert, &other_key),
+                ListenerTls::new(&cert, &other_key),
                 other_key.clone(),
                 ": the key does not belong to the certificate in ",
             ),
             (
-                GrpcTls {
+                ListenerTls {
                     client_ca: Some(empty.clone()),
-                    ..GrpcTls::new(&cert, &key)
+                    ..ListenerTls::new(&cert, &key)
                 },
                 empty.clone(),
                 ": no certificate in it",
             ),
             (
-                GrpcTls {
+                ListenerTls {
                     client_ca: Some(garbage.clone()),
-                    ..GrpcTls::new(&cert, &key)
+                    ..ListenerTls::new(&cert, &key)
                 },
                 garbage.clone(),
                 ": not a usable CA certificate",
@@ -619,10 +671,23 @@ mod tests {
     }
 
     #[test]
+    fn grpc_offers_h2_and_http_offers_h2_and_http_1_1() {
+        let dir = Dir::new("alpn");
+        let (cert, key, _) = chain(&dir);
+        let alpn = |protocol| {
+            let tls = ServerTls::load(ListenerTls::new(&cert, &key), protocol).unwrap();
+            assert_eq!(tls.protocol(), protocol);
+            tls.config().alpn_protocols.clone()
+        };
+        assert_eq!(alpn(Protocol::Grpc), [b"h2".to_vec()]);
+        assert_eq!(alpn(Protocol::Http), [b"h2".to_vec(), b"http/1.1".to_vec()]);
+    }
+
+    #[test]
     fn a_refresh_loads_changes_and_keeps_the_last_good_files() {
         let dir = Dir::new("refresh");
         let (cert, key, _) = chain(&dir);
-        let tls = ServerTls::load(GrpcTls::new(&cert, &key)).unwrap();
+        let tls = ServerTls::load(ListenerTls::new(&cert, &key), Protocol::Grpc).unwrap();
         let first = tls.config();
         assert_eq!(tls.refresh(), Refresh::Unchanged);
         assert!(Arc::ptr_eq(&first, &tls.config()));

@@ -16,7 +16,8 @@
 # test also checks that a Sentinel refuses a client without it.
 #   6. (when a Floodgate binary and the chart's rendered environment are given) Floodgate, started
 #      with the environment the chart's Deployment sets (only addresses and paths replaced by
-#      loopback ones), reaches the master through the Sentinels with their password, counts in
+#      loopback ones; the Secrets it mounts as files written locally), reaches the master through
+#      the Sentinels with their password, counts in
 #      Redis (200, then 429), and answers again after the master is killed
 # Every process started here is killed on exit, failure or not. Only loopback traffic.
 #
@@ -256,9 +257,11 @@ descriptors:
       unit: hour
       requests_per_unit: 2
 YAML
-  # The chart's env, secrets resolved to the password, addresses and paths made local.
+  # The chart's env, secrets resolved to the password (a mounted Secret's file, made locally),
+  # addresses and paths made local.
+  mkdir -p "$work/floodgate/secrets"
   mapfile -t fg_env < <(python3 - "$chart_env" <<PY
-import json, sys
+import json, os, sys
 overrides = {
     "FLOODGATE_CONFIG": "$work/floodgate/config",
     "FLOODGATE_GRPC_ADDR": "127.0.0.1:$grpc_port",
@@ -271,12 +274,16 @@ for item in json.load(open(sys.argv[1])):
         value = overrides[name]
     elif "secretKeyRef" in item.get("valueFrom", {}):
         value = "$password"
+    elif item.get("value", "").startswith("/etc/floodgate/secrets/"):
+        value = os.path.join("$work/floodgate/secrets", os.path.basename(item["value"]))
+        with open(value, "w") as secret:
+            secret.write("$password")
     else:
         value = item.get("value", "")
     print(f"{name}={value}")
 PY
 )
-  printf '%s\n' "${fg_env[@]}" | grep -q '^FLOODGATE_REDIS_SENTINEL_PASSWORD=' || die "the chart gives Floodgate no Sentinel password"
+  printf '%s\n' "${fg_env[@]}" | grep -q '^FLOODGATE_REDIS_SENTINEL_PASSWORD_FILE=' || die "the chart gives Floodgate no Sentinel password file"
   [ "$(printf '%s\n' "${fg_env[@]}" | sed -n 's/^FLOODGATE_REDIS_MASTER_NAME=//p')" = "$master_name" ] || die "the chart's master name is not $master_name"
   env -i PATH="$PATH" "${fg_env[@]}" setsid "$floodgate_bin" serve >>"$work/floodgate/floodgate.log" 2>&1 &
   pids["floodgate 127.0.0.1"]=$!

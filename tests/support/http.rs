@@ -1,8 +1,9 @@
-//! A minimal HTTP/1.1 client for the tests (one request per connection).
+//! A minimal HTTP/1.1 client for the tests (one request per connection; over TLS through
+//! [`super::tls::TlsClient::http`]).
 
 use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Sends one request and returns (status, body).
@@ -48,7 +49,20 @@ pub async fn try_http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> Result<(u16, Vec<(String, String)>, String), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    exchange(stream, addr, method, path, headers, body).await
+}
+
+/// One request on `stream` (a connection to `addr`, plain or TLS) and its answer: (status,
+/// response headers with lowercase names, body), or why there was none.
+pub async fn exchange(
+    mut stream: impl AsyncRead + AsyncWrite + Unpin,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<(u16, Vec<(String, String)>, String), String> {
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))

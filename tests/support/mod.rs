@@ -118,6 +118,7 @@ impl TestServer {
             let listeners = Listeners {
                 grpc: grpc.into(),
                 http,
+                admin: None,
                 debug: None,
                 metrics: None,
             };

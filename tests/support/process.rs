@@ -27,6 +27,14 @@ pub struct Ports {
     pub http: u16,
     pub debug: u16,
     pub metrics: u16,
+    pub admin: u16,
+}
+
+impl Ports {
+    /// `127.0.0.1:<port>`.
+    pub fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
 }
 
 /// Starts the command `command` makes for fresh free ports and waits until its /healthcheck
@@ -42,9 +50,24 @@ pub async fn start_healthy(command: impl FnMut(&Ports) -> Command) -> (ChildGuar
 /// As [`start_healthy`], but waits until /healthcheck answers `status` (500: started, and
 /// reporting itself unhealthy).
 pub async fn start_answering(
-    mut command: impl FnMut(&Ports) -> Command,
+    command: impl FnMut(&Ports) -> Command,
     status: u16,
 ) -> (ChildGuard, Ports) {
+    start_ready(command, move |ports| async move {
+        status_of(Ports::addr(ports.http), "/healthcheck").await == Some(status)
+    })
+    .await
+}
+
+/// As [`start_healthy`], but waits until `ready` says the child on those ports is (e.g. over
+/// TLS).
+pub async fn start_ready<F>(
+    mut command: impl FnMut(&Ports) -> Command,
+    mut ready: impl FnMut(Ports) -> F,
+) -> (ChildGuard, Ports)
+where
+    F: Future<Output = bool>,
+{
     const ATTEMPTS: usize = 3;
     for attempt in 1..=ATTEMPTS {
         let ports = Ports {
@@ -52,16 +75,16 @@ pub async fn start_answering(
             http: free_port(),
             debug: free_port(),
             metrics: free_port(),
+            admin: free_port(),
         };
         let mut child = ChildGuard::spawn(command(&ports).stdout(Stdio::null()));
-        let http: SocketAddr = format!("127.0.0.1:{}", ports.http).parse().unwrap();
         // The port may even answer for another process, until the server fails to bind it
         // and exits: so an exit ends the wait too.
         let mut exited = None;
         wait_for("the server to start", START_LIMIT, || {
             exited = child.exited();
-            let answer = status_of(http, "/healthcheck");
-            async move { exited.is_some() || answer.await == Some(status) }
+            let answer = ready(ports);
+            async move { exited.is_some() || answer.await }
         })
         .await;
         match exited {
@@ -79,20 +102,45 @@ impl Floodgate {
     /// Starts `floodgate serve --config <config> <args...>` and waits until /healthcheck says OK
     /// (see [`start_healthy`]).
     pub async fn start(config: &str, args: &[&str]) -> Floodgate {
-        let (child, ports) = start_healthy(|ports| {
-            let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
-            command
-                .args(["serve", "--config", config])
-                .args(["--grpc-addr", &format!("127.0.0.1:{}", ports.grpc)])
-                .args(["--http-addr", &format!("127.0.0.1:{}", ports.http)])
-                .args(args)
-                .env("RUST_LOG", "warn");
-            command
-        })
-        .await;
+        let (child, ports) = start_healthy(|ports| Floodgate::command(config, ports, args)).await;
+        Floodgate::on(child, ports)
+    }
+
+    /// As [`Floodgate::start`], with arguments made for its ports (`args`, e.g. `--admin-addr`
+    /// on `ports.admin`), ready when `ready` says so; also returns the ports.
+    pub async fn start_with<F>(
+        config: &str,
+        args: impl Fn(&Ports) -> Vec<String>,
+        ready: impl FnMut(Ports) -> F,
+    ) -> (Floodgate, Ports)
+    where
+        F: Future<Output = bool>,
+    {
+        let command = |ports: &Ports| {
+            let args = args(ports);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Floodgate::command(config, ports, &args)
+        };
+        let (child, ports) = start_ready(command, ready).await;
+        (Floodgate::on(child, ports), ports)
+    }
+
+    /// `floodgate serve --config <config>` on `ports` with `args`.
+    fn command(config: &str, ports: &Ports, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_floodgate"));
+        command
+            .args(["serve", "--config", config])
+            .args(["--grpc-addr", &format!("127.0.0.1:{}", ports.grpc)])
+            .args(["--http-addr", &format!("127.0.0.1:{}", ports.http)])
+            .args(args)
+            .env("RUST_LOG", "warn");
+        command
+    }
+
+    fn on(child: ChildGuard, ports: Ports) -> Floodgate {
         Floodgate {
-            grpc_addr: format!("127.0.0.1:{}", ports.grpc).parse().unwrap(),
-            http_addr: format!("127.0.0.1:{}", ports.http).parse().unwrap(),
+            grpc_addr: Ports::addr(ports.grpc),
+            http_addr: Ports::addr(ports.http),
             child,
         }
     }

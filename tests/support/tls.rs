@@ -1,4 +1,4 @@
-//! A TLS client for Floodgate's gRPC port that connects as Envoy Gateway's Envoy does: the
+//! A TLS client for Floodgate's gRPC (and HTTP) port that connects as Envoy Gateway's Envoy does: the
 //! server's chain is verified against a CA but its name is not (the cluster sets only
 //! `trusted_ca`), no SNI, ALPN `h2`, with or without a client certificate. Each call makes a new
 //! connection, so it sees the certificate the server serves now.
@@ -68,6 +68,25 @@ impl TlsClient {
         TlsConnector::from(self.config.clone())
             .connect(name, tcp)
             .await
+    }
+
+    /// One HTTP/1.1 request on a new connection (ALPN `http/1.1`): (status, response headers,
+    /// body), or why the handshake or the exchange failed.
+    pub async fn http(
+        &self,
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, Vec<(String, String)>, String), String> {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client = TlsClient {
+            config: Arc::new(config),
+        };
+        let stream = client.connect(addr).await.map_err(|e| e.to_string())?;
+        super::http::exchange(stream, addr, method, path, headers, body).await
     }
 
     /// The leaf certificate `addr` presents on a new connection, or why the handshake failed.

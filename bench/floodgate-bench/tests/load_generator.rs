@@ -46,6 +46,7 @@ impl Server {
         let listeners = Listeners {
             grpc: grpc.into(),
             http,
+            admin: None,
             debug: None,
             metrics: None,
         };

@@ -170,6 +170,9 @@ when none is given, and its ownership is changed only when the volume's root doe
 {{- if and .Values.admin.enabled (not .Values.admin.key) (not .Values.admin.existingSecret) -}}
 {{- fail "admin.enabled: set admin.key or admin.existingSecret" -}}
 {{- end -}}
+{{- if and .Values.admin.enabled (has (int .Values.admin.port) (list (int .Values.service.grpcPort) (int .Values.service.httpPort))) -}}
+{{- fail "admin.port must differ from service.grpcPort and service.httpPort: the admin API has a port of its own" -}}
+{{- end -}}
 {{- if and (eq .Values.redis.topology "externalSentinel") (eq .Values.store.type "redis") (not .Values.redis.externalSentinel.sentinels) -}}
 {{- fail "redis.topology=externalSentinel needs redis.externalSentinel.sentinels" -}}
 {{- end -}}
@@ -201,11 +204,8 @@ when none is given, and its ownership is changed only when the volume's root doe
   value: "redis://unused:6379/0"
 {{- if include "floodgate.redisAuth" . }}
 # The bundled Sentinels require the Redis password too.
-- name: FLOODGATE_REDIS_SENTINEL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "floodgate.redisPasswordSecret" . }}
-      key: {{ include "floodgate.redisPasswordKey" . }}
+- name: FLOODGATE_REDIS_SENTINEL_PASSWORD_FILE
+  value: {{ include "floodgate.secretFile" "redis" | quote }}
 {{- end }}
 {{- else if eq $t "standalone" }}
 - name: FLOODGATE_REDIS_URL
@@ -220,12 +220,9 @@ when none is given, and its ownership is changed only when the volume's root doe
   value: {{ .Values.redis.externalSentinel.masterName | quote }}
 - name: FLOODGATE_REDIS_URL
   value: "redis://unused:6379/0"
-{{- if .Values.redis.externalSentinel.sentinelPassword }}
-- name: FLOODGATE_REDIS_SENTINEL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "floodgate.secretName" . }}
-      key: sentinel-password
+{{- if include "floodgate.sentinelAuth" . }}
+- name: FLOODGATE_REDIS_SENTINEL_PASSWORD_FILE
+  value: {{ include "floodgate.secretFile" "sentinel" | quote }}
 {{- end }}
 {{- else if eq $t "externalCluster" }}
 - name: FLOODGATE_REDIS_CLUSTER_NODES
@@ -234,13 +231,43 @@ when none is given, and its ownership is changed only when the volume's root doe
   value: "redis://unused:6379/0"
 {{- end }}
 {{- if include "floodgate.redisAuth" . }}
-- name: FLOODGATE_REDIS_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "floodgate.redisPasswordSecret" . }}
-      key: {{ include "floodgate.redisPasswordKey" . }}
+- name: FLOODGATE_REDIS_PASSWORD_FILE
+  value: {{ include "floodgate.secretFile" "redis" | quote }}
 {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/* Where a secret is mounted as a file for Floodgate (read again when the Secret changes):
+redis, sentinel or admin. */}}
+{{- define "floodgate.secretFile" -}}
+/etc/floodgate/secrets/{{ . }}/{{ include "floodgate.secretFileName" . }}
+{{- end -}}
+
+{{- define "floodgate.secretFileName" -}}
+{{- index (dict "redis" "redis-password" "sentinel" "sentinel-password" "admin" "admin-key") . -}}
+{{- end -}}
+
+{{/* Whether Floodgate needs the external Sentinels' own password. */}}
+{{- define "floodgate.sentinelAuth" -}}
+{{- $s := .Values.redis.externalSentinel -}}
+{{- if and (eq .Values.store.type "redis") (eq .Values.redis.topology "externalSentinel") (or $s.sentinelPassword $s.existingSecret) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The secrets Floodgate reads, each as (name, Secret, key): mounted as files, so that they
+sit in neither the environment nor the process list, and follow the Secret when it changes. */}}
+{{- define "floodgate.secretFiles" -}}
+{{- $files := list -}}
+{{- if include "floodgate.redisAuth" . -}}
+{{- $files = append $files (list "redis" (include "floodgate.redisPasswordSecret" .) (include "floodgate.redisPasswordKey" .)) -}}
+{{- end -}}
+{{- if include "floodgate.sentinelAuth" . -}}
+{{- $s := .Values.redis.externalSentinel -}}
+{{- $files = append $files (list "sentinel" (default (include "floodgate.secretName" .) $s.existingSecret) (ternary $s.existingSecretKey "sentinel-password" (not (empty $s.existingSecret)))) -}}
+{{- end -}}
+{{- if .Values.admin.enabled -}}
+{{- $files = append $files (list "admin" (include "floodgate.adminSecret" .) (include "floodgate.adminKey" .)) -}}
+{{- end -}}
+{{- toJson $files -}}
 {{- end -}}
 
 {{/* The bundled Redis nodes' host names, first (the initial master) first. */}}

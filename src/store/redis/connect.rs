@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
-use redis::{Client, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode};
+use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode};
 
+use crate::secrets::Secret;
 use crate::store::StoreError;
 
 /// Where the Redis master is.
@@ -28,8 +29,9 @@ pub enum Topology {
         sentinels: Vec<String>,
         /// The monitored master's name.
         master_name: String,
-        /// Password of the Sentinels themselves, if they require one.
-        sentinel_password: Option<String>,
+        /// Password of the Sentinels themselves, if they require one (from a file: read
+        /// again when it changes, for new connections).
+        sentinel_password: Option<Secret>,
     },
     /// A Redis Cluster reached through these nodes (`host:port`).
     Cluster {
@@ -122,10 +124,68 @@ impl Tracked {
 
 /// Makes connections to the master, for bb8, and remembers why the last attempt failed.
 pub(crate) struct Connector {
-    target: Target,
+    spec: Spec,
+    /// The client, and the credentials' generation it was made with: remade when a password
+    /// file changed, so that the next connection uses the new password. A tokio mutex: a
+    /// Sentinel client is held across the connection it makes.
+    target: tokio::sync::Mutex<(u64, Target)>,
     /// Why the last connection attempt failed, cleared by a success. bb8 only says that a
     /// checkout timed out, which would hide a refused password or an unreachable host.
     pub(crate) last_error: LastError,
+}
+
+/// What a client is made from.
+struct Spec {
+    url: String,
+    topology: Topology,
+    tls: TlsFiles,
+    /// The master's password, overriding the URL's.
+    password: Option<Secret>,
+}
+
+impl Spec {
+    /// The passwords now (files read again when due), and a generation that moves whenever
+    /// one of them changed.
+    fn credentials(&self) -> (Option<Arc<str>>, Option<Arc<str>>, u64) {
+        let read = |secret: Option<&Secret>| match secret {
+            Some(secret) => {
+                let (value, generation) = secret.current_with_generation();
+                (Some(value), generation)
+            }
+            None => (None, 0),
+        };
+        let (password, a) = read(self.password.as_ref());
+        let sentinel = match &self.topology {
+            Topology::Sentinel {
+                sentinel_password, ..
+            } => sentinel_password.as_ref(),
+            _ => None,
+        };
+        let (sentinel, b) = read(sentinel);
+        // Each generation only grows, so their sum moves whenever either does.
+        (password, sentinel, a + b)
+    }
+
+    /// The client for the passwords `password` (the master's) and `sentinel`.
+    fn target(&self, password: Option<&str>, sentinel: Option<&str>) -> Result<Target, StoreError> {
+        Ok(match &self.topology {
+            Topology::Standalone | Topology::Cluster { .. } => {
+                Target::Single(single_client(&self.url, password, &self.tls)?)
+            }
+            Topology::Sentinel {
+                sentinels,
+                master_name,
+                ..
+            } => Target::Sentinel(sentinel_client(
+                &self.url,
+                password,
+                sentinels,
+                master_name,
+                sentinel,
+                &self.tls,
+            )?),
+        })
+    }
 }
 
 /// The shared record of why connecting last failed.
@@ -133,40 +193,50 @@ pub(crate) type LastError = Arc<std::sync::Mutex<Option<String>>>;
 
 enum Target {
     Single(Client),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(SentinelClient),
 }
 
 impl Connector {
-    fn to(target: Target) -> Connector {
-        Connector {
-            target,
-            last_error: LastError::default(),
-        }
-    }
-
-    /// A connector for a standalone server or a Sentinel-managed master.
+    /// A connector for a standalone server or a Sentinel-managed master; `password`, when
+    /// given, overrides the URL's.
     pub(crate) fn new(
         url: &str,
         topology: &Topology,
         tls: &TlsFiles,
+        password: Option<Secret>,
     ) -> Result<Connector, StoreError> {
-        let target = match topology {
-            Topology::Standalone | Topology::Cluster { .. } => {
-                Target::Single(single_client(url, tls)?)
-            }
-            Topology::Sentinel {
-                sentinels,
-                master_name,
-                sentinel_password,
-            } => Target::Sentinel(tokio::sync::Mutex::new(sentinel_client(
-                url,
-                sentinels,
-                master_name,
-                sentinel_password.as_deref(),
-                tls,
-            )?)),
+        let spec = Spec {
+            url: url.to_owned(),
+            topology: topology.clone(),
+            tls: tls.clone(),
+            password,
         };
-        Ok(Connector::to(target))
+        let (password, sentinel, generation) = spec.credentials();
+        let target = spec.target(password.as_deref(), sentinel.as_deref())?;
+        Ok(Connector {
+            spec,
+            target: tokio::sync::Mutex::new((generation, target)),
+            last_error: LastError::default(),
+        })
+    }
+
+    /// Remakes the client in `built` when a password changed since it was made; a client
+    /// that cannot be made is logged and the old one kept.
+    fn follow_credentials(&self, built: &mut (u64, Target)) {
+        let (password, sentinel, generation) = self.spec.credentials();
+        if generation == built.0 {
+            return;
+        }
+        match self.spec.target(password.as_deref(), sentinel.as_deref()) {
+            Ok(target) => {
+                tracing::info!("Redis password changed: new connections use it");
+                *built = (generation, target);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Redis password changed, but no client can be made with it");
+                built.0 = generation;
+            }
+        }
     }
 }
 
@@ -180,12 +250,24 @@ pub(super) fn settings(problem: impl std::fmt::Display) -> StoreError {
     StoreError::Settings(format!("Redis settings: {problem}"))
 }
 
+/// `info` with the password `password`, when given (else the URL's).
+pub(super) fn with_password(info: ConnectionInfo, password: Option<&str>) -> ConnectionInfo {
+    match password {
+        Some(password) => {
+            let settings = info.redis_settings().clone().set_password(password);
+            info.set_redis_settings(settings)
+        }
+        None => info,
+    }
+}
+
 /// The client of a server at a known address (standalone, or a cluster's seed).
-fn single_client(url: &str, tls: &TlsFiles) -> Result<Client, StoreError> {
+fn single_client(url: &str, password: Option<&str>, tls: &TlsFiles) -> Result<Client, StoreError> {
     let info = url
         .into_connection_info()
         .map_err(bad)?
         .set_tcp_settings(tcp_settings());
+    let info = with_password(info, password);
     let mut client = if tls.is_set() {
         Client::build_with_tls(info, tls.load()?).map_err(bad)?
     } else {
@@ -201,15 +283,16 @@ fn single_client(url: &str, tls: &TlsFiles) -> Result<Client, StoreError> {
 }
 
 /// The client that asks these Sentinels where `master_name` is; `url` gives the master's
-/// database, credentials and scheme.
+/// database, credentials and scheme, `password` overrides its password.
 fn sentinel_client(
     url: &str,
+    password: Option<&str>,
     sentinels: &[String],
     master_name: &str,
     sentinel_password: Option<&str>,
     tls: &TlsFiles,
 ) -> Result<SentinelClient, StoreError> {
-    let info = url.into_connection_info().map_err(bad)?;
+    let info = with_password(url.into_connection_info().map_err(bad)?, password);
     let secure = url.starts_with("rediss://");
     if secure && tls.accept_any_hostname {
         tracing::warn!(
@@ -223,14 +306,22 @@ fn sentinel_client(
         node = node.set_tls_mode(TlsMode::Secure);
     }
     let scheme = if secure { "rediss" } else { "redis" };
-    let auth = sentinel_password
-        .map(|p| format!(":{p}@"))
-        .unwrap_or_default();
-    let urls: Vec<String> = sentinels
+    let sentinels = sentinels
         .iter()
-        .map(|s| format!("{scheme}://{auth}{s}"))
-        .collect();
-    SentinelClient::build(urls, master_name, Some(node), SentinelServerType::Master).map_err(bad)
+        .map(|s| {
+            let info = format!("{scheme}://{s}")
+                .into_connection_info()
+                .map_err(bad)?;
+            Ok(with_password(info, sentinel_password))
+        })
+        .collect::<Result<Vec<ConnectionInfo>, StoreError>>()?;
+    SentinelClient::build(
+        sentinels,
+        master_name,
+        Some(node),
+        SentinelServerType::Master,
+    )
+    .map_err(bad)
 }
 
 impl bb8::ManageConnection for Connector {
@@ -242,17 +333,18 @@ impl bb8::ManageConnection for Connector {
         // connection that misses one; redis-rs' default 500 ms response timeout would cut a
         // longer configured timeout short.
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-        let conn = match &self.target {
+        let mut built = self.target.lock().await;
+        self.follow_credentials(&mut built);
+        let conn = match &mut built.1 {
             Target::Single(client) => {
+                let client = client.clone();
+                drop(built);
                 client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await
             }
             // Each new connection asks the Sentinels where the master is now.
-            Target::Sentinel(client) => {
-                let mut client = client.lock().await;
-                client.get_async_connection_with_config(&config).await
-            }
+            Target::Sentinel(client) => client.get_async_connection_with_config(&config).await,
         };
         let result = if conn.is_ok() { "ok" } else { "error" };
         metrics::counter!(crate::telemetry::REDIS_CONNECTS, "result" => result).increment(1);
@@ -317,7 +409,12 @@ mod tests {
             error.starts_with("Redis settings: /nonexistent/ca.pem:"),
             "{error}"
         );
-        let bad_url = Connector::new("redis://[::1", &Topology::Standalone, &TlsFiles::default());
+        let bad_url = Connector::new(
+            "redis://[::1",
+            &Topology::Standalone,
+            &TlsFiles::default(),
+            None,
+        );
         assert!(matches!(bad_url, Err(StoreError::Settings(_))));
     }
 }

@@ -79,6 +79,9 @@ pub struct RedisOptions {
     /// A redis:// or rediss:// URL (with optional user, password and database). With Sentinels
     /// its credentials, database and scheme are used for the master; its host is not.
     pub url: String,
+    /// The password, overriding the URL's; one from a file is read again when it changes, and
+    /// connections made from then on use it.
+    pub password: Option<crate::secrets::Secret>,
     /// Standalone, Sentinel or Cluster.
     pub topology: Topology,
     /// Certificates for rediss://.
@@ -102,6 +105,7 @@ impl RedisOptions {
     pub fn standalone(url: &str, key_prefix: &str) -> RedisOptions {
         RedisOptions {
             url: url.to_owned(),
+            password: None,
             topology: Topology::Standalone,
             tls: TlsFiles::default(),
             pool_size: 4,
@@ -150,11 +154,22 @@ impl RedisStore {
                 ));
             }
             Topology::Cluster { nodes } => (
-                Connections::cluster(nodes, &options.url, &options.tls, options.timeout)?,
+                Connections::cluster(
+                    nodes,
+                    &options.url,
+                    &options.tls,
+                    options.timeout,
+                    options.password.clone(),
+                )?,
                 None,
             ),
             topology => {
-                let connector = connect::Connector::new(&options.url, topology, &options.tls)?;
+                let connector = connect::Connector::new(
+                    &options.url,
+                    topology,
+                    &options.tls,
+                    options.password.clone(),
+                )?;
                 let backend = Connections::pooled(connector, options.pool_size, options.timeout);
                 let batcher = Batcher::start(
                     backend.clone(),
