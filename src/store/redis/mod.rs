@@ -226,7 +226,7 @@ impl RedisStore {
             None => {
                 let cmd = script_call(self.script.get_hash(), now, dry_run, [&part]);
                 let value = Box::pin(self.cluster_eval(cmd)).await?;
-                decode(reply_values(&value)?, checks.len())
+                decision_reply(&value, checks.len())
             }
         }
     }
@@ -364,23 +364,29 @@ impl RedisStore {
         keys: &[&str],
     ) -> Result<(), RegistryError> {
         let reply: String = self.registry(domain, op, args).await?;
-        match reply.as_str() {
-            "OK" => Ok(()),
-            "EXISTS" => Err(RegistryError::UserExists(user_id.to_owned())),
-            "NO_USER" => Err(RegistryError::UnknownUser(user_id.to_owned())),
-            "NO_KEY" => Err(RegistryError::UnknownKey(mask_secret(
-                keys.first().copied().unwrap_or_default(),
-            ))),
-            taken if taken.starts_with("TAKEN ") => {
-                let index: usize = taken[6..].parse().unwrap_or(1);
-                let key = keys
-                    .get(index.saturating_sub(1))
-                    .copied()
-                    .unwrap_or_default();
-                Err(RegistryError::KeyTaken(mask_secret(key)))
-            }
-            other => Err(StoreError::Protocol(format!("registry replied {other:?}")).into()),
+        change_reply(&reply, user_id, keys)
+    }
+}
+
+/// A registry change's status reply (see registry.lua) as its result; `keys` are the API keys
+/// the change names, so that "TAKEN n" can say which one (masked).
+pub(crate) fn change_reply(reply: &str, user_id: &str, keys: &[&str]) -> Result<(), RegistryError> {
+    match reply {
+        "OK" => Ok(()),
+        "EXISTS" => Err(RegistryError::UserExists(user_id.to_owned())),
+        "NO_USER" => Err(RegistryError::UnknownUser(user_id.to_owned())),
+        "NO_KEY" => Err(RegistryError::UnknownKey(mask_secret(
+            keys.first().copied().unwrap_or_default(),
+        ))),
+        taken if taken.starts_with("TAKEN ") => {
+            let index: usize = taken["TAKEN ".len()..].parse().unwrap_or(1);
+            let key = keys
+                .get(index.saturating_sub(1))
+                .copied()
+                .unwrap_or_default();
+            Err(RegistryError::KeyTaken(mask_secret(key)))
         }
+        other => Err(StoreError::Protocol(format!("registry replied {other:?}")).into()),
     }
 }
 
@@ -520,20 +526,7 @@ impl UserRegistry for RedisStore {
     ) -> Result<Vec<UserRecord>, StoreError> {
         let limit = limit.to_string();
         let reply: Vec<Vec<String>> = self.registry(domain, "users", &[after, &limit]).await?;
-        reply
-            .into_iter()
-            .map(|user| {
-                let mut parts = user.into_iter();
-                match (parts.next(), parts.next()) {
-                    (Some(user_id), Some(tier)) => Ok(UserRecord {
-                        user_id,
-                        tier,
-                        api_keys: parts.collect(),
-                    }),
-                    _ => Err(StoreError::Protocol("short user record".into())),
-                }
-            })
-            .collect()
+        users_reply(reply)
     }
 
     async fn create_user(&self, domain: &str, user: &UserRecord) -> Result<(), RegistryError> {
@@ -568,6 +561,24 @@ impl UserRegistry for RedisStore {
         self.change(domain, "tier", &[user_id, tier], user_id, &[])
             .await
     }
+}
+
+/// A `users` reply (see registry.lua): per user its id, its tier, then its keys.
+pub(crate) fn users_reply(reply: Vec<Vec<String>>) -> Result<Vec<UserRecord>, StoreError> {
+    reply
+        .into_iter()
+        .map(|user| {
+            let mut parts = user.into_iter();
+            match (parts.next(), parts.next()) {
+                (Some(user_id), Some(tier)) => Ok(UserRecord {
+                    user_id,
+                    tier,
+                    api_keys: parts.collect(),
+                }),
+                _ => Err(StoreError::Protocol("short user record".into())),
+            }
+        })
+        .collect()
 }
 
 /// Check indices grouped by Redis Cluster slot, in first-seen order.
@@ -712,6 +723,11 @@ fn reply_values(reply: &Value) -> Result<&[Value], StoreError> {
             "decision reply: not an array: {other:?}"
         ))),
     }
+}
+
+/// The answer of a decision script call deciding one request of `checks` checks.
+pub(crate) fn decision_reply(reply: &Value, checks: usize) -> Result<Counted, StoreError> {
+    decode(reply_values(reply)?, checks)
 }
 
 /// One request's answers (admitted, then three values per check) from a decision reply.
