@@ -222,21 +222,23 @@ fn the_token_bucket_spends_and_earns_credit_as_its_model() {
 
 #[test]
 fn a_bucket_without_refill_or_room_admits_only_peeks() {
-    let cases = (windows(), 0..3u64, 0..3u32, 0..5u64);
+    let no_room = prop_oneof![(Just(0u64), 0..3u32), (0..3u64, Just(0u32))];
     runner(100)
-        .run(&cases, |(window, limit, burst, hits)| {
-            prop_assume!(limit == 0 || burst == 0);
-            let verdict = evaluate(
-                Algorithm::TokenBucket { burst },
-                None,
-                T0,
-                limit,
-                window,
-                hits,
-            );
-            prop_assert_eq!(verdict.over, hits > 0);
-            Ok(())
-        })
+        .run(
+            &(windows(), no_room, 0..5u64),
+            |(window, (limit, burst), hits)| {
+                let verdict = evaluate(
+                    Algorithm::TokenBucket { burst },
+                    None,
+                    T0,
+                    limit,
+                    window,
+                    hits,
+                );
+                prop_assert_eq!(verdict.over, hits > 0);
+                Ok(())
+            },
+        )
         .unwrap();
 }
 
@@ -389,7 +391,11 @@ enum Op {
 }
 
 /// A check of one of a few counters (the key names its algorithm and window, as real keys
-/// do), with random limit, hits and flags; sometimes the gate.
+/// do), with random limit, hits and shadow flag; sometimes the gate. Whether a counter is a
+/// quota or counts denied hits goes with its key, as it does with a rule: the first counter
+/// is plain, the second counts denied hits, the third is a quota. (Checks of one key with
+/// different flags in one request are left out: the stores differ there, see
+/// docs/fuzzing.md.)
 fn store_check() -> impl Strategy<Value = Check> {
     let algorithms = vec![
         Algorithm::FixedWindow,
@@ -397,42 +403,31 @@ fn store_check() -> impl Strategy<Value = Check> {
         Algorithm::TokenBucket { burst: 2 },
         Algorithm::TokenBucket { burst: 5 },
     ];
-    (
-        (
-            0..3usize,
-            prop::sample::select(algorithms),
-            prop::sample::select(vec![1u64, 2, 60]),
-        ),
-        (0..6u64, 0..4u64),
-        (
-            prop::bool::weighted(0.15),
-            prop::bool::weighted(0.2),
-            prop::bool::weighted(0.2),
-        ),
-        prop::bool::weighted(0.1),
-    )
-        .prop_map(
-            |((n, algorithm, window_secs), (limit, hits), (shadow, quota, count_denied), gate)| {
-                if gate {
-                    return Check {
-                        shadow,
-                        ..Check::gate("flag".into())
-                    };
-                }
-                let key = format!(
-                    "c{n}:{window_secs}:{}{}",
-                    algorithm.name(),
-                    algorithm.code()
-                );
-                Check {
+    let counter = (
+        0..3usize,
+        prop::sample::select(algorithms),
+        prop::sample::select(vec![1u64, 2, 60]),
+    );
+    let flags = (prop::bool::weighted(0.15), prop::bool::weighted(0.1));
+    (counter, 0..6u64, 0..4u64, flags).prop_map(
+        |((n, algorithm, window_secs), limit, hits, (shadow, gate))| {
+            if gate {
+                return Check {
                     shadow,
-                    quota,
-                    count_denied,
-                    algorithm,
-                    ..Check::fixed_window(key, limit, window_secs, hits)
-                }
-            },
-        )
+                    ..Check::gate("flag".into())
+                };
+            }
+            let code = algorithm.code();
+            let key = format!("c{n}:{window_secs}:{}{code}", algorithm.name());
+            Check {
+                shadow,
+                quota: n == 2,
+                count_denied: n > 0,
+                algorithm,
+                ..Check::fixed_window(key, limit, window_secs, hits)
+            }
+        },
+    )
 }
 
 fn ops() -> impl Strategy<Value = Vec<Op>> {
