@@ -272,8 +272,12 @@ pub fn rls_request(data: &[u8]) {
 }
 
 /// A `POST /json` body through the HTTP router, twice: any answer but a 500 is fine, and a
-/// decision's body is JSON.
+/// decision's body is JSON. A body that is no request is refused by its parse alone (the
+/// limiter is never reached), so it stops there: a limiter per input is the cost of a run.
 pub fn json_body(data: &[u8]) {
+    if serde_json::from_slice::<RateLimitRequest>(data).is_err() {
+        return;
+    }
     let env = Env::domains(0);
     let router = http::router(Arc::new(HttpState {
         rls: env.rls(),
@@ -296,11 +300,16 @@ pub fn json_body(data: &[u8]) {
 
 /// An admin API body: the first byte picks the call (health, new user, new key, new tier),
 /// the rest is its body; then the state is read back (health, the user with its usage, the
-/// users). No answer may be a 500.
+/// users). No answer may be a 500. A body that is no JSON object is refused before anything
+/// else, so it stops there (a limiter per input is the cost of a run).
 pub fn admin_body(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else {
         return;
     };
+    let object = serde_json::from_slice::<serde_json::Value>(body);
+    if !object.is_ok_and(|value| value.is_object()) {
+        return;
+    }
     let env = Env::domains(0);
     let router = admin::router(Arc::new(AdminState {
         limiter: env.limiter.clone(),
