@@ -787,4 +787,40 @@ mod tests {
         assert!(error_of(b"-ERR\r\n").ends_with("Redis replied: ERR"));
         assert!(error_of(b":1\r\n").contains("not an array"));
     }
+
+    #[test]
+    fn decision_replies_of_another_shape_are_protocol_errors() {
+        let reply = |bytes: &[u8]| redis::parse_redis_value(bytes).unwrap();
+        let counted = decision_reply(&reply(b"*4\r\n:1\r\n:0\r\n:4\r\n:-5\r\n"), 1).unwrap();
+        assert!(counted.admitted);
+        assert_eq!(
+            (counted.counters[0].remaining, counted.counters[0].reset_ms),
+            (4, 0)
+        );
+        for (bytes, checks) in [
+            (&b"*0\r\n"[..], 0),
+            (b"*4\r\n:1\r\n:0\r\n:4\r\n:5\r\n", 2),
+            (b"*4\r\n:1\r\n+x\r\n:4\r\n:5\r\n", 1),
+        ] {
+            let error = decision_reply(&reply(bytes), checks).unwrap_err();
+            assert!(matches!(error, StoreError::Protocol(_)), "{error}");
+        }
+    }
+
+    #[test]
+    fn registry_replies_map_to_their_refusals() {
+        let keys = ["first-key-1234", "second-key-5678"];
+        assert!(change_reply("OK", "u", &keys).is_ok());
+        let refusal = |reply| change_reply(reply, "u", &keys).unwrap_err().to_string();
+        assert_eq!(refusal("EXISTS"), "user 'u' already exists");
+        assert_eq!(refusal("NO_USER"), "unknown user 'u'");
+        assert!(refusal("TAKEN 2").contains(&mask_secret("second-key-5678")));
+        // A count the script never sends still names a key, and says nothing else.
+        assert!(refusal("TAKEN 99").starts_with("API key"));
+        assert!(refusal("TAKEN é").contains(&mask_secret("first-key-1234")));
+        assert!(refusal("WHAT").contains("registry replied"));
+        let users = users_reply(vec![vec!["u".into(), "free".into(), "k".into()]]).unwrap();
+        assert_eq!(users[0].api_keys, vec!["k".to_owned()]);
+        assert!(users_reply(vec![vec!["u".into()]]).is_err());
+    }
 }
