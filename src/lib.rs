@@ -37,6 +37,7 @@
 //! - [`telemetry`]: metric names, the Prometheus recorder, per-descriptor statistics.
 //! - [`settings`]: the command line; [`clock`]: the one place that reads time; [`pb`]: the
 //!   generated protobuf code.
+//! - `fuzzing` (hidden, not API): the entry points of the fuzz targets in `tests/fuzz`.
 //!
 //! Modules depend downward only: no import cycles (`tests/layout.rs` keeps it so).
 
@@ -49,6 +50,8 @@ pub mod clock;
 pub mod config;
 pub mod decision;
 pub mod fallback;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod hash;
 pub mod health;
 pub(crate) mod http;

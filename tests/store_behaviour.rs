@@ -313,6 +313,35 @@ async fn quotas_deny_only_together(store: &(impl CounterStore + SharedState), _:
     );
 }
 
+/// A bucket checked at a zero limit (a shadow check, so admitted) keeps what it held: the
+/// state a zero limit makes is expired at once, and writing it refilled the bucket in memory
+/// and SQLite but not in Redis (found by tests/properties.rs).
+async fn a_zero_limit_leaves_the_bucket_as_it_was(
+    store: &(impl CounterStore + SharedState),
+    clock: &ManualClock,
+) {
+    let bucket = |limit, hits| {
+        with(
+            Algorithm::TokenBucket { burst: 2 },
+            check("zero", limit, hits),
+        )
+    };
+    clock.set(T0 + 250);
+    assert_eq!(run(store, &[bucket(1, 1)]).await, (true, vec![1]));
+    let shadow = Check {
+        shadow: true,
+        ..bucket(0, 1)
+    };
+    let applied = store.apply(&[shadow]).await.unwrap();
+    assert!(applied.admitted && applied.counters[0].over);
+    let peek = store.apply(&[bucket(1, 0)]).await.unwrap();
+    assert_eq!(
+        (peek.counters[0].remaining, peek.counters[0].reset_ms),
+        (1, MINUTE),
+        "the bucket still holds the first hit"
+    );
+}
+
 macro_rules! behaviour_tests {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -367,4 +396,5 @@ behaviour_tests!(
     denied_hits_count_where_asked,
     bucket_debt_is_bounded,
     quotas_deny_only_together,
+    a_zero_limit_leaves_the_bucket_as_it_was,
 );

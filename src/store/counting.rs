@@ -61,19 +61,24 @@ pub(crate) fn look(
     verdicts
 }
 
-/// Applies the admission rule to `verdicts` and hands `write` each verdict to record (all of
-/// them when the request is admitted; otherwise only those counting denied hits): the
-/// request's answer.
+/// Applies the admission rule to `verdicts` (looked at `now`) and hands `write` each verdict
+/// to record (all of them when the request is admitted; otherwise only those counting denied
+/// hits): the request's answer.
+///
+/// A state already expired at `now` (a zero limit's bucket, which keeps nothing) is not
+/// written: it would read as absent and so erase what the key held, a debt included. The
+/// Redis script writes no expired state either.
 pub(crate) fn record(
     checks: &[Check],
     verdicts: &[Verdict],
+    now: u64,
     mut write: impl FnMut(usize, &Verdict),
 ) -> Counted {
     let admitted = admits(checks, |i| verdicts[i].over);
     let mut counters = Counters::with_capacity(checks.len());
     for (i, (check, verdict)) in checks.iter().zip(verdicts).enumerate() {
         let recorded = check.records(admitted);
-        if recorded {
+        if recorded && verdict.expires_ms > now {
             write(i, verdict);
         }
         counters.push(Counter {

@@ -114,7 +114,7 @@ impl MemoryStore {
         let mut held = self.lock_shards(&located);
         let stored = |i: usize| held.stored(i).get(located[i].0, &checks[i].key).copied();
         let verdicts = counting::look(checks, stored, now);
-        counting::record(checks, &verdicts, |i, verdict| {
+        counting::record(checks, &verdicts, now, |i, verdict| {
             held.shard(i).put(
                 &self.hasher,
                 (located[i].0, &checks[i].key),

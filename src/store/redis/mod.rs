@@ -257,7 +257,7 @@ impl RedisStore {
             None => {
                 let cmd = script_call(self.script.get_hash(), now, dry_run, [&part]);
                 let value = Box::pin(self.cluster_eval(cmd)).await?;
-                decode(reply_values(&value)?, checks.len())
+                decision_reply(&value, checks.len())
             }
         }
     }
@@ -410,23 +410,29 @@ impl RedisStore {
         keys: &[&str],
     ) -> Result<(), RegistryError> {
         let reply: String = self.registry(domain, op, args).await?;
-        match reply.as_str() {
-            "OK" => Ok(()),
-            "EXISTS" => Err(RegistryError::UserExists(user_id.to_owned())),
-            "NO_USER" => Err(RegistryError::UnknownUser(user_id.to_owned())),
-            "NO_KEY" => Err(RegistryError::UnknownKey(mask_secret(
-                keys.first().copied().unwrap_or_default(),
-            ))),
-            taken if taken.starts_with("TAKEN ") => {
-                let index: usize = taken[6..].parse().unwrap_or(1);
-                let key = keys
-                    .get(index.saturating_sub(1))
-                    .copied()
-                    .unwrap_or_default();
-                Err(RegistryError::KeyTaken(mask_secret(key)))
-            }
-            other => Err(StoreError::Protocol(format!("registry replied {other:?}")).into()),
+        change_reply(&reply, user_id, keys)
+    }
+}
+
+/// A registry change's status reply (see registry.lua) as its result; `keys` are the API keys
+/// the change names, so that "TAKEN n" can say which one (masked).
+pub(crate) fn change_reply(reply: &str, user_id: &str, keys: &[&str]) -> Result<(), RegistryError> {
+    match reply {
+        "OK" => Ok(()),
+        "EXISTS" => Err(RegistryError::UserExists(user_id.to_owned())),
+        "NO_USER" => Err(RegistryError::UnknownUser(user_id.to_owned())),
+        "NO_KEY" => Err(RegistryError::UnknownKey(mask_secret(
+            keys.first().copied().unwrap_or_default(),
+        ))),
+        taken if taken.starts_with("TAKEN ") => {
+            let index: usize = taken["TAKEN ".len()..].parse().unwrap_or(1);
+            let key = keys
+                .get(index.saturating_sub(1))
+                .copied()
+                .unwrap_or_default();
+            Err(RegistryError::KeyTaken(mask_secret(key)))
         }
+        other => Err(StoreError::Protocol(format!("registry replied {other:?}")).into()),
     }
 }
 
@@ -566,20 +572,7 @@ impl UserRegistry for RedisStore {
     ) -> Result<Vec<UserRecord>, StoreError> {
         let limit = limit.to_string();
         let reply: Vec<Vec<String>> = self.registry(domain, "users", &[after, &limit]).await?;
-        reply
-            .into_iter()
-            .map(|user| {
-                let mut parts = user.into_iter();
-                match (parts.next(), parts.next()) {
-                    (Some(user_id), Some(tier)) => Ok(UserRecord {
-                        user_id,
-                        tier,
-                        api_keys: parts.collect(),
-                    }),
-                    _ => Err(StoreError::Protocol("short user record".into())),
-                }
-            })
-            .collect()
+        users_reply(reply)
     }
 
     async fn create_user(&self, domain: &str, user: &UserRecord) -> Result<(), RegistryError> {
@@ -614,6 +607,24 @@ impl UserRegistry for RedisStore {
         self.change(domain, "tier", &[user_id, tier], user_id, &[])
             .await
     }
+}
+
+/// A `users` reply (see registry.lua): per user its id, its tier, then its keys.
+pub(crate) fn users_reply(reply: Vec<Vec<String>>) -> Result<Vec<UserRecord>, StoreError> {
+    reply
+        .into_iter()
+        .map(|user| {
+            let mut parts = user.into_iter();
+            match (parts.next(), parts.next()) {
+                (Some(user_id), Some(tier)) => Ok(UserRecord {
+                    user_id,
+                    tier,
+                    api_keys: parts.collect(),
+                }),
+                _ => Err(StoreError::Protocol("short user record".into())),
+            }
+        })
+        .collect()
 }
 
 /// Check indices grouped by Redis Cluster slot, in first-seen order.
@@ -760,6 +771,11 @@ fn reply_values(reply: &Value) -> Result<&[Value], StoreError> {
     }
 }
 
+/// The answer of a decision script call deciding one request of `checks` checks.
+pub(crate) fn decision_reply(reply: &Value, checks: usize) -> Result<Counted, StoreError> {
+    decode(reply_values(reply)?, checks)
+}
+
 /// One request's answers (admitted, then three values per check) from a decision reply.
 fn decode(values: &[Value], checks: usize) -> Result<Counted, StoreError> {
     let number = |v: &Value| match v {
@@ -816,5 +832,41 @@ mod tests {
         );
         assert!(error_of(b"-ERR\r\n").ends_with("Redis replied: ERR"));
         assert!(error_of(b":1\r\n").contains("not an array"));
+    }
+
+    #[test]
+    fn decision_replies_of_another_shape_are_protocol_errors() {
+        let reply = |bytes: &[u8]| redis::parse_redis_value(bytes).unwrap();
+        let counted = decision_reply(&reply(b"*4\r\n:1\r\n:0\r\n:4\r\n:-5\r\n"), 1).unwrap();
+        assert!(counted.admitted);
+        assert_eq!(
+            (counted.counters[0].remaining, counted.counters[0].reset_ms),
+            (4, 0)
+        );
+        for (bytes, checks) in [
+            (&b"*0\r\n"[..], 0),
+            (b"*4\r\n:1\r\n:0\r\n:4\r\n:5\r\n", 2),
+            (b"*4\r\n:1\r\n+x\r\n:4\r\n:5\r\n", 1),
+        ] {
+            let error = decision_reply(&reply(bytes), checks).unwrap_err();
+            assert!(matches!(error, StoreError::Protocol(_)), "{error}");
+        }
+    }
+
+    #[test]
+    fn registry_replies_map_to_their_refusals() {
+        let keys = ["first-key-1234", "second-key-5678"];
+        assert!(change_reply("OK", "u", &keys).is_ok());
+        let refusal = |reply| change_reply(reply, "u", &keys).unwrap_err().to_string();
+        assert_eq!(refusal("EXISTS"), "user 'u' already exists");
+        assert_eq!(refusal("NO_USER"), "unknown user 'u'");
+        assert!(refusal("TAKEN 2").contains(&mask_secret("second-key-5678")));
+        // A count the script never sends still names a key, and says nothing else.
+        assert!(refusal("TAKEN 99").starts_with("API key"));
+        assert!(refusal("TAKEN é").contains(&mask_secret("first-key-1234")));
+        assert!(refusal("WHAT").contains("registry replied"));
+        let users = users_reply(vec![vec!["u".into(), "free".into(), "k".into()]]).unwrap();
+        assert_eq!(users[0].api_keys, vec!["k".to_owned()]);
+        assert!(users_reply(vec![vec!["u".into()]]).is_err());
     }
 }

@@ -36,7 +36,7 @@ pub(super) fn apply(db: &mut Db, checks: &[Check], now: u64) -> rusqlite::Result
         .collect::<rusqlite::Result<Few<Option<StoredCounter>>>>()?;
     let verdicts = counting::look(checks, |i| stored[i], now);
     let mut written = Ok(());
-    let counted = counting::record(checks, &verdicts, |i, verdict| {
+    let counted = counting::record(checks, &verdicts, now, |i, verdict| {
         if written.is_ok() {
             let fresh = stored[i].is_none_or(|s| s.expires_ms <= now);
             written = put(
