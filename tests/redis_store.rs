@@ -444,3 +444,33 @@ async fn a_password_an_acl_user_and_a_database_are_used_over_plain_tcp() {
         assert!(!message.contains("wrong-pass"), "{message}");
     }
 }
+
+/// A flag's key outlives the end it holds by the counters' second of slack, while gates still
+/// end at that end: with an injected clock (or Redis' expiry clock a hair ahead of TIME) a short
+/// flag's key vanished before its end (found by tests/properties.rs).
+#[tokio::test]
+async fn a_flag_key_outlives_the_end_it_holds() {
+    use floodgate::store::SharedState;
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let clock = Arc::new(floodgate::clock::ManualClock::new(29_000_000 * 60_000));
+    let options = RedisOptions {
+        clock: Some(clock.clone()),
+        ..RedisOptions::standalone(&redis.url(), "fl:")
+    };
+    let store = RedisStore::new(&options).unwrap();
+    store.set_flag("fl:flag", 5).await.unwrap();
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("fl:flag")
+        .query(&mut redis.connection())
+        .unwrap();
+    assert!((900..=1_005).contains(&pttl), "{pttl}");
+    let gate = || [Check::gate("fl:flag".into())];
+    assert!(!store.apply(&gate()).await.unwrap().admitted, "set");
+    clock.advance(5);
+    assert!(
+        store.apply(&gate()).await.unwrap().admitted,
+        "ended, though its key is still there"
+    );
+}
