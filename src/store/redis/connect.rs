@@ -8,13 +8,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Client, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode};
 
+use super::switch::{self, SwitchWatch};
 use crate::store::StoreError;
 
 /// Where the Redis master is.
@@ -93,11 +94,16 @@ impl TlsFiles {
     }
 }
 
-/// A pooled connection and the flag that retires it.
+/// A pooled connection and the flags that retire it.
 #[derive(Clone)]
 pub(crate) struct Tracked {
     pub(crate) conn: MultiplexedConnection,
     pub(crate) broken: Arc<AtomicBool>,
+    /// The pool's generation when this connection was made.
+    made_in: u64,
+    /// The pool's generation, advanced when the Sentinels switch the master: connections made
+    /// in an earlier one are retired.
+    generation: Arc<AtomicU64>,
 }
 
 impl Tracked {
@@ -118,6 +124,13 @@ impl Tracked {
     pub(crate) fn retire(&self) {
         self.broken.store(true, Ordering::Release);
     }
+
+    /// Whether it must not be used: retired, or made before the Sentinels last switched the
+    /// master (see `switch`).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+            || self.made_in < self.generation.load(Ordering::Acquire)
+    }
 }
 
 /// Makes connections to the master, for bb8, and remembers why the last attempt failed.
@@ -126,6 +139,13 @@ pub(crate) struct Connector {
     /// Why the last connection attempt failed, cleared by a success. bb8 only says that a
     /// checkout timed out, which would hide a refused password or an unreachable host.
     pub(crate) last_error: LastError,
+    /// The generation of the connections made now ([`Tracked::is_retired`]).
+    generation: Arc<AtomicU64>,
+    /// With Sentinels: their URLs and the master's name, to follow its switches.
+    sentinels: Option<(Vec<String>, String)>,
+    /// The subscriptions to the Sentinels' switches, started by the first connection (on the
+    /// runtime).
+    watch: std::sync::OnceLock<SwitchWatch>,
 }
 
 /// The shared record of why connecting last failed.
@@ -141,6 +161,9 @@ impl Connector {
         Connector {
             target,
             last_error: LastError::default(),
+            generation: Arc::default(),
+            sentinels: None,
+            watch: std::sync::OnceLock::new(),
         }
     }
 
@@ -158,13 +181,14 @@ impl Connector {
                 sentinels,
                 master_name,
                 sentinel_password,
-            } => Target::Sentinel(tokio::sync::Mutex::new(sentinel_client(
-                url,
-                sentinels,
-                master_name,
-                sentinel_password.as_deref(),
-                tls,
-            )?)),
+            } => {
+                let urls = sentinel_urls(url, sentinels, sentinel_password.as_deref());
+                let client = sentinel_client(url, &urls, master_name, tls)?;
+                let mut connector =
+                    Connector::to(Target::Sentinel(tokio::sync::Mutex::new(client)));
+                connector.sentinels = Some((urls, master_name.clone()));
+                return Ok(connector);
+            }
         };
         Ok(Connector::to(target))
     }
@@ -200,13 +224,28 @@ fn single_client(url: &str, tls: &TlsFiles) -> Result<Client, StoreError> {
     Ok(client)
 }
 
-/// The client that asks these Sentinels where `master_name` is; `url` gives the master's
-/// database, credentials and scheme.
+/// The Sentinels' URLs: the scheme of `url` (the master's), and the Sentinels' own password.
+fn sentinel_urls(url: &str, sentinels: &[String], sentinel_password: Option<&str>) -> Vec<String> {
+    let scheme = if url.starts_with("rediss://") {
+        "rediss"
+    } else {
+        "redis"
+    };
+    let auth = sentinel_password
+        .map(|p| format!(":{p}@"))
+        .unwrap_or_default();
+    sentinels
+        .iter()
+        .map(|s| format!("{scheme}://{auth}{s}"))
+        .collect()
+}
+
+/// The client that asks the Sentinels at `urls` where `master_name` is; `url` gives the
+/// master's database, credentials and scheme.
 fn sentinel_client(
     url: &str,
-    sentinels: &[String],
+    urls: &[String],
     master_name: &str,
-    sentinel_password: Option<&str>,
     tls: &TlsFiles,
 ) -> Result<SentinelClient, StoreError> {
     let info = url.into_connection_info().map_err(bad)?;
@@ -222,15 +261,13 @@ fn sentinel_client(
     if secure {
         node = node.set_tls_mode(TlsMode::Secure);
     }
-    let scheme = if secure { "rediss" } else { "redis" };
-    let auth = sentinel_password
-        .map(|p| format!(":{p}@"))
-        .unwrap_or_default();
-    let urls: Vec<String> = sentinels
-        .iter()
-        .map(|s| format!("{scheme}://{auth}{s}"))
-        .collect();
-    SentinelClient::build(urls, master_name, Some(node), SentinelServerType::Master).map_err(bad)
+    SentinelClient::build(
+        urls.to_vec(),
+        master_name,
+        Some(node),
+        SentinelServerType::Master,
+    )
+    .map_err(bad)
 }
 
 impl bb8::ManageConnection for Connector {
@@ -238,6 +275,11 @@ impl bb8::ManageConnection for Connector {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Tracked, RedisError> {
+        if let Some((urls, master_name)) = &self.sentinels {
+            self.watch
+                .get_or_init(|| switch::watch(urls, master_name, &self.generation));
+        }
+        let made_in = self.generation.load(Ordering::Acquire);
         // Calls are bounded by the store's own deadlines (--redis-timeout), which retire a
         // connection that misses one; redis-rs' default 500 ms response timeout would cut a
         // longer configured timeout short.
@@ -264,6 +306,8 @@ impl bb8::ManageConnection for Connector {
         Ok(Tracked {
             conn: conn?,
             broken: Arc::new(AtomicBool::new(false)),
+            made_in,
+            generation: self.generation.clone(),
         })
     }
 
@@ -274,7 +318,7 @@ impl bb8::ManageConnection for Connector {
     }
 
     fn has_broken(&self, tracked: &mut Tracked) -> bool {
-        tracked.broken.load(Ordering::Acquire)
+        tracked.is_retired()
     }
 }
 

@@ -2,7 +2,6 @@
 //! (standalone or found through Sentinels), or a cluster connection that routes by key.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -115,7 +114,7 @@ impl Connections {
                         .await
                         .map_err(|e| self.no_connection(StoreError::Unavailable(e.to_string())))?;
                     let tracked = Tracked::clone(&pooled);
-                    if !tracked.broken.load(Ordering::Acquire) {
+                    if !tracked.is_retired() {
                         // A multiplexed connection is a cheap handle: the pooled slot goes back
                         // at once while calls share its socket.
                         return Ok(Conn::Single(tracked));
