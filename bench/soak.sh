@@ -48,8 +48,7 @@ for arg in ${SOAK_FLOODGATE_ARGS:-}; do extra+=("--floodgate-arg=$arg"); done
 # happened to the soak itself.
 group=
 cleanup() {
-  [[ -n $group ]] && kill -KILL -- "-$group" 2>/dev/null
-  return 0
+  if [[ -n $group ]]; then kill -KILL -- "-$group" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -11,13 +11,17 @@
 //! the next window as its limit leaves room for; the rest move on. No placement admits fewer
 //! beyond the limits, so a non-zero figure is over-admission whatever the exact timing.
 //!
-//! **Lost writes.** Right after a promotion, before the replicas write much to the new
-//! master, the per-minute counter of every limited key is read from it ([`Snapshot`]). Every
-//! OK answered before the read began must be in it; the answers in flight during the read, or
-//! sent before the window began and answered in it, may or may not be. A key whose counter is
-//! below the OKs that must be in it lost at least the difference (the low bound), and at most
-//! the difference with the uncertain ones added (the high bound). The same read on the old
-//! master just before the fault checks the method: it should find no loss.
+//! **Lost writes.** Around each master fault, the per-minute counter of every limited key is
+//! read ([`Snapshot`]): from the old master just before the fault (a check of the method: it
+//! should find no loss), from the new master as soon as every Sentinel names it, and once more
+//! when the fault has settled, from the master the Sentinels then agree on. Every OK answered
+//! before a read began must be in it; the answers in flight during the read, or sent before the
+//! window began and answered in it, may or may not be. A key whose counter is below the OKs
+//! that must be in it lost at least the difference (the low bound), and at most the difference
+//! with the uncertain ones added (the high bound). Over-admission in a window the fault's
+//! handling overlaps is explained up to the high bound on the same key: since the counter never
+//! passes its limit, what a window admits beyond it cannot exceed the OKs missing from the
+//! counter.
 
 use std::collections::BTreeMap;
 
@@ -50,7 +54,8 @@ pub(crate) struct OverWindow {
     pub(crate) limit: u32,
     /// Admitted beyond it.
     pub(crate) over: u32,
-    /// The failover (fault number) whose injection lies in the window, if one does.
+    /// The failover (fault number) whose handling, from its injection until its counters were
+    /// read settled, overlaps the window, if one does.
     pub(crate) failover: Option<usize>,
     /// How much of `over` that failover's measured loss on this key explains.
     pub(crate) explained: u32,
@@ -82,7 +87,7 @@ type Windows = BTreeMap<u64, (u32, u32)>;
 
 /// Checks every limited key's admissions against `limit`; `losses` are the snapshots against
 /// the ledger, whose measured lost writes explain over-admission in windows a failover's
-/// injection lies in.
+/// handling overlaps.
 pub(crate) fn check_limit(
     records: &[Record],
     limit: WindowLimit,
@@ -155,9 +160,10 @@ fn place(
             let over = forced - limit.limit;
             let window_start_us = w * limit.window_us;
             let window = window_start_us..window_start_us + limit.window_us;
+            // The fault's handling (until its counters were read settled) overlaps the window.
             let failover = faults
                 .iter()
-                .position(|f| f.kind.fails_over() && window.contains(&f.at));
+                .position(|f| f.kind.fails_over() && f.at < window.end && window.start <= f.done);
             let lost = failover.map_or(0, |f| lost_on(losses, f, key, &window));
             let explained = over.min(lost);
             check.over_admitted += u64::from(over);

@@ -196,7 +196,7 @@ impl Injector<'_> {
             .restart(&RedisRole::Node(Some(new)))
             .await?;
         let rejoined = wait_for_replica(old, REJOIN_LIMIT).await;
-        event.snapshots.extend(self.snapshot("settled", new).await);
+        self.settle(new, event).await;
         event.detail += &format!(
             "; 127.0.0.1:{new} promoted; 127.0.0.1:{old} restarted {:?} after the kill as its replica",
             self.settings.master_down
@@ -232,7 +232,7 @@ impl Injector<'_> {
         match promoted {
             Some(new) => {
                 let rejoined = wait_for_replica(old, REJOIN_LIMIT).await;
-                event.snapshots.extend(self.snapshot("settled", new).await);
+                self.settle(new, event).await;
                 event.detail += &format!("; 127.0.0.1:{new} promoted, the woken node demoted");
                 event.check(
                     format!("the woken master was demoted to a replica of 127.0.0.1:{new}"),
@@ -265,6 +265,29 @@ impl Injector<'_> {
             }
             tokio::time::sleep(POLL).await;
         }
+    }
+
+    /// Once the Sentinels agree on a master, reads its counters (`settled`); says so when it is
+    /// not `promoted` (the Sentinels failed over again meanwhile).
+    async fn settle(&self, promoted: u16, event: &mut FaultEvent) {
+        let until = Instant::now() + PROMOTION_LIMIT;
+        let master = loop {
+            match self.cluster.agreed_master().await {
+                Ok(master) => break Some(master),
+                Err(_) if Instant::now() < until => tokio::time::sleep(POLL).await,
+                Err(_) => break None,
+            }
+        };
+        let Some(master) = master else {
+            event.check("the Sentinels agreed on a master again", false);
+            return;
+        };
+        if master != promoted {
+            event.detail += &format!("; the Sentinels failed over again, to 127.0.0.1:{master}");
+        }
+        event
+            .snapshots
+            .extend(self.snapshot("settled", master).await);
     }
 
     /// Every limited key's per-minute count on the node at `port`, in the window now; `None`

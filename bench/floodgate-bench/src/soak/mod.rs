@@ -22,6 +22,7 @@ mod memory;
 mod procs;
 mod recovery;
 mod report;
+mod switches;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -39,6 +40,7 @@ use ledger::{Ledger, Record, wall_us};
 use load::{Load, Sent, Traffic};
 use memory::{Sample, Sampler};
 use report::{FaultReport, Report, Setup};
+use switches::{Switch, SwitchLog};
 
 /// The prefix of the replicas' Redis keys (`--key-prefix`), so the soak can read them.
 const KEY_PREFIX: &str = "soak:";
@@ -283,6 +285,8 @@ async fn drive(args: &SoakArgs, limits: &Limits, cluster: &mut Cluster) -> anyho
         .collect();
     let pids = Arc::new(Mutex::new(cluster.replica_pids()));
     let sampler = Sampler::start(pids.clone());
+    let sentinels: Vec<u16> = cluster.sentinels.iter().map(|s| s.port).collect();
+    let switch_log = SwitchLog::start(&sentinels);
     let (start, started) = (wall_us(), Instant::now());
     let load = Load::start(
         traffic.clone(),
@@ -308,6 +312,7 @@ async fn drive(args: &SoakArgs, limits: &Limits, cluster: &mut Cluster) -> anyho
     let run = Run {
         records: ledger.sorted(),
         faults,
+        switches: switch_log.switches(),
         sent,
         samples,
         start,
@@ -384,6 +389,7 @@ fn aligned_wait(args: &SoakArgs, at: u64) -> Duration {
 struct Run {
     records: Vec<Record>,
     faults: Vec<FaultEvent>,
+    switches: Vec<Switch>,
     sent: Sent,
     samples: Vec<Sample>,
     start: u64,
@@ -403,7 +409,15 @@ impl Run {
             .iter()
             .zip(recoveries)
             .enumerate()
-            .map(|(n, (fault, recovery))| FaultReport::new(n, fault, recovery, self.start))
+            .map(|(n, (fault, recovery))| {
+                let until = self.faults.get(n + 1).map_or(self.end, |next| next.at);
+                let failovers = self
+                    .switches
+                    .iter()
+                    .filter(|s| s.at >= fault.at && s.at < until)
+                    .count();
+                FaultReport::new(n, fault, recovery, failovers, self.start)
+            })
             .collect();
         let started_at = SystemTime::UNIX_EPOCH + Duration::from_micros(self.start);
         let mut report = Report {
@@ -418,6 +432,11 @@ impl Run {
             snapshots,
             reset_mismatches: figures::reset_mismatches(&self.records, limits.min.window_us),
             faults,
+            switches: self
+                .switches
+                .iter()
+                .map(|s| (s.at.saturating_sub(self.start) as f64 / 1e6, s.to))
+                .collect(),
             memory: figures::memory(&self.samples),
             verdict: Default::default(),
         };
