@@ -178,6 +178,113 @@ async fn sentinel_failover_under_load() {
     drop(set);
 }
 
+/// The Sentinels promote another master while the old one still answers as master (as one
+/// frozen through its failover does for seconds after it wakes, until the Sentinels demote it;
+/// here they cannot demote it at all). The store follows the Sentinels' switch as it is
+/// announced: the next decision is counted on the new master, not on the old one through a
+/// connection made before the switch (two masters would count apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_follow_the_sentinels_switch_while_the_old_master_still_answers() {
+    let Some(set) = SentinelTopology::start(1000) else {
+        return;
+    };
+    let store = sentinel_store(&set, Duration::from_millis(300));
+    let (server, _) =
+        TestServer::with_limiter(CONFIG, store, limiter_options(), ServerOptions::default()).await;
+    let mut client = server.client().await;
+    // The first decision connects to the master and subscribes to every Sentinel's switches.
+    assert_eq!(admitted(&mut client, "before", 1).await, 1);
+    let subscribed = || {
+        let subscribed = set.sentinel_ports().into_iter().all(|port| {
+            let info: String = redis::cmd("INFO")
+                .arg("stats")
+                .query(&mut set.sentinel_connection(port))
+                .unwrap();
+            !info.contains("pubsub_channels:0")
+        });
+        async move { subscribed }
+    };
+    wait_for(
+        "a subscriber on every Sentinel",
+        Duration::from_secs(10),
+        subscribed,
+    )
+    .await;
+    let old = set.master_port();
+    // The Sentinels' REPLICAOF (SLAVEOF) is refused on the old master: it stays one.
+    let _: () = redis::cmd("ACL")
+        .arg(&["SETUSER", "default", "-slaveof", "-replicaof"][..])
+        .query(&mut set.connection(old))
+        .unwrap();
+    let mut sentinel = set.sentinel_connection(set.sentinel_ports()[0]);
+    let _: () = redis::cmd("SENTINEL")
+        .arg(&["FAILOVER", SENTINEL_MASTER_NAME][..])
+        .query(&mut sentinel)
+        .unwrap();
+    let (set, new) = tokio::task::spawn_blocking(move || {
+        let new = set.wait_for_new_master(old, Duration::from_secs(60));
+        (set, new)
+    })
+    .await
+    .unwrap();
+    // The leader of the failover lists the old master in SENTINEL MASTERS until its failover
+    // ends (here: at its failover-timeout, since it cannot demote the old master), and
+    // announces the switch then.
+    let listed = || {
+        let ports: Vec<String> = set
+            .sentinel_ports()
+            .into_iter()
+            .map(|port| {
+                let masters: Vec<Vec<String>> = redis::cmd("SENTINEL")
+                    .arg("MASTERS")
+                    .query(&mut set.sentinel_connection(port))
+                    .unwrap();
+                let fields = &masters[0];
+                let at = fields.iter().position(|f| f == "port").unwrap();
+                fields[at + 1].clone()
+            })
+            .collect();
+        async move { ports.iter().all(|p| *p == new.to_string()) }
+    };
+    wait_for(
+        "every Sentinel to list the new master",
+        Duration::from_secs(30),
+        listed,
+    )
+    .await;
+    assert_eq!(
+        set.role(old).as_deref(),
+        Ok("master"),
+        "the old master was demoted"
+    );
+    assert_eq!(admitted(&mut client, "after", 1).await, 1);
+    let key = floodgate::store::key::counter_key(
+        "topo:",
+        "topo",
+        &[floodgate::query::Entry {
+            key: "client".into(),
+            value: "after".into(),
+        }],
+        &[],
+        86_400,
+        floodgate::algorithm::Algorithm::FixedWindow,
+    );
+    let exists = |port| -> bool {
+        redis::cmd("EXISTS")
+            .arg(&key)
+            .query(&mut set.connection(port))
+            .unwrap()
+    };
+    assert!(
+        exists(new),
+        "the decision was not counted on the new master {new}"
+    );
+    assert!(
+        !exists(old),
+        "the decision was counted on the old master {old}"
+    );
+}
+
 #[tokio::test]
 async fn cluster_decides_across_slots() {
     let Some(cluster) = ClusterTopology::start() else {

@@ -8,6 +8,9 @@
 //!   same script and pipelining as the server: the ceiling Floodgate-on-Redis is measured against.
 //! - `memory`: bytes per active key in the memory store.
 //! - `body`: one encoded request, for a second opinion from another generator (h2load).
+//! - `soak`: a chaos soak (Linux): Floodgate replicas on a Redis Sentinel set under open-loop
+//!   load while faults are injected, every answer checked against the limits in a ledger
+//!   (`bench/soak.sh`).
 //!
 //! The gRPC client is lean on purpose (HTTP/2 straight over `h2`, bodies encoded by hand, one
 //! runtime thread): on a shared machine every cycle the generator spends is taken from the
@@ -20,6 +23,8 @@
 //! for `store` and `memory`, the stores, all through `stores`.
 
 mod pace;
+#[cfg(target_os = "linux")]
+mod soak;
 mod stores;
 mod wire;
 
@@ -54,6 +59,10 @@ enum Mode {
     Memory(MemoryArgs),
     /// Writes one request as a gRPC frame to stdout, for other generators (h2load -d).
     Body(BodyArgs),
+    /// A chaos soak: replicas on a Redis Sentinel set, faults on a schedule, a ledger of
+    /// every answer; exits with 2 when the ledger fails the run.
+    #[cfg(target_os = "linux")]
+    Soak(Box<soak::SoakArgs>),
 }
 
 #[derive(Debug, clap::Args)]
@@ -605,6 +614,13 @@ fn main() -> anyhow::Result<()> {
                 .build()?
                 .block_on(grpc(args))?;
             print(&report, json.as_deref())
+        }
+        #[cfg(target_os = "linux")]
+        Mode::Soak(args) => {
+            if !soak::main(*args)? {
+                std::process::exit(2);
+            }
+            Ok(())
         }
         Mode::Store(args) => {
             let json = args.load.json.clone();

@@ -51,6 +51,30 @@ pub(crate) fn address_key(address: String) -> String {
     )
 }
 
+/// The Redis key of the fixed-window counter of the one-entry descriptor `key`=`value` in
+/// `domain`, with windows of `window_secs`, as the server names it (the soak reads these
+/// counters to measure what a failover lost).
+#[cfg(target_os = "linux")]
+pub(crate) fn fixed_window_key(
+    prefix: &str,
+    domain: &str,
+    (key, value): (&str, &str),
+    window_secs: u64,
+) -> String {
+    let entry = Entry {
+        key: key.into(),
+        value: value.into(),
+    };
+    floodgate::store::counter_key(
+        prefix,
+        domain,
+        &[entry],
+        &[],
+        window_secs,
+        Algorithm::FixedWindow,
+    )
+}
+
 /// Applies `checks` as one request's: whether it was admitted.
 pub(crate) async fn admitted<S: CounterStore>(
     store: &S,

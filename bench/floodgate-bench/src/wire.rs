@@ -12,7 +12,7 @@ use crate::Outcome;
 use floodgate::pb::{RateLimitResponse, rate_limit_response};
 
 /// One HTTP/2 connection to the server, shareable by many concurrent calls.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub(crate) struct Connection {
     sender: SendRequest<Bytes>,
     uri: Uri,
@@ -51,6 +51,19 @@ impl Connection {
     /// The response's overall code, or `None` for a failed call (non-200, grpc-status not 0,
     /// or an unreadable message).
     async fn exchange(&self, body: Bytes) -> Result<Option<i32>, h2::Error> {
+        Ok(match self.reply(body, None).await? {
+            Reply::Answer(response) => response.map(|r| r.overall_code),
+            Reply::Status(_) | Reply::Http(_) => None,
+        })
+    }
+
+    /// Sends one gRPC-framed request body (with `grpc-timeout` when `deadline` is given, as
+    /// Envoy sends its own) and reads the whole reply.
+    pub(crate) async fn reply(
+        &self,
+        body: Bytes,
+        deadline: Option<std::time::Duration>,
+    ) -> Result<Reply, h2::Error> {
         let mut sender = self.sender.clone().ready().await?;
         let mut request = Request::new(());
         *request.method_mut() = Method::POST;
@@ -58,12 +71,22 @@ impl Connection {
         let headers = request.headers_mut();
         headers.insert("content-type", HeaderValue::from_static("application/grpc"));
         headers.insert("te", HeaderValue::from_static("trailers"));
+        if let Some(deadline) = deadline {
+            let millis = format!("{}m", deadline.as_millis().max(1));
+            headers.insert(
+                "grpc-timeout",
+                HeaderValue::from_str(&millis).expect("digits"),
+            );
+        }
         let (response, mut stream) = sender.send_request(request, false)?;
         stream.send_data(body, true)?;
         let response = response.await?;
+        if response.status() != 200 {
+            return Ok(Reply::Http(response.status().as_u16()));
+        }
         // A trailers-only answer carries grpc-status in its headers.
-        if response.status() != 200 || !grpc_ok(response.headers(), true) {
-            return Ok(None);
+        if let Some(code) = grpc_status(response.headers()).filter(|&code| code != 0) {
+            return Ok(Reply::Status(code));
         }
         let mut body = response.into_body();
         let mut message = BytesMut::new();
@@ -73,24 +96,35 @@ impl Connection {
             message.extend_from_slice(&chunk);
         }
         let trailers = body.trailers().await?;
-        if !trailers.is_some_and(|t| grpc_ok(&t, false)) {
-            return Ok(None);
+        // No grpc-status at all is a broken answer: counted as UNKNOWN (2).
+        match trailers.as_ref().and_then(grpc_status).unwrap_or(2) {
+            0 => {}
+            code => return Ok(Reply::Status(code)),
         }
         // 1 byte compressed flag, 4 bytes length, then the message.
         if message.len() < 5 {
-            return Ok(None);
+            return Ok(Reply::Answer(None));
         }
-        Ok(RateLimitResponse::decode(&message[5..])
-            .ok()
-            .map(|r| r.overall_code))
+        Ok(Reply::Answer(
+            RateLimitResponse::decode(&message[5..]).ok().map(Box::new),
+        ))
     }
 }
 
-/// Whether `headers` say grpc-status 0 (or, where `absent_ok`, say nothing of it).
-fn grpc_ok(headers: &http::HeaderMap, absent_ok: bool) -> bool {
-    headers
-        .get("grpc-status")
-        .map_or(absent_ok, |status| status == "0")
+/// What a call got back.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// grpc-status 0 and the response (`None` when it could not be read).
+    Answer(Option<Box<RateLimitResponse>>),
+    /// A gRPC status other than 0.
+    Status(u32),
+    /// An HTTP status other than 200.
+    Http(u16),
+}
+
+/// The grpc-status in `headers`, if there is one.
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
 }
 
 /// What one request asks: its domain and descriptors (each of one entry).
@@ -164,6 +198,29 @@ pub(crate) fn encode_request(buf: &mut BytesMut, shape: &RequestShape<'_>, value
     buf.split().freeze()
 }
 
+/// Encodes a ShouldRateLimit request as one gRPC frame: `domain`, and one descriptor of one
+/// entry per `(key, value)` pair. For the soak, whose requests differ in shape; the same
+/// hand-written protobuf as [`encode_request`].
+pub(crate) fn encode_entries(domain: &str, descriptors: &[(&str, &str)]) -> Bytes {
+    let entry_len = |key: &str, value: &str| field_len(key.len()) + field_len(value.len());
+    let message_len = field_len(domain.len())
+        + descriptors
+            .iter()
+            .map(|(key, value)| field_len(field_len(entry_len(key, value))))
+            .sum::<usize>();
+    let mut buf = BytesMut::with_capacity(5 + message_len);
+    buf.put_u8(0);
+    buf.put_u32(message_len as u32);
+    put_bytes(&mut buf, 1, domain.as_bytes());
+    for (key, value) in descriptors {
+        put_tag_len(&mut buf, 2, field_len(entry_len(key, value)));
+        put_tag_len(&mut buf, 1, entry_len(key, value));
+        put_bytes(&mut buf, 1, key.as_bytes());
+        put_bytes(&mut buf, 2, value.as_bytes());
+    }
+    buf.freeze()
+}
+
 /// The value a request's descriptors carry.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Value {
@@ -206,6 +263,21 @@ fn put_bytes(buf: &mut BytesMut, field: u8, bytes: &[u8]) {
 mod tests {
     use super::*;
     use floodgate::pb::RateLimitRequest;
+
+    #[test]
+    fn encodes_any_entries_as_prost_decodes_them() {
+        let frame = encode_entries("soak", &[("sec", "v7"), ("min", "v7"), ("free", "")]);
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!((frame[0], len), (0, frame.len() - 5));
+        let request = RateLimitRequest::decode(&frame[5..]).expect("valid protobuf");
+        assert_eq!(request.domain, "soak");
+        let entries: Vec<(&str, &str)> = request
+            .descriptors
+            .iter()
+            .map(|d| (d.entries[0].key.as_str(), d.entries[0].value.as_str()))
+            .collect();
+        assert_eq!(entries, [("sec", "v7"), ("min", "v7"), ("free", "")]);
+    }
 
     #[test]
     fn encodes_what_prost_decodes() {

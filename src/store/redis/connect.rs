@@ -8,13 +8,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{Client, ConnectionInfo, IntoConnectionInfo, RedisError, TlsCertificates, TlsMode};
 
+use super::switch::{self, SwitchWatch};
 use crate::secrets::Secret;
 use crate::store::StoreError;
 
@@ -95,11 +96,16 @@ impl TlsFiles {
     }
 }
 
-/// A pooled connection and the flag that retires it.
+/// A pooled connection and the flags that retire it.
 #[derive(Clone)]
 pub(crate) struct Tracked {
     pub(crate) conn: MultiplexedConnection,
     pub(crate) broken: Arc<AtomicBool>,
+    /// The pool's generation when this connection was made.
+    made_in: u64,
+    /// The pool's generation, advanced when the Sentinels switch the master: connections made
+    /// in an earlier one are retired.
+    generation: Arc<AtomicU64>,
 }
 
 impl Tracked {
@@ -120,6 +126,13 @@ impl Tracked {
     pub(crate) fn retire(&self) {
         self.broken.store(true, Ordering::Release);
     }
+
+    /// Whether it must not be used: retired, or made before the Sentinels last switched the
+    /// master (see `switch`).
+    pub(crate) fn is_retired(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+            || self.made_in < self.generation.load(Ordering::Acquire)
+    }
 }
 
 /// Makes connections to the master, for bb8, and remembers why the last attempt failed.
@@ -132,6 +145,11 @@ pub(crate) struct Connector {
     /// Why the last connection attempt failed, cleared by a success. bb8 only says that a
     /// checkout timed out, which would hide a refused password or an unreachable host.
     pub(crate) last_error: LastError,
+    /// The generation of the connections made now ([`Tracked::is_retired`]).
+    generation: Arc<AtomicU64>,
+    /// The subscriptions to the Sentinels' switches (with Sentinels), started by the first
+    /// connection (on the runtime).
+    watch: std::sync::OnceLock<SwitchWatch>,
 }
 
 /// What a client is made from.
@@ -217,7 +235,28 @@ impl Connector {
             spec,
             target: tokio::sync::Mutex::new((generation, target)),
             last_error: LastError::default(),
+            generation: Arc::default(),
+            watch: std::sync::OnceLock::new(),
         })
+    }
+
+    /// With Sentinels: subscribes to their master switches, once (see `switch`). The
+    /// subscriptions use the Sentinel password of their start; a rotated one applies to them
+    /// after a restart.
+    fn follow_switches(&self, sentinel_password: Option<&str>) {
+        let Topology::Sentinel {
+            sentinels,
+            master_name,
+            ..
+        } = &self.spec.topology
+        else {
+            return;
+        };
+        self.watch.get_or_init(|| {
+            let infos =
+                sentinel_infos(&self.spec.url, sentinels, sentinel_password).unwrap_or_default();
+            switch::watch(infos, master_name, &self.generation)
+        });
     }
 
     /// Remakes the client in `built` when a password changed since it was made; a client
@@ -305,16 +344,7 @@ fn sentinel_client(
     if secure {
         node = node.set_tls_mode(TlsMode::Secure);
     }
-    let scheme = if secure { "rediss" } else { "redis" };
-    let sentinels = sentinels
-        .iter()
-        .map(|s| {
-            let info = format!("{scheme}://{s}")
-                .into_connection_info()
-                .map_err(bad)?;
-            Ok(with_password(info, sentinel_password))
-        })
-        .collect::<Result<Vec<ConnectionInfo>, StoreError>>()?;
+    let sentinels = sentinel_infos(url, sentinels, sentinel_password)?;
     SentinelClient::build(
         sentinels,
         master_name,
@@ -322,6 +352,29 @@ fn sentinel_client(
         SentinelServerType::Master,
     )
     .map_err(bad)
+}
+
+/// How to reach each Sentinel: the scheme of `url` (the master's), and the Sentinels' own
+/// password.
+fn sentinel_infos(
+    url: &str,
+    sentinels: &[String],
+    sentinel_password: Option<&str>,
+) -> Result<Vec<ConnectionInfo>, StoreError> {
+    let scheme = if url.starts_with("rediss://") {
+        "rediss"
+    } else {
+        "redis"
+    };
+    sentinels
+        .iter()
+        .map(|s| {
+            let info = format!("{scheme}://{s}")
+                .into_connection_info()
+                .map_err(bad)?;
+            Ok(with_password(info, sentinel_password))
+        })
+        .collect()
 }
 
 impl bb8::ManageConnection for Connector {
@@ -335,6 +388,11 @@ impl bb8::ManageConnection for Connector {
         let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
         let mut built = self.target.lock().await;
         self.follow_credentials(&mut built);
+        if self.watch.get().is_none() {
+            let (_, sentinel_password, _) = self.spec.credentials();
+            self.follow_switches(sentinel_password.as_deref());
+        }
+        let made_in = self.generation.load(Ordering::Acquire);
         let conn = match &mut built.1 {
             Target::Single(client) => {
                 let client = client.clone();
@@ -356,6 +414,8 @@ impl bb8::ManageConnection for Connector {
         Ok(Tracked {
             conn: conn?,
             broken: Arc::new(AtomicBool::new(false)),
+            made_in,
+            generation: self.generation.clone(),
         })
     }
 
@@ -366,7 +426,7 @@ impl bb8::ManageConnection for Connector {
     }
 
     fn has_broken(&self, tracked: &mut Tracked) -> bool {
-        tracked.broken.load(Ordering::Acquire)
+        tracked.is_retired()
     }
 }
 

@@ -6,7 +6,6 @@
 //! remade when a call fails and the password changed meanwhile.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -119,7 +118,7 @@ impl Connections {
                         .await
                         .map_err(|e| self.no_connection(StoreError::Unavailable(e.to_string())))?;
                     let tracked = Tracked::clone(&pooled);
-                    if !tracked.broken.load(Ordering::Acquire) {
+                    if !tracked.is_retired() {
                         // A multiplexed connection is a cheap handle: the pooled slot goes back
                         // at once while calls share its socket.
                         return Ok(Conn::Single(tracked));

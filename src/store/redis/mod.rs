@@ -8,6 +8,7 @@
 mod batch;
 pub mod connect;
 mod connections;
+mod switch;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
