@@ -22,17 +22,8 @@ rm -f "$out"/wait-*.json
 cargo build --release --quiet --workspace --bin floodgate --bin floodgate-bench
 bin=target/release
 
-pids=()
-tmp=$(mktemp -d)
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+# shellcheck source=bench/processes.sh
+. bench/processes.sh
 
 master=$(free_port)
 replica=$(free_port)

@@ -48,26 +48,30 @@ async fn metric(http_addr: SocketAddr, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Asks `server` `count` times for `client`; returns the answers.
-async fn ask(server: &Floodgate, client: &str, count: usize) -> Vec<RateLimitResponse> {
+/// Asks `server` `count` times for `domain`'s descriptor `key`=`value`; returns the answers.
+async fn ask_in(
+    server: &Floodgate,
+    domain: &str,
+    (key, value): (&str, &str),
+    count: usize,
+) -> Vec<RateLimitResponse> {
     let mut grpc = server.client().await;
     let mut answers = Vec::new();
     for _ in 0..count {
-        let req = request("fallback", &[&[("client", client)]]);
+        let req = request(domain, &[&[(key, value)]]);
         answers.push(grpc.should_rate_limit(req).await.unwrap().into_inner());
     }
     answers
 }
 
-/// Asks `server` `count` times for the tiered domain's `api_key`; returns the answers.
+/// Asks `server` `count` times for `client`.
+async fn ask(server: &Floodgate, client: &str, count: usize) -> Vec<RateLimitResponse> {
+    ask_in(server, "fallback", ("client", client), count).await
+}
+
+/// Asks `server` `count` times for the tiered domain's `api_key`.
 async fn ask_key(server: &Floodgate, api_key: &str, count: usize) -> Vec<RateLimitResponse> {
-    let mut grpc = server.client().await;
-    let mut answers = Vec::new();
-    for _ in 0..count {
-        let req = request("api", &[&[("api_key", api_key)]]);
-        answers.push(grpc.should_rate_limit(req).await.unwrap().into_inner());
-    }
-    answers
+    ask_in(server, "api", ("api_key", api_key), count).await
 }
 
 fn admitted(answers: &[RateLimitResponse]) -> usize {
