@@ -1,7 +1,7 @@
 //! The real `floodgate` binary as a child process on free loopback ports.
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use floodgate::pb::rate_limit_service_client::RateLimitServiceClient;
@@ -78,13 +78,15 @@ where
             admin: free_port(),
         };
         let mut child = ChildGuard::spawn(command(&ports).stdout(Stdio::null()));
+        let pid = child.0.as_ref().map_or(0, Child::id);
         // The port may even answer for another process, until the server fails to bind it
-        // and exits: so an exit ends the wait too.
+        // and exits: so an exit ends the wait too, and only an answer while this child holds
+        // the HTTP port counts.
         let mut exited = None;
         wait_for("the server to start", START_LIMIT, || {
             exited = child.exited();
             let answer = ready(ports);
-            async move { exited.is_some() || answer.await }
+            async move { exited.is_some() || (answer.await && listens_on(pid, ports.http)) }
         })
         .await;
         match exited {
@@ -96,6 +98,33 @@ where
         }
     }
     unreachable!("the last attempt returns or panics")
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (IPv4, as the servers bind
+/// 127.0.0.1): its inode in /proc/net/tcp is among the process's open files.
+fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return true; // no procfs: cannot tell, trust the answer
+    };
+    let local = format!(":{port:04X}");
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .filter(|f| f.len() > 9 && f[1].ends_with(&local) && f[3] == LISTEN)
+        .map(|f| format!("socket:[{}]", f[9]))
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).is_ok_and(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
+    })
 }
 
 impl Floodgate {
