@@ -329,18 +329,6 @@ mod tests {
         record(key, sent, answered, Outcome::Ok)
     }
 
-    fn fault(kind: FaultKind, at: u64) -> FaultEvent {
-        FaultEvent {
-            kind,
-            at,
-            done: at,
-            detail: String::new(),
-            promoted: None,
-            snapshots: Vec::new(),
-            checks: Vec::new(),
-        }
-    }
-
     #[test]
     fn admissions_within_the_limit_are_not_over() {
         let records = [
@@ -371,7 +359,12 @@ mod tests {
     #[test]
     fn a_third_admission_in_a_window_of_two_is_over_and_unexplained_without_a_failover() {
         let records = [ok(0, 10, 20), ok(0, 30, 40), ok(0, 50, 60)];
-        let check = check_limit(&records, LIMIT, &[fault(FaultKind::FloodgateKill, 5)], &[]);
+        let check = check_limit(
+            &records,
+            LIMIT,
+            &[FaultEvent::injected_at(FaultKind::FloodgateKill, 5)],
+            &[],
+        );
         assert_eq!((check.over_admitted, check.unexplained), (1, 1));
         assert_eq!(check.over[0].window_start_ms, 0);
     }
@@ -396,7 +389,7 @@ mod tests {
     #[test]
     fn over_admission_in_a_failover_s_window_is_explained_by_the_loss_measured() {
         let records = [ok(0, 10, 20), ok(0, 30, 40), ok(0, 50, 60), ok(0, 70, 80)];
-        let faults = [fault(FaultKind::MasterKill, 35)];
+        let faults = [FaultEvent::injected_at(FaultKind::MasterKill, 35)];
         let loss = |label, high| Loss {
             fault: 0,
             label,
@@ -415,7 +408,7 @@ mod tests {
         let check = check_limit(&records, LIMIT, &faults, &[loss("before", 5)]);
         assert_eq!(check.unexplained, 2);
         // Nor does a fault that cannot lose writes.
-        let faults = [fault(FaultKind::ConfigReload, 35)];
+        let faults = [FaultEvent::injected_at(FaultKind::ConfigReload, 35)];
         let check = check_limit(&records, LIMIT, &faults, &[loss("settled", 5)]);
         assert_eq!(check.unexplained, 2);
     }

@@ -102,11 +102,15 @@ pub(crate) struct FaultEvent {
 
 impl FaultEvent {
     fn new(kind: FaultKind) -> FaultEvent {
-        let now = wall_us();
+        FaultEvent::injected_at(kind, wall_us())
+    }
+
+    /// A fault of `kind` injected (and done) at `at`, with nothing recorded yet.
+    pub(crate) fn injected_at(kind: FaultKind, at: u64) -> FaultEvent {
         FaultEvent {
             kind,
-            at: now,
-            done: now,
+            at,
+            done: at,
             detail: String::new(),
             promoted: None,
             snapshots: Vec::new(),

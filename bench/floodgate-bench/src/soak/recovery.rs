@@ -125,15 +125,7 @@ mod tests {
     }
 
     fn fault(at: u64) -> FaultEvent {
-        FaultEvent {
-            kind: FaultKind::MasterKill,
-            at,
-            done: at,
-            detail: String::new(),
-            promoted: None,
-            snapshots: Vec::new(),
-            checks: Vec::new(),
-        }
+        FaultEvent::injected_at(FaultKind::MasterKill, at)
     }
 
     #[test]
