@@ -72,7 +72,6 @@ impl LocalFallback {
     /// Records the number of live replicas the store reported.
     pub fn learn_replicas(&self, live: u32) {
         self.learned.store(live.max(1), Ordering::Relaxed);
-        metrics::gauge!(telemetry::FALLBACK_REPLICAS).set(f64::from(self.replicas()));
     }
 
     /// The number of replicas limits are divided by now.
@@ -114,7 +113,7 @@ impl LocalFallback {
         }
     }
 
-    /// Publishes the local counters' gauges.
+    /// Publishes the replica count's gauge (called periodically, right after the heartbeat).
     pub fn observe(&self) {
         metrics::gauge!(telemetry::FALLBACK_REPLICAS).set(f64::from(self.replicas()));
     }
