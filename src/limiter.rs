@@ -156,22 +156,7 @@ impl Limiter {
             resolved.context,
             &self.options.plan,
         );
-        let (counted, degraded) = match self.apply(&plan.checks).await {
-            Ok(counted) => {
-                if let Some(fallback) = &self.fallback {
-                    fallback.store_answered();
-                }
-                (counted, None)
-            }
-            Err(e) => match &self.fallback {
-                Some(fallback) => {
-                    self.record_store_error(&e);
-                    let counted = fallback.apply(&plan.checks, &e).await?;
-                    (counted, Some(Degraded::LocalFallback))
-                }
-                None => return Err(e),
-            },
-        };
+        let (counted, degraded) = self.apply_or_fall_back(&plan.checks).await?;
         let mut decision = decision::decide(plan, &counted);
         decision.degraded = degraded;
         if decision.denial == Some(Denial::InvalidApiKey)
@@ -197,6 +182,29 @@ impl Limiter {
             });
         }
         self.counters.apply(checks).await
+    }
+
+    /// The plan's checks through the counter store or, when it fails and there is a local
+    /// fallback, through this replica's own counters (then marked as such).
+    async fn apply_or_fall_back(
+        &self,
+        checks: &[Check],
+    ) -> Result<(Counted, Option<Degraded>), StoreError> {
+        let counted = self.apply(checks).await;
+        let Some(fallback) = &self.fallback else {
+            return counted.map(|counted| (counted, None));
+        };
+        match counted {
+            Ok(counted) => {
+                fallback.store_answered();
+                Ok((counted, None))
+            }
+            Err(e) => {
+                self.record_store_error(&e);
+                let counted = fallback.apply(checks, &e).await?;
+                Ok((counted, Some(Degraded::LocalFallback)))
+            }
+        }
     }
 
     /// The failure mode's answer to `query` when the store failed with `e`.
